@@ -1,0 +1,3 @@
+from altbench.cli import main
+
+main()

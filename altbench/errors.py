@@ -1,0 +1,9 @@
+"""The one error type for user mistakes.
+
+The CLI entry point turns a `UserError` into one line on stderr and exit code 2; anything else
+is a bug in altbench and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A mistake the user can fix: the message names the problem and the fix, on one line."""

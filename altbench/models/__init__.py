@@ -1,0 +1,1 @@
+"""Architectures: one module per family, each a `LanguageModel` built from a flat config dataclass."""

@@ -1,0 +1,117 @@
+"""The model contract every architecture implements.
+
+A `LanguageModel` is token embedding -> N residual blocks -> final RMSNorm -> LM head. Each block
+owns its slice of the recurrent state (an SSM state, a conv window, a KV cache, ...) and implements
+
+    forward(x, state) -> (x, state)   parallel / chunked form over x: (B, T, d_model)
+    step(x, state)    -> (x, state)   one token, x: (B, d_model); O(1) in context for recurrences
+    init_state(batch, device, dtype, capacity) -> state
+    state_bytes(batch, context, dtype) -> int    analytic size of that state
+    params() -> int                              analytic parameter count
+    flops_per_token(context) -> int              forward FLOPs of one token at position `context`
+
+so that the model can expose the same methods. `state=None` means the zero / empty state.
+Passing the state returned by `forward` into the next call continues the sequence: a long
+prefill can run in segments with memory that does not grow with its length (recurrent models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LMConfig:
+    """Fields every architecture's config has (each family subclasses this, flat)."""
+
+    vocab_size: int = 50280  # GPT-NeoX tokenizer (50277) padded to a multiple of 8, as Mamba/Pythia
+    d_model: int = 768
+    n_layers: int = 12
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+
+
+def linear_flops(d_in: int, d_out: int) -> int:
+    """Multiply-add count of y = x W for one token, as FLOPs (2 per multiply-add)."""
+    return 2 * d_in * d_out
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> residual blocks -> norm -> LM head, with the state-carrying contract above."""
+
+    config: LMConfig
+
+    def __init__(self, config: LMConfig, blocks: list[nn.Module]):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(blocks)
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    # --- the contract -------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
+        """input_ids: (B, T) -> logits (B, T, V), state after the last token."""
+        x = self.embed(input_ids)  # (B, T, d)
+        state = state if state is not None else [None] * len(self.layers)
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            x, s = layer(x, s)
+            new_state.append(s)
+        return self.lm_head(self.norm(x)), new_state
+
+    def step(self, tokens: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """tokens: (B,) or (B, 1) -> logits (B, V) of the next token, and the advanced state."""
+        x = self.embed(tokens.reshape(-1))  # (B, d)
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            x, s = layer.step(x, s)
+            new_state.append(s)
+        return self.lm_head(self.norm(x)), new_state
+
+    def init_state(self, batch: int, device=None, dtype=None, capacity: int = 0) -> list:
+        """Empty state for `batch` sequences; `capacity` pre-sizes KV caches (ignored by recurrences)."""
+        device = device if device is not None else self.embed.weight.device
+        dtype = dtype if dtype is not None else self.embed.weight.dtype
+        return [layer.init_state(batch, device, dtype, capacity) for layer in self.layers]
+
+    def state_bytes(self, batch: int, context: int, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes of the state after `context` tokens (KV cache grows with context; SSM state does not)."""
+        return sum(layer.state_bytes(batch, context, dtype) for layer in self.layers)
+
+    def params(self) -> int:
+        """Analytic parameter count (embedding counted once when tied)."""
+        c = self.config
+        head = 0 if c.tie_embeddings else c.vocab_size * c.d_model
+        return c.vocab_size * c.d_model + head + c.d_model + sum(layer.params() for layer in self.layers)
+
+    def flops_per_token(self, context: int) -> int:
+        """Forward FLOPs for one token at position `context` (LM head included, embedding lookup not)."""
+        c = self.config
+        return linear_flops(c.d_model, c.vocab_size) + sum(l.flops_per_token(context) for l in self.layers)
+
+    def prefill_flops(self, length: int) -> int:
+        """Forward FLOPs of a prefill over `length` tokens: sum of per-token FLOPs over positions.
+
+        Exact for costs linear in the position (attention); constant costs are just length x cost.
+        """
+        return length * self.flops_per_token(length // 2)
+
+
+def state_nbytes(state) -> int:
+    """Bytes held by a real state: tensors in nested lists/tuples/dicts, and objects exposing
+    `tensors()` (e.g. a KV cache, which counts only its filled slots). Checks `state_bytes`."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(s) for s in state)
+    if isinstance(state, dict):
+        return sum(state_nbytes(s) for s in state.values())
+    if hasattr(state, "tensors"):
+        return state_nbytes(list(state.tensors()))
+    return 0

@@ -1,0 +1,233 @@
+"""Mamba: a selective state-space model (Gu & Dao 2023, arXiv:2312.00752).
+
+Each block is  x + out_proj( SSM(silu(conv(W_x x))) * silu(W_z x) )  with the selective SSM, per
+channel d and state index n (A diagonal, Delta, B, C functions of the input, eq. 2 and Alg. 2):
+
+    h_t = exp(Delta_t A) * h_{t-1} + Delta_t B_t x_t        (zero-order-hold discretisation of A,
+    y_t = C_t . h_t + D x_t                                    the simplified Euler one of B)
+
+Three forms compute the same map: `selective_scan_ref` (the loop above), `selective_scan`
+(a parallel prefix scan over time, O(T log T) work, no loop over T) and `selective_scan_step`
+(one token). The state of a block is (conv window, h).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from altbench.models.base import LanguageModel, LMConfig, linear_flops
+
+
+@dataclass
+class MambaConfig(LMConfig):
+    d_state: int = 16  # N, state size per channel
+    d_conv: int = 4  # width of the causal depthwise convolution
+    expand: int = 2  # d_inner = expand * d_model
+    dt_rank: int = 0  # rank of the Delta projection; 0 means ceil(d_model / 16) as in the paper
+    dt_min: float = 0.001  # Delta initialised log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
+
+    def __post_init__(self):
+        if self.dt_rank == 0:
+            self.dt_rank = math.ceil(self.d_model / 16)
+
+
+# --- the selective scan in three forms ----------------------------------------------------------
+
+
+def selective_scan_ref(u, delta, A, B, C, D, h0=None):
+    """The recurrence, one step at a time, in fp32; the ground truth for the other forms.
+
+    u, delta: (B, T, Di)   A: (Di, N)   B, C: (B, T, N)   D: (Di,)   h0: (B, Di, N) or None
+    returns y: (B, T, Di) in u's dtype, h_T: (B, Di, N) in fp32
+    """
+    dtype = u.dtype
+    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
+    h = h0.float() if h0 is not None else u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
+    ys = []
+    for t in range(u.shape[1]):
+        dA = torch.exp(delta[:, t, :, None] * A)  # (B, Di, N)
+        dBu = delta[:, t, :, None] * B[:, t, None, :] * u[:, t, :, None]  # (B, Di, N)
+        h = dA * h + dBu
+        ys.append((h * C[:, t, None, :]).sum(-1))  # (B, Di)
+    y = torch.stack(ys, dim=1) + u * D
+    return y.to(dtype), h
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """All prefixes of h_t = a_t * h_{t-1} + b_t (h_{-1} = 0) along dim 1, by Hillis-Steele doubling.
+
+    The pairs (a, b) compose associatively: (a1, b1) then (a2, b2) = (a2 a1, a2 b1 + b2), so after
+    step k every position holds the composition of the 2^k steps ending there. log2(T) passes.
+    """
+    T, offset = a.shape[1], 1
+    while offset < T:
+        b = torch.cat([b[:, :offset], b[:, offset:] + a[:, offset:] * b[:, :-offset]], dim=1)
+        a = torch.cat([a[:, :offset], a[:, offset:] * a[:, :-offset]], dim=1)
+        offset *= 2
+    return b
+
+
+def selective_scan(u, delta, A, B, C, D, h0=None):
+    """Same contract as `selective_scan_ref`, through a parallel prefix scan over time."""
+    dtype = u.dtype
+    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
+    dA = torch.exp(delta[..., None] * A)  # (B, T, Di, N)
+    dBu = (delta * u)[..., None] * B[:, :, None, :]  # (B, T, Di, N)
+    if h0 is not None:
+        dBu[:, 0] += dA[:, 0] * h0.float()
+    h = linear_scan(dA, dBu)  # (B, T, Di, N)
+    y = torch.einsum("btdn,btn->btd", h, C) + u * D
+    return y.to(dtype), h[:, -1]
+
+
+def selective_scan_step(u, delta, A, B, C, D, h):
+    """One token: u, delta: (B, Di); B, C: (B, N); h: (B, Di, N) fp32 -> y (B, Di), h."""
+    dA = torch.exp(delta.float()[..., None] * A)
+    h = dA * h + (delta * u).float()[..., None] * B.float()[:, None, :]
+    y = (h * C.float()[:, None, :]).sum(-1) + u.float() * D
+    return y.to(u.dtype), h
+
+
+# --- the block ----------------------------------------------------------------------------------
+
+
+class MambaMixer(nn.Module):
+    """in_proj -> (x, z); x -> causal conv -> silu -> selective SSM; y * silu(z) -> out_proj."""
+
+    def __init__(self, c: MambaConfig):
+        super().__init__()
+        self.c = c
+        di, n = c.expand * c.d_model, c.d_state
+        self.d_inner = di
+        self.in_proj = nn.Linear(c.d_model, 2 * di, bias=False)
+        self.conv1d = nn.Conv1d(di, di, c.d_conv, groups=di, bias=True)
+        self.x_proj = nn.Linear(di, c.dt_rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(c.dt_rank, di, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(di, 1))  # S4D-real
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, c.d_model, bias=False)
+        with torch.no_grad():  # Delta = softplus(bias) log-uniform in [dt_min, dt_max] (paper, sec. 3.6)
+            dt = torch.exp(torch.rand(di) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def _ssm_inputs(self, x):
+        """x: (..., Di) after the conv -> delta (..., Di), B (..., N), C (..., N)."""
+        dt, B, C = self.x_proj(x).split([self.c.dt_rank, self.c.d_state, self.c.d_state], dim=-1)
+        return F.softplus(self.dt_proj(dt)), B, C
+
+    def forward(self, hidden, state, scan=selective_scan):
+        """hidden: (B, T, d_model); state: (conv window (B, K-1, Di), h (B, Di, N)) or None."""
+        Bsz, T, _ = hidden.shape
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, T, Di) each
+        window = state[0] if state is not None else x.new_zeros(Bsz, self.c.d_conv - 1, self.d_inner)
+        xw = torch.cat([window, x], dim=1)  # (B, K-1+T, Di)
+        x = F.conv1d(xw.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+        x = F.silu(x.transpose(1, 2))  # (B, T, Di)
+        delta, B, C = self._ssm_inputs(x)
+        A = -torch.exp(self.A_log.float())  # (Di, N)
+        y, h = scan(x, delta, A, B, C, self.D.float(), state[1] if state is not None else None)
+        return self.out_proj(y * F.silu(z)), (xw[:, T:], h)
+
+    def step(self, hidden, state):
+        """hidden: (B, d_model) -> (B, d_model)."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, Di)
+        xw = torch.cat([state[0], x[:, None]], dim=1)  # (B, K, Di)
+        x = F.silu(torch.einsum("bkd,dk->bd", xw, self.conv1d.weight[:, 0]) + self.conv1d.bias)
+        delta, B, C = self._ssm_inputs(x)
+        y, h = selective_scan_step(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), state[1])
+        return self.out_proj(y * F.silu(z)), (xw[:, 1:], h)
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, c: MambaConfig):
+        super().__init__()
+        self.c = c
+        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+        self.mixer = MambaMixer(c)
+
+    def forward(self, x, state):
+        y, state = self.mixer(self.norm(x), state)
+        return x + y, state
+
+    def step(self, x, state):
+        y, state = self.mixer.step(self.norm(x), state)
+        return x + y, state
+
+    def init_state(self, batch, device, dtype, capacity=0):
+        c, di = self.c, self.mixer.d_inner
+        conv = torch.zeros(batch, c.d_conv - 1, di, device=device, dtype=dtype)
+        return conv, torch.zeros(batch, di, c.d_state, device=device, dtype=torch.float32)
+
+    def state_bytes(self, batch, context, dtype):
+        c, di = self.c, self.mixer.d_inner
+        return batch * di * ((c.d_conv - 1) * torch.finfo(dtype).bits // 8 + c.d_state * 4)
+
+    def params(self):
+        c, di, n = self.c, self.mixer.d_inner, self.c.d_state
+        return (
+            c.d_model  # norm
+            + c.d_model * 2 * di  # in_proj
+            + di * (c.d_conv + 1)  # conv1d weight + bias
+            + di * (c.dt_rank + 2 * n)  # x_proj
+            + c.dt_rank * di + di  # dt_proj
+            + di * n + di  # A_log, D
+            + di * c.d_model  # out_proj
+        )
+
+    def flops_per_token(self, context):
+        c, di, n = self.c, self.mixer.d_inner, self.c.d_state
+        proj = linear_flops(c.d_model, 2 * di) + linear_flops(di, c.dt_rank + 2 * n)
+        proj += linear_flops(c.dt_rank, di) + linear_flops(di, c.d_model)
+        return proj + 2 * di * c.d_conv + 9 * di * n  # conv; scan: exp, 2 mul + add for h, 2 for y
+
+
+class Mamba(LanguageModel):
+    def __init__(self, config: MambaConfig):
+        super().__init__(config, [MambaBlock(config) for _ in range(config.n_layers)])
+
+
+# Gu & Dao 2023, Table 12 (and the state-spaces/mamba-* model cards): width and depth per size.
+SIZES = {
+    "tiny": MambaConfig(vocab_size=256, d_model=64, n_layers=2, d_state=8),
+    "130m": MambaConfig(d_model=768, n_layers=24),
+    "370m": MambaConfig(d_model=1024, n_layers=48),
+    "790m": MambaConfig(d_model=1536, n_layers=48),
+    "1.4b": MambaConfig(d_model=2048, n_layers=48),
+    "2.8b": MambaConfig(d_model=2560, n_layers=64),
+}
+MODEL = Mamba
+
+
+# --- Hugging Face mapping (MambaForCausalLM), see models/hf.py ------------------------------------
+HF_CLASS = "MambaForCausalLM"
+HF_RENAMES = [
+    (r"backbone\.embeddings\.(.*)", r"embed.\1"),
+    (r"backbone\.norm_f\.(.*)", r"norm.\1"),
+    (r"backbone\.(.*)", r"\1"),
+]
+
+
+def to_hf_config(c: MambaConfig):
+    from transformers import MambaConfig as HFMambaConfig
+
+    return HFMambaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, state_size=c.d_state, num_hidden_layers=c.n_layers,
+        layer_norm_epsilon=c.norm_eps, expand=c.expand, conv_kernel=c.d_conv, time_step_rank=c.dt_rank,
+        use_bias=False, use_conv_bias=True, residual_in_fp32=True, tie_word_embeddings=c.tie_embeddings,
+    )
+
+
+def from_hf_config(d: dict) -> MambaConfig:
+    rank = d.get("time_step_rank", "auto")
+    return MambaConfig(
+        vocab_size=d["vocab_size"], d_model=d["hidden_size"], n_layers=d["num_hidden_layers"],
+        d_state=d.get("state_size", 16), d_conv=d.get("conv_kernel", 4), expand=d.get("expand", 2),
+        dt_rank=0 if rank == "auto" else rank, norm_eps=d.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=d.get("tie_word_embeddings", True),
+    )

@@ -1,0 +1,69 @@
+"""Names users type -> the code behind them: architectures (with named sizes) and backends.
+
+Architecture modules are imported lazily, so `altbench --help` stays fast and a broken optional
+family cannot break the others. Each module defines `MODEL` (a `LanguageModel` subclass taking
+its config) and `SIZES` (size name -> config).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import importlib.util
+from types import ModuleType
+
+from altbench.errors import UserError
+
+ARCHITECTURES: dict[str, str] = {
+    "transformer": "altbench.models.transformer",
+    "mamba": "altbench.models.mamba",
+}
+
+# backend -> (module that must be importable, what it is)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "altbench's PyTorch forms (reference, runs anywhere)"),
+    "triton": ("triton", "altbench's Triton kernels"),
+    "fla": ("fla", "flash-linear-attention kernels"),
+    "mamba_ssm": ("mamba_ssm", "the official Mamba kernels"),
+    "hf": ("transformers", "Hugging Face transformers classes"),
+}
+
+
+def family(arch: str) -> ModuleType:
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
+    return importlib.import_module(ARCHITECTURES[arch])
+
+
+def size_names(arch: str) -> list[str]:
+    return list(family(arch).SIZES)
+
+
+def config(arch: str, size: str, **overrides):
+    """A fresh copy of the named size's config, with `overrides` applied."""
+    sizes = family(arch).SIZES
+    if size not in sizes:
+        raise UserError(f"unknown size '{size}' for {arch}; known: {', '.join(sizes)}")
+    return dataclasses.replace(copy.deepcopy(sizes[size]), **overrides)
+
+
+def build(arch: str, size: str, device=None, dtype=None, **overrides):
+    """The model for `arch` at `size`, with random weights, on `device` in `dtype`."""
+    import torch
+
+    model_cls = family(arch).MODEL
+    with torch.device(device or "cpu"):
+        model = model_cls(config(arch, size, **overrides))
+    return model.to(dtype=dtype) if dtype is not None else model
+
+
+def param_count(arch: str, size: str) -> int:
+    """Analytic parameter count, from a model built on the meta device (no memory, no init)."""
+    return build(arch, size, device="meta").params()
+
+
+def backend_installed(name: str) -> bool:
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend '{name}'; known: {', '.join(BACKENDS)}")
+    return importlib.util.find_spec(BACKENDS[name][0]) is not None

@@ -1,0 +1,1 @@
+"""Suite definitions (TOML), installed as `altbench.suites` and validated on load."""
