@@ -18,6 +18,10 @@ from altbench.errors import UserError
 ARCHITECTURES: dict[str, str] = {
     "transformer": "altbench.models.transformer",
     "mamba": "altbench.models.mamba",
+    "xlstm": "altbench.models.xlstm",
+    "retnet": "altbench.models.retnet",
+    "gla": "altbench.models.gla",
+    "mamba2": "altbench.models.mamba2",
 }
 
 # backend -> (module that must be importable, what it is)
@@ -31,9 +35,19 @@ BACKENDS: dict[str, tuple[str, str]] = {
 
 
 def family(arch: str) -> ModuleType:
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)}")
-    return importlib.import_module(ARCHITECTURES[arch])
+    """The module of a registered architecture, or of a plugin given as an importable dotted path
+    (e.g. `my_project.models.hyena`) that defines MODEL and SIZES the same way."""
+    if arch in ARCHITECTURES:
+        return importlib.import_module(ARCHITECTURES[arch])
+    if "." in arch:
+        try:
+            module = importlib.import_module(arch)
+        except ImportError as e:
+            raise UserError(f"architecture plugin '{arch}' cannot be imported ({e}); is it on PYTHONPATH?") from None
+        if not (hasattr(module, "MODEL") and hasattr(module, "SIZES")):
+            raise UserError(f"architecture plugin '{arch}' must define MODEL and SIZES (see altbench/models/mamba.py)")
+        return module
+    raise UserError(f"unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)} (or a plugin module path)")
 
 
 def size_names(arch: str) -> list[str]:

@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 PARITY = {
     "transformer": dict(n_kv_heads=2),
     "mamba": {},
+    "mamba2": {},
 }
 
 

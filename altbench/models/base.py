@@ -55,14 +55,22 @@ class LanguageModel(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     # --- the contract -------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
-        """input_ids: (B, T) -> logits (B, T, V), state after the last token."""
+    def forward(
+        self, input_ids: torch.Tensor, state: list | None = None, last_only: bool = False
+    ) -> tuple[torch.Tensor, list]:
+        """input_ids: (B, T) -> logits (B, T, V), state after the last token.
+
+        `last_only` computes logits for the last position only, (B, 1, V): what a prefill before
+        decoding needs, without materialising B x T x V logits at long T.
+        """
         x = self.embed(input_ids)  # (B, T, d)
         state = state if state is not None else [None] * len(self.layers)
         new_state = []
         for layer, s in zip(self.layers, state):
             x, s = layer(x, s)
             new_state.append(s)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x)), new_state
 
     def step(self, tokens: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
@@ -94,6 +102,15 @@ class LanguageModel(nn.Module):
         """Forward FLOPs for one token at position `context` (LM head included, embedding lookup not)."""
         c = self.config
         return linear_flops(c.d_model, c.vocab_size) + sum(l.flops_per_token(context) for l in self.layers)
+
+    def activation_bytes(self, batch: int, tokens: int, dtype: torch.dtype) -> int:
+        """Estimated peak activation memory of an inference forward over `tokens` tokens.
+
+        A generic bound (a dozen d_model-wide intermediates per token alive at once, plus the
+        logits); families whose kernels need more workspace override it.
+        """
+        c = self.config
+        return batch * tokens * (12 * c.d_model + c.vocab_size) * torch.finfo(dtype).bits // 8
 
     def prefill_flops(self, length: int) -> int:
         """Forward FLOPs of a prefill over `length` tokens: sum of per-token FLOPs over positions.

@@ -191,6 +191,12 @@ class Mamba(LanguageModel):
     def __init__(self, config: MambaConfig):
         super().__init__(config, [MambaBlock(config) for _ in range(config.n_layers)])
 
+    def activation_bytes(self, batch, tokens, dtype):
+        """The parallel scan keeps ~4 fp32 (B, T, d_inner, N) tensors alive per layer call."""
+        c = self.config
+        scan = 4 * batch * tokens * c.expand * c.d_model * c.d_state * 4
+        return super().activation_bytes(batch, tokens, dtype) + scan
+
 
 # Gu & Dao 2023, Table 12 (and the state-spaces/mamba-* model cards): width and depth per size.
 SIZES = {

@@ -1,0 +1,184 @@
+"""The `altbench` command. Each command's docstring is its help text.
+
+User mistakes raise `UserError` anywhere below; `main` turns them into one line on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from altbench.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark the architectures challenging the Transformer.")
+console = Console()
+
+OutDir = Annotated[Path, typer.Option("--out", help="Results root: each run writes <out>/<run-id>/.")]
+Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: the suite's).")]
+
+
+def _fmt_ms(row: dict) -> str:
+    if row.get("status") != "ok":
+        return row.get("status", "?").upper()
+    value = row.get("ms_median")
+    return f"{value:.3g}" if value is not None else "-"
+
+
+def _fmt_bytes(n) -> str:
+    return f"{n / 2**20:.0f} MiB" if n else "-"
+
+
+@app.command("list")
+def list_() -> None:
+    """Architectures with their named sizes and parameter counts, backends, and suites."""
+    from altbench import registry
+    from altbench.runner import suite as suites
+
+    archs = Table(title="architectures (parameters, analytic)", title_justify="left")
+    archs.add_column("arch")
+    archs.add_column("sizes")
+    for arch in registry.ARCHITECTURES:
+        sizes = [f"{s} ({registry.param_count(arch, s) / 1e6:,.1f}M)" for s in registry.size_names(arch)]
+        archs.add_row(arch, ", ".join(sizes))
+    console.print(archs)
+
+    backends = Table(title="backends", title_justify="left")
+    for col in ("backend", "installed", "what"):
+        backends.add_column(col)
+    for name, (_, what) in registry.BACKENDS.items():
+        backends.add_row(name, "yes" if registry.backend_installed(name) else "no", what)
+    console.print(backends)
+
+    table = Table(title="suites", title_justify="left")
+    table.add_column("suite")
+    table.add_column("description")
+    for name in suites.known_suites():
+        table.add_row(name, suites.load(name).description)
+    console.print(table)
+
+
+def _summary_table(rows: list[dict]) -> Table:
+    table = Table(title="results", title_justify="left")
+    for col in ("measurement", "arch", "size", "backend", "dtype", "batch", "seq_len", "ms (median)", "tokens/s", "peak mem"):
+        table.add_column(col, justify="right" if col in ("batch", "seq_len", "ms (median)", "tokens/s", "peak mem") else "left")
+    for r in rows:
+        tps = r.get("tokens_per_s")
+        table.add_row(
+            r["measurement"], r["arch"], r["size"], r["backend"], r["dtype"], str(r["batch"]), str(r["seq_len"]),
+            _fmt_ms(r), f"{tps:,.0f}" if r.get("status") == "ok" and tps else "-", _fmt_bytes(r.get("peak_mem_bytes")),
+        )
+    return table
+
+
+@app.command()
+def run(
+    suite: Annotated[Optional[str], typer.Option("--suite", help="Suite name (see `altbench list`) or path to a .toml.")] = None,
+    device: Device = None,
+    out: OutDir = Path("results"),
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Run id or directory to finish; done cells are skipped.")] = None,
+) -> None:
+    """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots."""
+    from altbench import report
+    from altbench.runner import run as runner
+    from altbench.runner import store
+
+    run_dir, cells, done = runner.prepare(suite, resume, device, out)
+    todo = [c for c in cells if c.cell_id not in done]
+    console.print(f"run [bold]{run_dir}[/]: {len(todo)} cells to run" + (f", {len(done)} already done" if done else ""))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=len(todo))
+        runner.sweep(
+            run_dir, cells, done,
+            on_start=lambda c: progress.update(task, description=f"{c.measurement} {c.arch}/{c.size} L={c.seq_len}"),
+            on_row=lambda row: progress.advance(task),
+        )
+    rows = store.latest_rows(run_dir)
+    console.print(_summary_table(rows))
+    failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    for r in failed:
+        console.print(f"[red]{r['status']}[/] {r['cell_id']}: {r.get('message', '')}")
+    report.render_run(run_dir)
+    console.print(f"tables and plots: {run_dir / 'tables'}, {run_dir / 'plots'}")
+    print(run_dir)
+
+
+@app.command("report")
+def report_(run_dir: Annotated[Path, typer.Argument(help="A run directory (holds cells.jsonl).")]) -> None:
+    """Re-render a run's tables and plots from its store alone (no model code runs)."""
+    from altbench import report
+    from altbench.runner import store
+
+    if not store.store_path(run_dir).is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {store.STORE_FILE}); give the path `altbench run` printed")
+    for path in report.render_run(run_dir):
+        print(path)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        print(f"altbench: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- reports on stored runs: compare, gate ------------------------------------------------------
+
+RESULTS = Path("results")
+
+
+@app.command("compare")
+def compare_(
+    archs: Annotated[list[str], typer.Argument(help="Architectures to compare; ratios are relative to the first.")],
+    run: Annotated[Optional[list[Path]], typer.Option(
+        "--run", help="A run directory or run id to read; repeat for several (default: every run under results/ holding these archs).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where the tables and plots go (default: results/compare/<A>-vs-<B>).")] = None,
+) -> None:
+    """Architectures side by side from stored runs: per measurement a table with ratios to the first arch, and overlaid plots."""
+    from altbench.report import compare as comparison, resolve_run
+
+    runs = [resolve_run(r, RESULTS) for r in run] if run else comparison.find_runs(RESULTS, archs)
+    paths = comparison.compare(comparison.read_runs(runs), archs, out or RESULTS / "compare" / "-vs-".join(archs))
+    print(paths[0].read_text())
+    for path in paths:
+        print(path)
+
+
+@app.command("gate")
+def gate_(
+    baseline: Annotated[Path, typer.Option("--baseline", help="The baseline run directory, e.g. results/baselines/h100.")],
+    candidate: Annotated[Optional[Path], typer.Option(
+        "--candidate", help="The run to judge (default: the newest run under results/, outside results/baselines/).")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="Slowdown that counts, as a fraction of the baseline median.")] = 0.05,
+    allow_env_mismatch: Annotated[bool, typer.Option(
+        "--allow-env-mismatch", help="Judge even when GPU, driver, torch or triton differ from the baseline's.")] = False,
+    update_baseline: Annotated[bool, typer.Option(
+        "--update-baseline", help="After printing the verdict, copy the candidate over the baseline and exit 0.")] = False,
+) -> None:
+    """CI gate: judge a run against a baseline cell by cell; exit 1 on a real regression (docs/gate.md)."""
+    from altbench import gate
+    from altbench.report import resolve_run
+    from altbench.runner import store
+
+    candidate = resolve_run(candidate, RESULTS) if candidate else gate.newest_run(RESULTS, exclude=baseline)
+    if update_baseline:
+        if store.store_path(baseline).is_file():
+            try:
+                print(gate.judge(baseline, candidate, threshold, allow_env_mismatch=True).markdown())
+            except UserError as e:
+                print(f"(not judged: {e})")
+        for path in gate.update_baseline(candidate, baseline):
+            print(path)
+        return
+    result = gate.judge(baseline, candidate, threshold, allow_env_mismatch=allow_env_mismatch)
+    print(result.markdown())
+    raise typer.Exit(result.exit_code)

@@ -1,0 +1,1 @@
+"""Timers, memory, analytic cost models and environment capture."""

@@ -1,0 +1,132 @@
+"""What a cell measures: prefill, decode and a training step of one model.
+
+Each function takes a built model, the cell and the input generator, runs the timing protocol of
+`measure/timing.py` and returns the row's figures. They never catch errors: the worker turns an
+exception into the row's status.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from altbench.measure.timing import time_calls
+
+
+def _ids(model, batch: int, length: int, device, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=generator).to(device)
+
+
+def _prefill(model, ids: torch.Tensor, segment: int, state=None):
+    """Forward over ids in segments of `segment` tokens (0: one call), carrying state; last logits only."""
+    segment = segment or ids.shape[1]
+    logits = None
+    for start in range(0, ids.shape[1], segment):
+        logits, state = model(ids[:, start : start + segment], state, last_only=True)
+    return logits, state
+
+
+def _derived(ms: float, tokens: int, flops: int) -> dict:
+    return {"tokens_per_s": tokens / (ms / 1e3), "flops": flops, "tflops": flops / (ms / 1e3) / 1e12}
+
+
+def prefill(model, cell, device, generator) -> dict:
+    s = cell.settings
+    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    with torch.inference_mode():
+        timing = time_calls(lambda: _prefill(model, ids, s.prefill_segment), device, s.reps, s.warmup, s.min_time_s)
+    flops = cell.batch * model.prefill_flops(cell.seq_len)
+    return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops), "segment": s.prefill_segment}
+
+
+def _is_tensor_tree(state) -> bool:
+    if isinstance(state, torch.Tensor):
+        return True
+    if isinstance(state, (list, tuple)):
+        return all(_is_tensor_tree(s) for s in state)
+    return False
+
+
+def _graph_step(model, token: torch.Tensor, state):
+    """Capture one `step` in a CUDA graph; returns a replay function.
+
+    Only for states that are plain tensors (recurrences): the graph reads the state buffers and
+    writes new ones, so every replay costs exactly one decode step at this context.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            model.step(token, state)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model.step(token, state)
+    return graph.replay
+
+
+def decode(model, cell, device, generator) -> dict:
+    """Per-token latency of `step` after a prefill of seq_len - 1 tokens (context = seq_len)."""
+    s = cell.settings
+    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    with torch.inference_mode():
+        _, state = _prefill(model, ids[:, :-1], s.prefill_segment)
+        token = ids[:, -1]
+        graphs = device.type == "cuda" and s.cuda_graphs and _is_tensor_tree(state)
+        if graphs:
+            fn = _graph_step(model, token, state)
+        else:
+            box = {"state": state}  # eager decode advances the state (a KV cache grows by one per step)
+
+            def fn():
+                _, box["state"] = model.step(token, box["state"])
+
+        reps = max(s.reps, s.decode_tokens)
+        timing = time_calls(fn, device, reps, s.warmup, s.min_time_s, flush_l2=False)
+    flops = cell.batch * model.flops_per_token(cell.seq_len)
+    weight_bytes = model.params() * torch.finfo(model.embed.weight.dtype).bits // 8
+    state_bytes = model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype)
+    return {
+        **timing.row(), **_derived(timing.median, cell.batch, flops), "cuda_graphs": graphs,
+        "bytes_per_token": weight_bytes + state_bytes,
+        "bandwidth_gbs": (weight_bytes + state_bytes) / (timing.median / 1e3) / 1e9,
+    }
+
+
+def train_step(model, cell, device, generator) -> dict:
+    """Forward + backward + AdamW step on next-token loss; bf16/fp16 cells use autocast over fp32 weights."""
+    s = cell.settings
+    model.float().train()
+    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    dtype = getattr(torch, cell.dtype)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits, _ = model(ids)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    timing = time_calls(step, device, s.reps, s.warmup, s.min_time_s)
+    flops = 3 * cell.batch * model.prefill_flops(cell.seq_len)  # backward ~ 2x forward
+    return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops)}
+
+
+def predicted_bytes(model, cell) -> int:
+    """Analytic peak memory of the cell: weights (+ grads and AdamW moments for training), the
+    state after seq_len tokens, and activations of one prefill segment."""
+    dtype = getattr(torch, cell.dtype)
+    elt = torch.finfo(dtype).bits // 8
+    weights = model.params() * elt
+    tokens = cell.settings.prefill_segment or cell.seq_len
+    if cell.measurement == "train_step":
+        # fp32 weights, grads, two moments; activations kept for backward in every layer
+        per_layer = model.activation_bytes(cell.batch, cell.seq_len, dtype) - cell.batch * cell.seq_len * model.config.vocab_size * elt
+        logits = cell.batch * cell.seq_len * model.config.vocab_size * 4 * 3
+        return model.params() * 16 + model.config.n_layers * per_layer // 4 + logits
+    return weights + model.state_bytes(cell.batch, cell.seq_len, dtype) + model.activation_bytes(cell.batch, tokens, dtype)
+
+
+MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step}

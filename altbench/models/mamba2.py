@@ -1,0 +1,308 @@
+"""Mamba-2: the state-space dual (SSD) layer (Dao & Gu 2024, arXiv:2405.21060).
+
+Per head h (H heads of width P), with a scalar decay per head and B, C shared by the H / G heads of
+each of G groups (sec. 7.2, grouped heads), the SSM is (eq. 1 with A_t = exp(dt_t A_h) I):
+
+    h_t = exp(dt_t A_h) h_{t-1} + dt_t B_t x_t^T        h: (N, P), x_t: (P,), B_t, C_t: (N,)
+    y_t = C_t^T h_t + D_h x_t
+
+The state is kept as h^T, (P, N) per head, the layout of mamba_ssm and transformers. Because the
+decay is a scalar, the map x -> y is multiplication by a masked, attention-like matrix
+M[t, s] = (C_t . B_s) exp(sum_{s<k<=t} dt_k A) dt_s (sec. 3-6), which gives the three forms here:
+`ssd_ref` (the loop above), `ssd_chunked` (the SSD algorithm of sec. 6: quadratic M within chunks of
+length L, the recurrence only across chunk boundaries) and `ssd_step` (one token).
+
+The block (sec. 7.1) projects x to (z, xBC, dt) in one matmul, runs a causal depthwise
+conv over xBC, the SSM, then out_proj(RMSNorm(y * silu(z))). Its state is (conv window, h).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from altbench.models.base import LanguageModel, LMConfig, linear_flops
+
+
+@dataclass
+class Mamba2Config(LMConfig):
+    d_state: int = 128  # N, state size per head (Mamba-2 grows it from Mamba's 16)
+    d_conv: int = 4  # width of the causal depthwise convolution over (x, B, C)
+    expand: int = 2  # d_inner = expand * d_model
+    head_dim: int = 64  # P, channels per head
+    n_heads: int = 0  # H; 0 means d_inner / head_dim
+    n_groups: int = 1  # G, heads in a group share B and C (like grouped-query attention)
+    chunk_size: int = 256  # L, chunk length of the SSD algorithm (no effect on the result)
+    dt_min: float = 0.001  # dt initialised log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
+
+    def __post_init__(self):
+        d_inner = self.expand * self.d_model
+        if self.n_heads == 0:
+            self.n_heads = d_inner // self.head_dim
+        if self.n_heads * self.head_dim != d_inner or self.n_heads % self.n_groups:
+            raise ValueError(
+                f"Mamba2Config: n_heads ({self.n_heads}) x head_dim ({self.head_dim}) must equal expand x d_model "
+                f"({d_inner}), and n_heads must be a multiple of n_groups ({self.n_groups})"
+            )
+
+
+# --- the SSD map in three forms -------------------------------------------------------------------
+
+
+def ssd_ref(x, dt, A, B, C, D, h0=None):
+    """The recurrence, one step at a time, in fp32; the ground truth for the other forms.
+
+    x: (B, T, H, P)   dt: (B, T, H), after softplus   A: (H,), negative   B, C: (B, T, G, N)   D: (H,)
+    h0: (B, H, P, N) or None
+    returns y: (B, T, H, P) in x's dtype, h_T: (B, H, P, N) in fp32
+    """
+    dtype = x.dtype
+    x, dt, A, D = x.float(), dt.float(), A.float(), D.float()
+    heads_per_group = x.shape[2] // B.shape[2]
+    B = B.float().repeat_interleave(heads_per_group, dim=2)  # (B, T, H, N)
+    C = C.float().repeat_interleave(heads_per_group, dim=2)  # (B, T, H, N)
+    h = h0.float() if h0 is not None else x.new_zeros(*x.shape[:1], *x.shape[2:], B.shape[-1])
+    ys = []
+    for t in range(x.shape[1]):
+        decay = torch.exp(dt[:, t] * A)[..., None, None]  # (B, H, 1, 1)
+        h = decay * h + (dt[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]  # (B, H, P, N)
+        ys.append(torch.einsum("bhpn,bhn->bhp", h, C[:, t]) + D[:, None] * x[:, t])  # (B, H, P)
+    return torch.stack(ys, dim=1).to(dtype), h
+
+
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    """S[..., i, j] = a_{j+1} + ... + a_i for i >= j (0 on the diagonal), -inf above it.
+
+    exp(S) is the decay from step j to step i inside a chunk. Summing masked copies of `a` (rather
+    than subtracting two cumulative sums) keeps the small differences exact in fp32.
+    """
+    L = a.shape[-1]
+    ones = torch.ones(L, L, dtype=torch.bool, device=a.device)
+    s = a[..., :, None].expand(*a.shape, L).masked_fill(~ones.tril(-1), 0).cumsum(-2)  # (..., L, L): rows i, cols j
+    return s.masked_fill(~ones.tril(0), -math.inf)
+
+
+def ssd_chunked(x, dt, A, B, C, D, h0=None, chunk_size=256):
+    """Same contract as `ssd_ref`, by the chunked SSD algorithm (sec. 6, Listing 1's four steps).
+
+    T is padded up to a multiple of `chunk_size` with dt = 0: a padded step decays by exp(0) = 1 and
+    adds nothing, so the final state is that of step T. The loop runs over chunks, not tokens.
+    """
+    dtype = x.dtype
+    Bsz, T, H, P = x.shape
+    N, L = B.shape[-1], chunk_size
+    pad = -T % L
+    x, dt, B, C = (F.pad(t.float(), (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+    n_chunks = x.shape[1] // L
+    B = B.repeat_interleave(H // B.shape[2], dim=2).reshape(Bsz, n_chunks, L, H, N)  # (B, c, L, H, N)
+    C = C.repeat_interleave(H // C.shape[2], dim=2).reshape(Bsz, n_chunks, L, H, N)  # (B, c, L, H, N)
+    xdt = (x * dt[..., None]).reshape(Bsz, n_chunks, L, H, P)  # dt_s x_s, (B, c, L, H, P)
+    a = (dt * A.float()).reshape(Bsz, n_chunks, L, H).transpose(2, 3)  # log-decay per step, (B, c, H, L)
+    decay = torch.exp(segsum(a))  # (B, c, H, L, L), decay from step s to step l of a chunk
+
+    # 1. within each chunk (diagonal blocks): y_l = sum_{s<=l} (C_l . B_s) decay[l, s] dt_s x_s
+    scores = torch.einsum("bclhn,bcshn->bchls", C, B) * decay  # (B, c, H, L, L)
+    y = torch.einsum("bchls,bcshp->bclhp", scores, xdt)  # (B, c, L, H, P)
+
+    # 2. each chunk's contribution to the state at its end: decay from step s to the chunk's last step
+    chunk_states = torch.einsum("bchs,bcshn,bcshp->bchpn", decay[..., -1, :], B, xdt)  # (B, c, H, P, N)
+
+    # 3. state passing across chunk boundaries: h_c = exp(sum of a over chunk c) h_{c-1} + chunk_states_c
+    chunk_decay = torch.exp(a.sum(-1))[..., None, None]  # (B, c, H, 1, 1)
+    h = h0.float() if h0 is not None else x.new_zeros(Bsz, H, P, N)
+    starts = []
+    for c in range(n_chunks):
+        starts.append(h)
+        h = chunk_decay[:, c] * h + chunk_states[:, c]
+    starts = torch.stack(starts, dim=1)  # (B, c, H, P, N), state entering each chunk
+
+    # 4. the entering state read out at step l, decayed from the chunk start through step l
+    from_start = torch.exp(a.cumsum(-1)).transpose(2, 3)[..., None]  # (B, c, L, H, 1)
+    y = y + torch.einsum("bclhn,bchpn->bclhp", C, starts) * from_start
+    y = y.reshape(Bsz, n_chunks * L, H, P)[:, :T] + D.float()[:, None] * x[:, :T]
+    return y.to(dtype), h
+
+
+def ssd_step(x, dt, A, B, C, D, h):
+    """One token: x: (B, H, P); dt: (B, H); B, C: (B, G, N); h: (B, H, P, N) fp32 -> y (B, H, P), h."""
+    heads_per_group = x.shape[1] // B.shape[1]
+    B = B.float().repeat_interleave(heads_per_group, dim=1)  # (B, H, N)
+    C = C.float().repeat_interleave(heads_per_group, dim=1)  # (B, H, N)
+    xf, dt = x.float(), dt.float()
+    h = torch.exp(dt * A.float())[..., None, None] * h + (dt[..., None] * xf)[..., None] * B[:, :, None, :]
+    y = torch.einsum("bhpn,bhn->bhp", h, C) + D.float()[:, None] * xf
+    return y.to(x.dtype), h
+
+
+# --- the block ------------------------------------------------------------------------------------
+
+
+class GatedRMSNorm(nn.Module):
+    """weight * RMSNorm(y * silu(z)), normalised over groups of `group_size` channels (one per B/C
+    group, so the norm does not mix groups under tensor parallelism, sec. 8.1; mamba_ssm's RMSNormGated
+    with norm_before_gate=False)."""
+
+    def __init__(self, dim: int, group_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.group_size, self.eps = group_size, eps
+
+    def forward(self, y, z):
+        g = (y.float() * F.silu(z.float())).unflatten(-1, (-1, self.group_size))  # (..., G, d_inner / G)
+        g = F.rms_norm(g, (self.group_size,), eps=self.eps).flatten(-2)
+        return self.weight * g.to(y.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """in_proj -> (z, xBC, dt); xBC -> causal conv -> silu -> (x, B, C) -> SSD; norm(y * silu(z)) -> out_proj."""
+
+    def __init__(self, c: Mamba2Config):
+        super().__init__()
+        self.c = c
+        self.d_inner = di = c.expand * c.d_model
+        self.conv_dim = di + 2 * c.n_groups * c.d_state  # channels of (x, B, C)
+        self.in_proj = nn.Linear(c.d_model, di + self.conv_dim + c.n_heads, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.d_conv, groups=self.conv_dim, bias=True)
+        self.dt_bias = nn.Parameter(torch.empty(c.n_heads))
+        self.A_log = nn.Parameter(torch.empty(c.n_heads))
+        self.D = nn.Parameter(torch.ones(c.n_heads))
+        self.norm = GatedRMSNorm(di, di // c.n_groups, c.norm_eps)
+        self.out_proj = nn.Linear(di, c.d_model, bias=False)
+        with torch.no_grad():  # A uniform in [1, 16] and dt log-uniform in [dt_min, dt_max], as mamba_ssm
+            self.A_log.copy_(torch.log(torch.empty(c.n_heads).uniform_(1, 16)))
+            dt = torch.exp(torch.rand(c.n_heads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
+            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+
+    def _split(self, hidden):
+        """hidden: (..., d_model) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) after softplus."""
+        z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.c.n_heads], dim=-1)
+        return z, xBC, F.softplus(dt.float() + self.dt_bias.float())
+
+    def _ssm_inputs(self, xBC):
+        """xBC: (..., conv_dim) after the conv -> x (..., H, P), B and C (..., G, N)."""
+        c = self.c
+        x, B, C = xBC.split([self.d_inner, c.n_groups * c.d_state, c.n_groups * c.d_state], dim=-1)
+        return x.unflatten(-1, (c.n_heads, c.head_dim)), B.unflatten(-1, (c.n_groups, -1)), C.unflatten(-1, (c.n_groups, -1))
+
+    def forward(self, hidden, state):
+        """hidden: (B, T, d_model); state: (conv window (B, K-1, conv_dim), h (B, H, P, N)) or None."""
+        Bsz, T, _ = hidden.shape
+        z, xBC, dt = self._split(hidden)  # (B, T, Di), (B, T, conv_dim), (B, T, H)
+        window = state[0] if state is not None else xBC.new_zeros(Bsz, self.c.d_conv - 1, self.conv_dim)
+        xw = torch.cat([window, xBC], dim=1)  # (B, K-1+T, conv_dim)
+        xBC = F.conv1d(xw.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        x, B, C = self._ssm_inputs(F.silu(xBC.transpose(1, 2)))  # (B, T, H, P), (B, T, G, N) x 2
+        A = -torch.exp(self.A_log.float())  # (H,)
+        h0 = state[1] if state is not None else None
+        y, h = ssd_chunked(x, dt, A, B, C, self.D, h0, self.c.chunk_size)  # (B, T, H, P)
+        return self.out_proj(self.norm(y.flatten(-2), z)), (xw[:, T:], h)
+
+    def step(self, hidden, state):
+        """hidden: (B, d_model) -> (B, d_model)."""
+        z, xBC, dt = self._split(hidden)  # (B, Di), (B, conv_dim), (B, H)
+        xw = torch.cat([state[0], xBC[:, None]], dim=1)  # (B, K, conv_dim)
+        xBC = F.silu(torch.einsum("bkd,dk->bd", xw, self.conv1d.weight[:, 0]) + self.conv1d.bias)
+        x, B, C = self._ssm_inputs(xBC)  # (B, H, P), (B, G, N) x 2
+        y, h = ssd_step(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, state[1])
+        return self.out_proj(self.norm(y.flatten(-2), z)), (xw[:, 1:], h)
+
+
+class Mamba2Block(nn.Module):
+    def __init__(self, c: Mamba2Config):
+        super().__init__()
+        self.c = c
+        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+        self.mixer = Mamba2Mixer(c)
+
+    def forward(self, x, state):
+        y, state = self.mixer(self.norm(x), state)
+        return x + y, state
+
+    def step(self, x, state):
+        y, state = self.mixer.step(self.norm(x), state)
+        return x + y, state
+
+    def init_state(self, batch, device, dtype, capacity=0):
+        c = self.c
+        conv = torch.zeros(batch, c.d_conv - 1, self.mixer.conv_dim, device=device, dtype=dtype)
+        return conv, torch.zeros(batch, c.n_heads, c.head_dim, c.d_state, device=device, dtype=torch.float32)
+
+    def state_bytes(self, batch, context, dtype):
+        c = self.c
+        conv = (c.d_conv - 1) * self.mixer.conv_dim * torch.finfo(dtype).bits // 8
+        return batch * (conv + c.n_heads * c.head_dim * c.d_state * 4)
+
+    def params(self):
+        c, di, cd = self.c, self.mixer.d_inner, self.mixer.conv_dim
+        return (
+            c.d_model  # norm
+            + c.d_model * (di + cd + c.n_heads)  # in_proj -> z, xBC, dt
+            + cd * (c.d_conv + 1)  # conv1d weight + bias
+            + 3 * c.n_heads  # dt_bias, A_log, D
+            + di  # gated norm
+            + di * c.d_model  # out_proj
+        )
+
+    def flops_per_token(self, context):
+        c, di, cd = self.c, self.mixer.d_inner, self.mixer.conv_dim
+        proj = linear_flops(c.d_model, di + cd + c.n_heads) + linear_flops(di, c.d_model)
+        # conv; recurrence per state element: decay mul, dt x B^T mul and add, C read-out mul-add
+        return proj + 2 * cd * c.d_conv + 5 * di * c.d_state
+
+
+class Mamba2(LanguageModel):
+    def __init__(self, config: Mamba2Config):
+        super().__init__(config, [Mamba2Block(config) for _ in range(config.n_layers)])
+
+
+# Dao & Gu 2024 (sec. 9.2) and the state-spaces/mamba2-* config.json files: width and depth per size,
+# d_state 128, head_dim 64, expand 2, one group; the GPT-NeoX vocabulary (50277) padded to a multiple
+# of 16 (`pad_vocab_size_multiple`), so the checkpoints' embeddings have 50288 rows.
+SIZES = {
+    "tiny": Mamba2Config(
+        vocab_size=256, d_model=64, n_layers=2, d_state=16, head_dim=16, n_groups=2, chunk_size=8
+    ),  # 8 heads in 2 groups, so the tests exercise shared B/C and the per-group norm
+    "130m": Mamba2Config(vocab_size=50288, d_model=768, n_layers=24),
+    "370m": Mamba2Config(vocab_size=50288, d_model=1024, n_layers=48),
+    "780m": Mamba2Config(vocab_size=50288, d_model=1536, n_layers=48),
+    "1.3b": Mamba2Config(vocab_size=50288, d_model=2048, n_layers=48),
+    "2.7b": Mamba2Config(vocab_size=50288, d_model=2560, n_layers=64),
+}
+MODEL = Mamba2
+
+
+# --- Hugging Face mapping (Mamba2ForCausalLM), see models/hf.py -----------------------------------
+HF_CLASS = "Mamba2ForCausalLM"
+HF_RENAMES = [
+    (r"backbone\.embeddings?\.(.*)", r"embed.\1"),  # transformers: embeddings; mamba_ssm: embedding
+    (r"backbone\.norm_f\.(.*)", r"norm.\1"),
+    (r"backbone\.(.*)", r"\1"),
+]
+
+
+def to_hf_config(c: Mamba2Config):
+    from transformers import Mamba2Config as HFMamba2Config
+
+    return HFMamba2Config(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers, state_size=c.d_state,
+        num_heads=c.n_heads, head_dim=c.head_dim, n_groups=c.n_groups, expand=c.expand, conv_kernel=c.d_conv,
+        chunk_size=c.chunk_size, layer_norm_epsilon=c.norm_eps, time_step_min=c.dt_min, time_step_max=c.dt_max,
+        use_bias=False, use_conv_bias=True, residual_in_fp32=True, tie_word_embeddings=c.tie_embeddings,
+    )
+
+
+def from_hf_config(d: dict) -> Mamba2Config:
+    """config.json of a transformers Mamba2 checkpoint; missing keys take transformers' defaults."""
+    return Mamba2Config(
+        vocab_size=d.get("vocab_size", 32768), d_model=d.get("hidden_size", 4096),
+        n_layers=d.get("num_hidden_layers", 64), d_state=d.get("state_size", 128), d_conv=d.get("conv_kernel", 4),
+        expand=d.get("expand", 2), head_dim=d.get("head_dim", 64), n_heads=d.get("num_heads", 128),
+        n_groups=d.get("n_groups", 8), chunk_size=d.get("chunk_size", 256), norm_eps=d.get("layer_norm_epsilon", 1e-5),
+        dt_min=d.get("time_step_min", 0.001), dt_max=d.get("time_step_max", 0.1),
+        tie_embeddings=d.get("tie_word_embeddings", False),
+    )

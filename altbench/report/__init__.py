@@ -1,0 +1,171 @@
+"""Reports read a run's store and nothing else: no model code runs here, so a laptop can render
+results produced on a GPU.
+
+    render_run(run_dir)   <run>/tables/*.md|csv, <run>/plots/*.png|svg, <run>/cells.parquet,
+                          <run>/summary.md                                      (this module)
+    tables.py             one Markdown + CSV table per measurement
+    plots.py              cost vs L, memory vs L, decode vs context, fraction of device ceilings
+    scaling.py            scaling exponents over the compute-bound lengths
+    compare.py            several architectures side by side, with ratios to the first
+
+pandas and matplotlib are imported inside the functions that use them, so importing this package
+(the CLI, `altbench.gate`) stays cheap.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from altbench.errors import UserError
+from altbench.runner import store
+
+ENV_FILE = "env.json"
+# Row fields that, with measurement and seq_len, say which series a cell belongs to.
+SERIES_FIELDS = ("arch", "size", "backend", "dtype", "device", "batch", "task", "metric")
+TIMED = ("prefill", "decode", "train_step", "kernel")  # the measurements whose figure is a time
+CAPABILITY = ("probe", "lm_eval")  # the measurements whose figure is a metric value
+STATUS_LABELS = {"ok": "ok", "oom": "OOM", "error": "error", "timeout": "timeout", "skipped": "skipped"}
+
+
+def status_label(row: dict) -> str:
+    status = row.get("status") or "unknown"
+    return STATUS_LABELS.get(status, status)
+
+
+def load_env(run_dir: Path) -> dict:
+    """The run's env.json, or {} when the run has none."""
+    path = Path(run_dir) / ENV_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_rows(run_dir: Path) -> list[dict]:
+    """The run's rows (one per cell, the last written); UserError when the directory holds no store."""
+    run_dir = Path(run_dir)
+    if not store.store_path(run_dir).is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {store.STORE_FILE}); give a path that `altbench run` printed")
+    rows = store.latest_rows(run_dir)
+    if not rows:
+        raise UserError(f"{store.store_path(run_dir)} holds no finished cell yet; run or resume the suite first")
+    return rows
+
+
+def resolve_run(ref: Path, root: Path) -> Path:
+    """A run given as its directory or as a run id under `root`; UserError when neither holds a store."""
+    for candidate in (Path(ref), Path(root) / ref):
+        if store.store_path(candidate).is_file():
+            return candidate
+    recent = ", ".join(run.name for run in runs_under(root)[-5:])
+    raise UserError(f"run '{ref}' not found: no {store.STORE_FILE} there or under {root}"
+                    + (f" (recent runs: {recent})" if recent else ""))
+
+
+def runs_under(root: Path) -> list[Path]:
+    """Every run directory below `root` (a directory holding a store), oldest first.
+
+    Age is env.json's created_at, or the store's modification time where that is missing.
+    """
+
+    def created(run: Path) -> float:
+        stamp = load_env(run).get("created_at")
+        try:
+            return datetime.datetime.fromisoformat(stamp).timestamp()
+        except (TypeError, ValueError):
+            return store.store_path(run).stat().st_mtime
+
+    root = Path(root)
+    runs = [p.parent for p in root.rglob(store.STORE_FILE)] if root.is_dir() else []
+    return sorted(runs, key=lambda run: (created(run), str(run)))
+
+
+def export_parquet(rows: list[dict], path: Path) -> Path:
+    """The rows as a Parquet file; dict-valued fields (and lists Arrow cannot type) become JSON text."""
+    import pandas as pd
+    import pyarrow as pa
+
+    frame = pd.DataFrame.from_records(rows)
+    for column in frame.columns:
+        values = frame[column].tolist()
+        if frame[column].dtype != object:
+            continue
+        nested = any(isinstance(v, dict) for v in values)
+        if not nested:
+            try:
+                pa.array(values, from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                nested = True
+        if nested:
+            frame[column] = [None if v is None else json.dumps(v, default=str) for v in values]
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def _env_headline(run_dir: Path, env: dict) -> list[str]:
+    gpu = env.get("gpu")
+    if gpu:
+        memory = f", {gpu['memory_bytes'] / 2**30:.0f} GiB" if gpu.get("memory_bytes") else ""
+        device = (f"{gpu.get('name')} x{gpu.get('count', 1)}{memory}, driver {gpu.get('driver')}, "
+                  f"CUDA {gpu.get('cuda')}")
+    else:
+        device = f"no GPU; CPU {env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores)"
+    ceilings = env.get("ceilings")
+    ceiling = (f"copy {ceilings['copy_gbs']:,.0f} GB/s, bf16 matmul {ceilings['matmul_bf16_tflops']:,.0f} TFLOP/s"
+               if ceilings else "not measured")
+    commit = env.get("git_commit")
+    code = f"git {commit[:12]}{' (uncommitted changes)' if env.get('git_dirty') else ''}" if commit else "not a git checkout"
+    lines = [
+        f"# Run `{run_dir.name}`" + (f" (suite {env['suite']})" if env.get("suite") else ""),
+        "",
+        f"- device: {device}",
+        f"- software: torch {env.get('torch', '?')}, triton {env.get('triton') or 'not installed'}, "
+        f"Python {env.get('python', '?')}",
+        f"- code: {code}",
+        f"- device ceilings: {ceiling}",
+        f"- command: `{env.get('command', '?')}` on {env.get('hostname', '?')}, {env.get('created_at', '?')}",
+    ]
+    if env.get("gpu_busy"):
+        lines.append(f"- **warning**: other processes were using the GPU: {'; '.join(env['gpu_busy'])}")
+    if not env:
+        lines.append(f"- {ENV_FILE} is missing: the environment of these results is unknown")
+    return lines
+
+
+def write_summary(run_dir: Path, rows: list[dict], env: dict, written: list[Path]) -> Path:
+    """<run>/summary.md: the environment, cell counts by status, links to every table and plot."""
+    from altbench.report.tables import ordered_measurements
+
+    lines = _env_headline(run_dir, env)
+    lines += ["", "## Cells", "", "| measurement | " + " | ".join(STATUS_LABELS.values()) + " |",
+              "|---|" + "---:|" * len(STATUS_LABELS)]
+    for measurement in ordered_measurements(rows):
+        statuses = [r.get("status") for r in rows if r.get("measurement") == measurement]
+        lines.append(f"| {measurement} | " + " | ".join(str(statuses.count(s)) for s in STATUS_LABELS) + " |")
+    lines += ["", "## Tables", ""]
+    for path in written:
+        if path.suffix == ".md" and path.parent.name == "tables":
+            csv = path.with_suffix(".csv")
+            link = f" ([csv](tables/{csv.name}))" if csv in written else ""
+            lines.append(f"- [{path.stem}](tables/{path.name}){link}")
+    plots = [p for p in written if p.suffix == ".png"]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p.stem}](plots/{p.name})  \n[svg](plots/{p.with_suffix('.svg').name})" for p in plots]
+    lines += ["", f"Raw rows: [{store.STORE_FILE}]({store.STORE_FILE}) (the store), [cells.parquet](cells.parquet).", ""]
+    path = run_dir / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def render_run(run_dir: Path) -> list[Path]:
+    """Render every table and plot of a run from its store; returns the paths written."""
+    from altbench.report import plots, tables
+
+    run_dir = Path(run_dir)
+    rows = load_rows(run_dir)
+    env = load_env(run_dir)
+    written = tables.write_tables(rows, env, run_dir / "tables")
+    written += plots.write_plots(rows, env, run_dir / "plots")
+    written.append(export_parquet(rows, run_dir / "cells.parquet"))
+    written.append(write_summary(run_dir, rows, env, written))
+    return written

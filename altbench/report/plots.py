@@ -1,0 +1,166 @@
+"""Plots of one run, as PNG and SVG in `<run>/plots/`.
+
+    <measurement>_ms   cost vs L on log-log axes, one line per series with its 95% interval as
+                       error bars and the fitted exponent in the legend (decode: latency per step vs
+                       context, beside its bandwidth bound when env.json has ceilings)
+    memory             peak memory vs L, one panel per timed measurement
+    ceilings           achieved TFLOP/s / bf16 matmul ceiling and GB/s / copy ceiling vs L
+                       (only when env.json has ceilings)
+
+Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot, so
+rendering touches no global state and needs no display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
+
+from altbench.report.tables import (
+    UNITS, ceiling_fractions, decode_bound_ms, fmt, fmt_len, is_timed, ordered_measurements, series_fields, series_fits,
+    series_key, shown_fields, sort_key,
+)
+
+
+def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
+    fig.savefig(png, dpi=120)
+    fig.savefig(svg, metadata={"Date": None})
+    return [png, svg]
+
+
+def label(key: tuple, fields: list[str], shown: list[str]) -> str:
+    parts = []
+    for f, v in zip(fields, key):
+        if f in shown and v is not None:
+            parts.append(f"b{v}" if f == "batch" else str(v))
+    return " ".join(parts)
+
+
+def _series(rows: list[dict], fields: list[str]) -> dict[tuple, list[dict]]:
+    """ok rows with a length and a time, per series, sorted by length."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and r.get("seq_len") is not None and r.get("ms_median") is not None:
+            out.setdefault(series_key(r, fields), []).append(r)
+    return {k: sorted(v, key=lambda r: r["seq_len"]) for k, v in sorted(out.items(), key=lambda kv: sort_key(kv[0]))}
+
+
+def length_axis(ax) -> None:
+    """Log-2 x axis labelled 1K, 4K, 1M (plain text: no mathtext to typeset)."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: fmt_len(int(round(x)))))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def log_axes(ax, xlabel: str, ylabel: str) -> None:
+    length_axis(ax)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: fmt(y)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+
+
+def cost_plot(measurement: str, rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
+    fields = series_fields(rows)
+    shown, _ = shown_fields(rows, fields)
+    series = _series(rows, fields)
+    if not series:
+        return []
+    fits = series_fits(rows, fields)
+    fig = Figure(layout="constrained", figsize=(7, 4.5))
+    ax = fig.subplots()
+    for i, (key, points) in enumerate(series.items()):
+        color = f"C{i % 10}"
+        lengths = [r["seq_len"] for r in points]
+        ms = [r["ms_median"] for r in points]
+        low = [m - (r.get("ms_ci_low") if r.get("ms_ci_low") is not None else m) for m, r in zip(ms, points)]
+        high = [(r.get("ms_ci_high") if r.get("ms_ci_high") is not None else m) - m for m, r in zip(ms, points)]
+        fit = fits.get(key)
+        exponent = f" (exponent {fit.exponent:.2f})" if fit is not None else ""
+        ax.errorbar(lengths, ms, yerr=[low, high], marker="o", capsize=3, color=color,
+                    label=label(key, fields, shown) + exponent)
+        bounds = [decode_bound_ms(r, env) for r in points]
+        if measurement == "decode" and all(b is not None for b in bounds):
+            ax.plot(lengths, bounds, linestyle="--", color=color, alpha=0.6, label=f"{label(key, fields, shown)} bandwidth bound")
+    xlabel = "context length (tokens)" if measurement == "decode" else "sequence length L (tokens)"
+    log_axes(ax, xlabel, "ms (median, 95% interval)")
+    ax.set_title(f"{measurement}: {UNITS.get(measurement, 'ms per call')}", fontsize=9)
+    ax.legend(fontsize=7)
+    return save(fig, out_dir, f"{measurement}_ms")
+
+
+def memory_plot(rows: list[dict], out_dir: Path) -> list[Path]:
+    panels = []
+    for measurement in ordered_measurements(rows):
+        subset = [r for r in rows if r.get("measurement") == measurement]
+        if is_timed(measurement, subset) and any(r.get("status") == "ok" and r.get("peak_mem_bytes") for r in subset):
+            panels.append((measurement, subset))
+    if not panels:
+        return []
+    fig = Figure(layout="constrained", figsize=(5 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (measurement, subset) in zip(axes, panels):
+        fields = series_fields(subset)
+        shown, _ = shown_fields(subset, fields)
+        for key, points in _series(subset, fields).items():
+            points = [r for r in points if r.get("peak_mem_bytes")]
+            if points:
+                ax.plot([r["seq_len"] for r in points], [r["peak_mem_bytes"] / 2**20 for r in points], marker="o",
+                        label=label(key, fields, shown))
+        log_axes(ax, "sequence length L (tokens)", "peak memory (MiB)")
+        ax.set_title(measurement)
+        ax.legend(fontsize=7)
+    return save(fig, out_dir, "memory")
+
+
+def ceilings_plot(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
+    if not env.get("ceilings"):
+        return []
+    kinds = (("matmul_ceiling_fraction", "achieved TFLOP/s / bf16 matmul ceiling"),
+             ("copy_ceiling_fraction", "achieved GB/s / copy ceiling"))
+    curves: dict[str, dict[str, list]] = {kind: {} for kind, _ in kinds}
+    for measurement in ordered_measurements(rows):
+        subset = [r for r in rows if r.get("measurement") == measurement]
+        fields = series_fields(subset)
+        shown, _ = shown_fields(subset, fields)
+        for key, points in _series(subset, fields).items():
+            for kind, _ in kinds:
+                xy = [(r["seq_len"], ceiling_fractions(r, env).get(kind)) for r in points]
+                xy = [(x, y) for x, y in xy if y is not None]
+                if xy:
+                    curves[kind][f"{measurement}: {label(key, fields, shown)}"] = xy
+    kinds = [(kind, title) for kind, title in kinds if curves[kind]]
+    if not kinds:
+        return []
+    fig = Figure(layout="constrained", figsize=(6 * len(kinds), 4))
+    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    for ax, (kind, title) in zip(axes, kinds):
+        for name, xy in curves[kind].items():
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
+        length_axis(ax)
+        ax.set_ylim(0, max(1.0, max(y for xy in curves[kind].values() for _, y in xy) * 1.05))
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xlabel("sequence length L (tokens)")
+        ax.set_ylabel("fraction of the device ceiling")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    return save(fig, out_dir, "ceilings")
+
+
+def write_plots(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
+    """Every plot the rows support; a measurement with no ok timed cell gets none."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for measurement in ordered_measurements(rows):
+        subset = [r for r in rows if r.get("measurement") == measurement]
+        if is_timed(measurement, subset):
+            written += cost_plot(measurement, subset, env, out_dir)
+    written += memory_plot(rows, out_dir)
+    written += ceilings_plot(rows, env, out_dir)
+    return written

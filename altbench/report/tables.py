@@ -1,0 +1,299 @@
+"""One Markdown and one CSV table per measurement, in `<run>/tables/`.
+
+Markdown is for reading. One line per series (the fields of `SERIES_FIELDS` that vary; those
+that do not, such as a single dtype or batch, go into the header beside the unit and the number
+of repetitions), one column per sequence length L. A timed cell reads "median [ci_low, ci_high]"
+in ms (the 95% interval of the median), a capability cell "value ± stderr"; a cell that did not
+run shows its status (OOM, error, timeout, skipped), explained under the table, and "–" marks a
+length the suite did not ask for. Timed tables end with the scaling exponent and the lengths it
+was fitted over (scaling.py), and are followed by peak memory and, for decode, time over the
+bandwidth bound (bytes read per token / the device's copy bandwidth) when env.json has ceilings.
+
+CSV is for computing: one line per cell with the raw numbers, the derived fractions of the
+device ceilings and the series' exponent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from altbench.report import CAPABILITY, SERIES_FIELDS, TIMED, status_label
+from altbench.report.scaling import GROWTH, Fit, fit_scaling
+
+NOT_MEASURED = "–"
+UNITS = {
+    "prefill": "ms per forward pass over the batch's L tokens",
+    "decode": "ms per decode step (one token per sequence) at context length L",
+    "train_step": "ms per training step (forward, backward, AdamW) on the batch's L tokens",
+    "kernel": "ms per kernel call at length L",
+}
+CSV_FIELDS = (
+    "cell_id", "measurement", *SERIES_FIELDS, "seq_len", "status", "ms_median", "ms_ci_low", "ms_ci_high", "reps",
+    "warmup", "first_call_ms", "tokens_per_s", "flops", "tflops", "bandwidth_gbs", "bytes_per_token", "bound_ms",
+    "matmul_ceiling_fraction", "copy_ceiling_fraction", "peak_mem_bytes", "mem_source", "predicted_mem_bytes",
+    "state_bytes", "params", "value", "stderr", "exponent", "fit_first_len", "fit_last_len", "message",
+)
+
+INT_FIELDS = (
+    "batch", "seq_len", "reps", "warmup", "flops", "bytes_per_token", "peak_mem_bytes", "predicted_mem_bytes",
+    "state_bytes", "params", "fit_first_len", "fit_last_len",
+)
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+
+def fmt(x: float) -> str:
+    """About three significant figures, without exponents for the ranges benchmarks produce."""
+    a = abs(x)
+    if a >= 100:
+        return f"{x:,.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def fmt_len(length: int | None) -> str:
+    """1024 -> 1K, 1048576 -> 1M; other lengths as they are."""
+    if length is None:
+        return "any L"
+    if length >= 1 << 20 and length % (1 << 20) == 0:
+        return f"{length >> 20}M"
+    if length >= 1 << 10 and length % (1 << 10) == 0:
+        return f"{length >> 10}K"
+    return str(length)
+
+
+def timing_text(row: dict) -> str:
+    if row.get("status") != "ok":
+        return status_label(row)
+    median, low, high = row.get("ms_median"), row.get("ms_ci_low"), row.get("ms_ci_high")
+    if median is None:
+        return "n/a"
+    if low is None or high is None:
+        return fmt(median)
+    return f"{fmt(median)} [{fmt(low)}, {fmt(high)}]"
+
+
+def memory_text(row: dict) -> str:
+    if row.get("status") != "ok":
+        return status_label(row)
+    peak = row.get("peak_mem_bytes")
+    return fmt(peak / 2**20) if peak is not None else "n/a"
+
+
+def value_text(row: dict) -> str:
+    if row.get("status") != "ok":
+        return status_label(row)
+    value, stderr = row.get("value"), row.get("stderr")
+    if value is None:
+        return "n/a"
+    return f"{fmt(value)} ± {fmt(stderr)}" if stderr is not None else fmt(value)
+
+
+# --- grouping -------------------------------------------------------------------------------------
+
+
+def ordered_measurements(rows: list[dict]) -> list[str]:
+    """Measurements in the store: the known ones in their usual order, then any others by name."""
+    present = {r.get("measurement") for r in rows if r.get("measurement")}
+    known = [m for m in TIMED + CAPABILITY if m in present]
+    return known + sorted(present - set(known))
+
+
+def is_timed(measurement: str, rows: list[dict]) -> bool:
+    if measurement in TIMED:
+        return True
+    if measurement in CAPABILITY:
+        return False
+    return not any(r.get("value") is not None for r in rows)
+
+
+def series_fields(rows: list[dict]) -> list[str]:
+    """The identity fields these rows carry (with seq_len, they tell cells apart)."""
+    return [f for f in SERIES_FIELDS if any(r.get(f) is not None for r in rows)]
+
+
+def shown_fields(rows: list[dict], fields: list[str]) -> tuple[list[str], dict]:
+    """(fields that vary, shown as columns; {field: value} of those that do not, for the header).
+
+    The architecture is always a column, so every line says whose it is.
+    """
+    constant = {}
+    shown = []
+    for f in fields:
+        values = {r.get(f) for r in rows}
+        if len(values) == 1 and f != "arch":
+            constant[f] = values.pop()
+        else:
+            shown.append(f)
+    return shown, constant
+
+
+def series_key(row: dict, fields: list[str]) -> tuple:
+    return tuple(row.get(f) for f in fields)
+
+
+def sort_key(key: tuple) -> tuple:
+    return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for v in key)
+
+
+def series_fits(rows: list[dict], fields: list[str]) -> dict[tuple, Fit | None]:
+    """Scaling fit of each series over its ok cells."""
+    points: dict[tuple, tuple[list, list]] = {}
+    for r in rows:
+        lens, ms = points.setdefault(series_key(r, fields), ([], []))
+        if r.get("status") == "ok" and r.get("ms_median") is not None and r.get("seq_len") is not None:
+            lens.append(r["seq_len"])
+            ms.append(r["ms_median"])
+    return {key: fit_scaling(lens, ms) for key, (lens, ms) in points.items()}
+
+
+def fit_text(fit: Fit | None) -> str:
+    if fit is None:
+        return "n/a"
+    return f"{fit.exponent:.2f} ({fmt_len(fit.first_len)}–{fmt_len(fit.last_len)})"
+
+
+def decode_bound_ms(row: dict, env: dict) -> float | None:
+    """Bytes that must be read per decode step / the device's measured copy bandwidth, in ms."""
+    ceilings = env.get("ceilings") or {}
+    if row.get("bytes_per_token") is None or not ceilings.get("copy_gbs"):
+        return None
+    return row["bytes_per_token"] / (ceilings["copy_gbs"] * 1e9) * 1e3
+
+
+def ceiling_fractions(row: dict, env: dict) -> dict:
+    """Achieved TFLOP/s over the bf16 matmul ceiling, achieved GB/s over the copy ceiling."""
+    ceilings = env.get("ceilings") or {}
+    out = {}
+    if row.get("tflops") is not None and ceilings.get("matmul_bf16_tflops"):
+        out["matmul_ceiling_fraction"] = row["tflops"] / ceilings["matmul_bf16_tflops"]
+    if row.get("bandwidth_gbs") is not None and ceilings.get("copy_gbs"):
+        out["copy_ceiling_fraction"] = row["bandwidth_gbs"] / ceilings["copy_gbs"]
+    return out
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def wide_table(rows: list[dict], fields: list[str], shown: list[str], text, last: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One line per series, one column per length, each cell `text(row)`; `last` adds
+    {column: {series key: text}} columns at the right."""
+    lengths = sorted({r.get("seq_len") for r in rows}, key=lambda n: (n is not None, n or 0))
+    grid: dict[tuple, dict] = {}
+    for r in rows:
+        grid.setdefault(series_key(r, fields), {})[r.get("seq_len")] = text(r)
+    records = []
+    for key in sorted(grid, key=sort_key):
+        record = {f: ("" if v is None else str(v)) for f, v in zip(fields, key) if f in shown}
+        record.update({fmt_len(n): grid[key].get(n, NOT_MEASURED) for n in lengths})
+        for column, by_key in (last or {}).items():
+            record[column] = by_key.get(key, "n/a")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _range(values) -> str:
+    values = sorted({v for v in values if v is not None})
+    if not values:
+        return "?"
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+
+def header(measurement: str, rows: list[dict], constant: dict, timed: bool) -> list[str]:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    unit = UNITS.get(measurement, "ms per call at length L") if timed else "metric value ± standard error"
+    if timed:
+        unit += "; median [95% interval of the median] over each cell's timed repetitions"
+    setting = " · ".join(f"{f} {v}" for f, v in constant.items() if v is not None)
+    if timed and ok:
+        setting += f" · {_range(r.get('reps') for r in ok)} repetitions per cell after {_range(r.get('warmup') for r in ok)} warm-up calls"
+    elif timed:
+        setting += " · no cell ran"
+    lines = [f"## {measurement}", "", f"Unit: {unit}.", "", f"Setting: {setting.strip(' ·')}.", ""]
+    lines.append("Columns are sequence lengths L; a cell that did not run shows its status (details below the table); "
+                 f"{NOT_MEASURED} = not in the suite.")
+    if timed:
+        lines.append("Exponent: log-log slope of ms vs L over the compute-bound lengths in brackets (from the first length "
+                     f"costing at least {GROWTH:g}x the cheapest; see altbench/report/scaling.py).")
+    return lines + [""]
+
+
+def failures(rows: list[dict]) -> list[str]:
+    bad = [r for r in rows if r.get("status") != "ok"]
+    if not bad:
+        return []
+    lines = ["", "Cells that did not run:", ""]
+    for r in sorted(bad, key=lambda r: str(r.get("cell_id"))):
+        message = (r.get("message") or "").splitlines()[0][:200] if r.get("message") else "no message"
+        lines.append(f"- `{r.get('cell_id')}`: {status_label(r)} — {message}")
+    return lines
+
+
+def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple[str, pd.DataFrame]:
+    """The Markdown section of one measurement and its CSV frame."""
+    fields = series_fields(rows)
+    shown, constant = shown_fields(rows, fields)
+    timed = is_timed(measurement, rows)
+    lines = header(measurement, rows, constant, timed)
+    fits = series_fits(rows, fields) if timed else {}
+    if timed:
+        exponents = {key: fit_text(fit) for key, fit in fits.items()}
+        table = wide_table(rows, fields, shown, timing_text, {"exponent (fit range)": exponents})
+    else:
+        table = wide_table(rows, fields, shown, value_text)
+    lines.append(table.to_markdown(index=False, disable_numparse=True))
+
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if timed and any(r.get("peak_mem_bytes") is not None for r in ok):
+        sources = ", ".join(sorted({r["mem_source"] for r in ok if r.get("mem_source")}))
+        lines += ["", f"### {measurement}: peak memory, MiB ({sources or 'source not recorded'})", ""]
+        lines.append(wide_table(rows, fields, shown, memory_text).to_markdown(index=False, disable_numparse=True))
+    if measurement == "decode" and any(decode_bound_ms(r, env) is not None for r in ok):
+        copy = env["ceilings"]["copy_gbs"]
+        lines += ["", f"### decode: time over its bandwidth bound (bytes read per step / copy bandwidth {copy:,.0f} GB/s; "
+                  "1.0x is the device's limit)", ""]
+
+        def over_bound(r):
+            bound = decode_bound_ms(r, env)
+            if r.get("status") != "ok":
+                return status_label(r)
+            return f"{fmt(r['ms_median'] / bound)}x" if bound and r.get("ms_median") is not None else "n/a"
+
+        lines.append(wide_table(rows, fields, shown, over_bound).to_markdown(index=False, disable_numparse=True))
+    lines += failures(rows)
+
+    records = []
+    for r in rows:
+        record = {f: r.get(f) for f in CSV_FIELDS}
+        record["bound_ms"] = decode_bound_ms(r, env) if measurement == "decode" else None
+        record.update(ceiling_fractions(r, env))
+        fit = fits.get(series_key(r, fields))
+        if fit is not None:
+            record.update(exponent=fit.exponent, fit_first_len=fit.first_len, fit_last_len=fit.last_len)
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=list(CSV_FIELDS)).dropna(axis=1, how="all")
+    for column in frame.columns.intersection(INT_FIELDS):
+        values = frame[column].dropna()
+        if all(isinstance(v, (int, float)) and float(v).is_integer() for v in values):
+            frame[column] = frame[column].astype("Int64")  # missing stays empty instead of turning 5 into 5.0
+    return "\n".join(lines) + "\n", frame
+
+
+def write_tables(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
+    """<out_dir>/<measurement>.md and .csv for every measurement in the rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for measurement in ordered_measurements(rows):
+        subset = [r for r in rows if r.get("measurement") == measurement]
+        markdown, frame = measurement_markdown(measurement, subset, env)
+        md, csv = out_dir / f"{measurement}.md", out_dir / f"{measurement}.csv"
+        md.write_text(markdown)
+        frame.to_csv(csv, index=False)
+        written += [md, csv]
+    return written

@@ -1,0 +1,1 @@
+"""Suite -> cells -> isolated workers -> store."""

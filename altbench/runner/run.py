@@ -1,0 +1,101 @@
+"""A sweep: expand the suite, run each unfinished cell in its own worker, append each row as it lands.
+
+    <out>/<run-id>/suite.toml    the suite exactly as run (a resumed run re-reads it from here)
+    <out>/<run-id>/env.json      environment (measure/env.py), written before the first cell
+    <out>/<run-id>/cells.jsonl   the store (runner/store.py)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from altbench.errors import UserError
+from altbench.measure import env as envmod
+from altbench.runner import store, suite as suites
+from altbench.runner.cells import Cell, expand
+from altbench.runner.worker import run_isolated
+
+SUITE_FILE = "suite.toml"
+
+
+def new_run_dir(out: Path, suite_name: str) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir, n = out / f"{suite_name}-{stamp}", 1
+        while run_dir.exists():
+            n += 1
+            run_dir = out / f"{suite_name}-{stamp}-{n}"
+        run_dir.mkdir()
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write results under {out}: {e.strerror}; pass a writable directory with --out") from None
+    return run_dir
+
+
+def find_run(ref: str, out: Path) -> Path:
+    """A run given as a directory path or as a run id under `out`."""
+    for candidate in (Path(ref), out / ref):
+        if (candidate / SUITE_FILE).is_file():
+            return candidate
+    runs = sorted(p.name for p in out.glob("*/") if (p / SUITE_FILE).is_file()) if out.is_dir() else []
+    hint = f"runs under {out}: {', '.join(runs[-5:])}" if runs else f"no runs under {out}"
+    raise UserError(f"run '{ref}' not found ({hint})")
+
+
+def check_device(device: str) -> None:
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown device '{device}'; use cpu or cuda")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is visible on this machine; run with --device cpu")
+
+
+def prepare(suite_ref: str | None, resume: str | None, device: str | None, out: Path) -> tuple[Path, list[Cell], set[str]]:
+    """The run directory, its cells, and the ids of cells already finished (when resuming)."""
+    if resume:
+        run_dir = find_run(resume, out)
+        suite = suites.load(str(run_dir / SUITE_FILE))
+        env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
+        device = device or env.get("device") or suite.device
+        check_device(device)
+        done = {row["cell_id"] for row in store.read_rows(run_dir)}
+        return run_dir, expand(suite, device), done
+    if not suite_ref:
+        raise UserError("give --suite NAME|PATH.toml (known: " + ", ".join(suites.known_suites()) + ") or --resume RUN")
+    suite = suites.load(suite_ref)
+    device = device or suite.device
+    check_device(device)
+    run_dir = new_run_dir(out, suite.name)
+    shutil.copyfile(suite.path, run_dir / SUITE_FILE)
+    env = envmod.capture(sys.argv, suite.name)
+    env["device"] = device
+    (run_dir / "env.json").write_text(json.dumps(env, indent=2))
+    return run_dir, expand(suite, device), set()
+
+
+def sweep(
+    run_dir: Path, cells: list[Cell], done: set[str],
+    on_start: Callable[[Cell], None] = lambda cell: None, on_row: Callable[[dict], None] = lambda row: None,
+) -> list[dict]:
+    """Run every cell not in `done`, appending each row to the store as soon as it exists."""
+    rows = []
+    for cell in cells:
+        if cell.cell_id in done:
+            continue
+        on_start(cell)
+        row = run_isolated(cell)
+        row["run_id"] = run_dir.name
+        store.append_row(run_dir, row)
+        rows.append(row)
+        on_row(row)
+    return rows

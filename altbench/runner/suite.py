@@ -1,0 +1,180 @@
+"""Suites: TOML files that say what to measure, validated on load.
+
+    name = "smoke"
+    description = "..."
+    archs = ["transformer", "mamba"]
+    sizes = ["tiny"]
+    backends = ["torch"]
+    dtypes = ["float32"]
+    batches = [1]
+    seq_lens = [64, 128, 256]
+    device = "cpu"                       # default for `altbench run` (override with --device)
+
+    [settings]                           # apply to every cell unless a measurement overrides them
+    reps = 10                            # timed repetitions (at least; see min_time_s)
+    warmup = 2                           # untimed calls before timing
+    min_time_s = 0.0                     # keep repeating until this much time is timed
+    timeout_s = 120                      # per cell; the worker is killed after it
+    prefill_segment = 0                  # >0: prefill in segments of this many tokens, carrying state
+    decode_tokens = 16                   # tokens timed per decode cell
+    cuda_graphs = true                   # capture decode steps in CUDA graphs where possible
+
+    [measurements.prefill]               # one table per measurement; keys here override [settings]
+    [measurements.decode]
+    [measurements.train_step]
+    max_seq_len = 16384                  # longer cells are recorded as skipped, with this reason
+
+Any mistake (bad TOML, unknown key, wrong type, unknown architecture / size / backend /
+measurement) raises `UserError` naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+from altbench import registry
+from altbench.errors import UserError
+
+MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "probe", "lm_eval")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Settings:
+    reps: int = 10
+    warmup: int = 2
+    min_time_s: float = 0.0
+    timeout_s: float = 300.0
+    prefill_segment: int = 0
+    decode_tokens: int = 16
+    cuda_graphs: bool = True
+    max_seq_len: int = 0  # 0: no limit
+    max_batch: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    archs: list[str]
+    sizes: list[str]
+    backends: list[str]
+    dtypes: list[str]
+    batches: list[int]
+    seq_lens: list[int]
+    measurements: dict[str, Settings]
+    description: str = ""
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)  # measurement-specific tables (probe tasks, lm-eval tasks)
+
+
+_TOP = {
+    "name": str, "description": str, "archs": list, "sizes": list, "backends": list, "dtypes": list,
+    "batches": list, "seq_lens": list, "device": str, "settings": dict, "measurements": dict,
+}
+_SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
+_PY = {"int": int, "float": (int, float), "bool": bool}
+
+
+def suite_dir() -> Path:
+    return Path(str(resources.files("altbench.suites")))
+
+
+def known_suites() -> list[str]:
+    return sorted(p.stem for p in suite_dir().glob("*.toml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A suite name from suites/ or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"suite file {path} does not exist")
+        return path
+    candidate = suite_dir() / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        raise UserError(f"unknown suite '{name_or_path}'; known: {', '.join(known_suites())} (or give a path to a .toml)")
+    return candidate
+
+
+def _check_type(where: str, key: str, value, expected) -> None:
+    ok = isinstance(value, expected) and not (expected in (int, (int, float)) and isinstance(value, bool))
+    if not ok:
+        want = getattr(expected, "__name__", "number")
+        raise UserError(f"{where}: key '{key}' must be {want}, got {type(value).__name__} {value!r}")
+
+
+def _settings(where: str, table: dict, base: Settings) -> tuple[Settings, dict]:
+    """Known setting keys -> Settings; other keys are returned for measurement-specific use."""
+    known, rest = {}, {}
+    for key, value in table.items():
+        if key in _SETTING_TYPES:
+            _check_type(where, key, value, _PY[_SETTING_TYPES[key]])
+            known[key] = value
+        else:
+            rest[key] = value
+    return Settings(**{**base.__dict__, **known}), rest
+
+
+def _names(where: str, key: str, values: list, known: list[str]) -> list[str]:
+    for v in values:
+        if v not in known:
+            raise UserError(f"{where}: unknown {key[:-1] if key.endswith('s') else key} '{v}' in '{key}'; known: {', '.join(known)}")
+    return values
+
+
+def load(name_or_path: str) -> Suite:
+    path = resolve(name_or_path)
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{where}: invalid TOML: {e}") from None
+    for key, value in data.items():
+        if key not in _TOP:
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(_TOP)}")
+        _check_type(where, key, value, _TOP[key])
+    for key in ("archs", "seq_lens", "measurements"):
+        if not data.get(key):
+            raise UserError(f"{where}: key '{key}' is required and must not be empty")
+
+    archs = data["archs"]
+    for arch in archs:
+        if arch not in registry.ARCHITECTURES and "." not in str(arch):
+            _names(where, "archs", [arch], list(registry.ARCHITECTURES))
+    sizes = data.get("sizes", ["tiny"])
+    for arch in archs:
+        for size in sizes:
+            if size not in registry.size_names(arch):  # also imports plugins: a bad one fails here
+                raise UserError(f"{where}: size '{size}' is not defined for {arch}; known: {', '.join(registry.size_names(arch))}")
+    backends = _names(where, "backends", data.get("backends", ["torch"]), list(registry.BACKENDS))
+    dtypes = _names(where, "dtypes", data.get("dtypes", ["float32"]), list(DTYPES))
+    for key in ("batches", "seq_lens"):
+        for v in data.get(key, []):
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise UserError(f"{where}: '{key}' must hold positive integers, got {v!r}")
+    device = data.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"{where}: key 'device' must be 'cpu' or 'cuda', got {device!r}")
+
+    base, stray = _settings(f"{where} [settings]", data.get("settings", {}), Settings())
+    if stray:
+        raise UserError(f"{where} [settings]: unknown key '{next(iter(stray))}'; known: {', '.join(_SETTING_TYPES)}")
+    measurements, extra = {}, {}
+    for name, table in data["measurements"].items():
+        _names(where, "measurements", [name], list(MEASUREMENTS))
+        if not isinstance(table, dict):
+            raise UserError(f"{where}: [measurements.{name}] must be a table")
+        measurements[name], extra[name] = _settings(f"{where} [measurements.{name}]", table, base)
+        if extra[name] and name not in ("probe", "lm_eval"):
+            raise UserError(
+                f"{where} [measurements.{name}]: unknown key '{next(iter(extra[name]))}'; known: {', '.join(_SETTING_TYPES)}"
+            )
+    return Suite(
+        name=data.get("name", path.stem), path=path, archs=archs, sizes=sizes, backends=backends, dtypes=dtypes,
+        batches=data.get("batches", [1]), seq_lens=data["seq_lens"], measurements=measurements,
+        description=data.get("description", ""), device=device, extra=extra,
+    )

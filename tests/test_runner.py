@@ -1,0 +1,120 @@
+"""Runner: suites validate, cells expand, workers isolate failures, the store keeps every row, runs resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from altbench.errors import UserError
+from altbench.runner import run as runner
+from altbench.runner import store, suite as suites
+from altbench.runner.cells import expand
+
+FAULTY = """
+name = "faults"
+archs = ["plugins.faulty_arch"]
+sizes = ["tiny", "raise", "kill", "hang", "oom"]
+dtypes = ["float32"]
+seq_lens = [16]
+[settings]
+reps = 3
+warmup = 0
+timeout_s = 8
+[measurements.prefill]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "suite.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_each_failure_costs_its_cell_only(tmp_path):
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, FAULTY)), None, "cpu", tmp_path / "out")
+    runner.sweep(run_dir, cells, done)
+    status = {row["size"]: row for row in store.read_rows(run_dir)}
+    assert {k: v["status"] for k, v in status.items()} == {
+        "tiny": "ok", "raise": "error", "kill": "error", "hang": "timeout", "oom": "oom",
+    }
+    assert "ValueError: injected failure" in status["raise"]["message"]
+    assert "Traceback" in status["raise"]["traceback"]
+    assert status["kill"]["message"] == "worker killed by SIGKILL"
+    assert "8 s" in status["hang"]["message"]
+    assert status["tiny"]["ms_median"] > 0 and status["tiny"]["reps"] == 3
+
+
+def test_resume_runs_only_unfinished_cells_and_survives_a_torn_line(tmp_path):
+    suite = write(tmp_path, FAULTY.replace('"raise", "kill", "hang", "oom"', '"raise"').replace("prefill]", "prefill]\n[measurements.decode]"))
+    run_dir, cells, done = runner.prepare(str(suite), None, "cpu", tmp_path / "out")
+    assert len(cells) == 4 and not done
+    runner.sweep(run_dir, cells[:2], done)  # "interrupted" after two cells ...
+    with open(store.store_path(run_dir), "a") as f:
+        f.write('{"cell_id": "torn')  # ... in the middle of writing a third
+    first = store.read_rows(run_dir)
+    run_dir2, cells2, done2 = runner.prepare(None, run_dir.name, None, tmp_path / "out")
+    assert run_dir2 == run_dir and done2 == {r["cell_id"] for r in first} and len(done2) == 2
+    new = runner.sweep(run_dir2, cells2, done2)
+    assert [r["cell_id"] for r in new] == [c.cell_id for c in cells[2:]]
+    rows = store.read_rows(run_dir)
+    assert rows[:2] == first and len(rows) == 4  # earlier rows untouched
+
+
+def test_suite_limits_become_skipped_rows(tmp_path):
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', "").replace("[16]", "[16, 32]")
+    text += "[measurements.train_step]\nmax_seq_len = 16\n"
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    runner.sweep(run_dir, cells, done)
+    rows = {r["cell_id"]: r for r in store.read_rows(run_dir)}
+    skipped = rows["train_step/plugins.faulty_arch/tiny/torch/float32/cpu/b1/L32"]
+    assert skipped["status"] == "skipped" and "seq_len <= 16" in skipped["message"]
+    assert rows["train_step/plugins.faulty_arch/tiny/torch/float32/cpu/b1/L16"]["status"] == "ok"
+
+
+def test_missing_backend_is_a_skipped_row(tmp_path):
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', "").replace('dtypes', 'backends = ["mamba_ssm"]\ndtypes')
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    (row,) = runner.sweep(run_dir, cells, done)
+    assert row["status"] == "skipped" and row["message"] == "backend mamba_ssm is not installed"
+
+
+def test_smoke_suite_expands_to_every_axis():
+    suite = suites.load("smoke")
+    cells = expand(suite, "cpu")
+    assert len(cells) == len(suite.archs) * len(suite.seq_lens) * len(suite.measurements)
+    assert len({c.cell_id for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('name = "x"\narchs = ["mamba",,]', r"invalid TOML: .*line 2"),
+        ('archs = ["transformer"]\nseq_lens = [8]\nwidth = 3\n[measurements.prefill]', r"unknown key 'width'; known: name"),
+        ('archs = ["gpt5"]\nseq_lens = [8]\n[measurements.prefill]', r"unknown arch 'gpt5' in 'archs'; known: transformer, mamba"),
+        ('archs = ["mamba"]\nsizes = ["9b"]\nseq_lens = [8]\n[measurements.prefill]', r"size '9b' is not defined for mamba; known: tiny, 130m"),
+        ('archs = ["mamba"]\nseq_lens = [8]\n[measurements.prefil]', r"unknown measurement 'prefil'.*known: prefill, decode"),
+        ('archs = ["mamba"]\nseq_lens = [8]\n[settings]\nreps = "ten"\n[measurements.prefill]', r"\[settings\]: key 'reps' must be int, got str 'ten'"),
+        ('archs = ["mamba"]\nseq_lens = [8]\n[measurements.prefill]\nrepz = 3', r"\[measurements.prefill\]: unknown key 'repz'"),
+        ('archs = ["mamba"]\nseq_lens = [0]\n[measurements.prefill]', r"'seq_lens' must hold positive integers, got 0"),
+        ('archs = ["mamba"]\nseq_lens = [8]', r"key 'measurements' is required"),
+    ],
+    ids=["bad-toml", "unknown-key", "unknown-arch", "unknown-size", "unknown-measurement", "wrong-type",
+         "unknown-setting", "bad-length", "missing-key"],
+)
+def test_bad_suites_name_file_key_and_fix(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=message) as e:
+        suites.load(str(path))
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_suite_lists_known_ones():
+    with pytest.raises(UserError, match=r"unknown suite 'nope'; known: .*smoke"):
+        suites.load("nope")
+
+
+def test_env_json_records_versions_and_command(tmp_path):
+    run_dir, _, _ = runner.prepare("smoke", None, "cpu", tmp_path)
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["torch"] and env["python"] and env["suite"] == "smoke" and env["device"] == "cpu"
+    assert "command" in env and "git_commit" in env and env["gpu"] is None or isinstance(env["gpu"], dict)
