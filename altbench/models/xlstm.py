@@ -1,0 +1,510 @@
+"""xLSTM: LSTM with exponential gating and matrix memory (Beck et al. 2024, arXiv:2405.04517), in the
+xLSTM 7B block layout (Beck et al. 2025, arXiv:2503.13427) that transformers' `xLSTMForCausalLM` implements.
+
+mLSTM cell (paper sec. 2.3, eqs. 19-27), per head; q_t, k_t: (K,), v_t: (V,), scalar gate pre-activations
+i~_t (input, exponential) and f~_t (forget, sigmoid), q scaled by 1/sqrt(K):
+
+    C_t = f_t C_{t-1} + i_t k_t v_t^T            matrix memory, stored (K, V): the paper's (v k^T)^T
+    n_t = f_t n_{t-1} + i_t k_t                  normaliser
+    h_t = C_t^T q_t / max(|n_t^T q_t|, 1)        i_t = exp(i~_t),  f_t = sigmoid(f~_t)
+
+Stabilised in log space by a running max m_t (eqs. 15-17), so no exp() can overflow; C, n are kept as
+the true C, n times exp(-m_t):
+
+    m_t  = max(log f_t + m_{t-1}, i~_t)
+    i'_t = exp(i~_t - m_t),   f'_t = exp(log f_t + m_{t-1} - m_t)
+    C_t  = f'_t C_{t-1} + i'_t k_t v_t^T,   n_t = f'_t n_{t-1} + i'_t k_t
+    h_t  = C_t^T q_t / (max(|n_t^T q_t|, exp(-m_t)) + eps)
+
+Exactly as transformers computes it: the state starts at C_0 = 0, n_0 = 0, m_0 = 0 (so the stabilised
+h_t equals the unstabilised one above up to eps), eps = 1e-6 is added after the max, the gate
+pre-activations are soft-capped, i~ = 15 tanh(W_i x / 15) (same for f~), and so are the output logits,
+30 tanh(z / 30). (transformers' default mode="inference" runs its chunkwise kernel on the largest
+multiple of chunk_size tokens and its recurrent one on the rest; `mlstm_chunked` pads the last chunk
+instead, which gives the same values.) Three forms compute the same map: `mlstm_ref` (the loop above), `mlstm_chunked`
+(chunkwise-parallel: a stabilised quadratic form inside each chunk plus the recurrent state carried
+across chunks, O(T L) work for chunk length L) and `mlstm_step` (one token).
+
+Block (xLSTM 7B, "post-up-projection", its Fig. 1), with RMSNorm pre-norms:
+
+    x = x + W_out( sigmoid(W_o x^) * HeadNorm(mLSTM(W_q x^, W_k x^, W_v x^, i~, f~)) ),   x^ = RMSNorm(x)
+    x = x + W_down( silu(W_gate x-) * W_up x- ),                                     x- = RMSNorm(x)
+
+HeadNorm is a LayerNorm over each head's V channels (no bias); qk width d * qk_dim_factor, v width
+d * v_dim_factor, SwiGLU width d * ffn_proj_factor rounded up to a multiple of 64.
+
+sLSTM cell (paper sec. 2.2, eqs. 8-17): scalar memory per channel, exponential input gate, and
+recurrent connections R h_{t-1} inside each head (block-diagonal R, memory mixing within a head only):
+
+    z_t = tanh(z~_t + R_z h_{t-1}),  i_t = exp(i~_t + R_i h_{t-1}),  f_t = sigmoid(f~_t + R_f h_{t-1}),
+    o_t = sigmoid(o~_t + R_o h_{t-1}),  c_t = f_t c_{t-1} + i_t z_t,  n_t = f_t n_{t-1} + i_t,  h_t = o_t c_t / n_t
+
+stabilised the same way (c/n is invariant to the shared exp(-m_t) factor). It has no parallel form:
+`slstm_ref` loops over time and `slstm_step` is one token. transformers' xLSTM 7B uses mLSTM blocks
+only; `slstm_at` puts sLSTM blocks (the paper's xLSTM[a:b] mixtures, its Fig. 10 block: causal conv
+feeding the i and f gates, head-wise norm, then the same SwiGLU) at chosen positions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from altbench.errors import UserError
+from altbench.models.base import LanguageModel, LMConfig, linear_flops
+
+
+@dataclass
+class XLSTMConfig(LMConfig):
+    vocab_size: int = 50304  # GPT-NeoX tokenizer padded to a multiple of 64, as xLSTM 7B
+    d_model: int = 4096
+    n_layers: int = 32
+    norm_eps: float = 1e-6  # RMSNorms and head-wise norms, as transformers' xLSTMConfig
+    tie_embeddings: bool = False  # xLSTM 7B has a separate LM head
+    n_heads: int = 8  # H, mLSTM / sLSTM heads
+    qk_dim_factor: float = 0.5  # query/key width = d_model * this (H * K)
+    v_dim_factor: float = 1.0  # value width = d_model * this (H * V)
+    ffn_proj_factor: float = 2.667  # SwiGLU width = d_model * this, rounded up to ffn_multiple_of
+    ffn_multiple_of: int = 64
+    gate_soft_cap: float = 15.0  # i~, f~ = cap * tanh(preact / cap)
+    logit_soft_cap: float = 30.0  # logits = cap * tanh(z / cap)
+    eps: float = 1e-6  # added to the mLSTM denominator max(|n^T q|, exp(-m))
+    chunk_size: int = 64  # L of the chunkwise-parallel form
+    igate_bias_init: float = -10.0  # xLSTM 7B sec. 3.2: negative input-gate bias for stable training
+    slstm_at: tuple[int, ...] = ()  # block indices that are sLSTM blocks (empty: xLSTM 7B, all mLSTM)
+    conv_kernel: int = 4  # width of the sLSTM block's causal convolution
+
+
+def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(x / cap): smooth clipping to (-cap, cap) (xLSTM 7B sec. 3.2, as in Gemma 2)."""
+    return cap * torch.tanh(x / cap)
+
+
+# --- the mLSTM cell in three forms ----------------------------------------------------------------
+
+
+def _zero_mlstm_state(q, v):
+    B, _, H, K = q.shape
+    return q.new_zeros(B, H, K, v.shape[-1]), q.new_zeros(B, H, K), q.new_zeros(B, H)
+
+
+def mlstm_ref(q, k, v, i, f, state=None, eps=1e-6):
+    """The stabilised recurrence, one step at a time, in fp32; the ground truth for the other forms.
+
+    q, k: (B, T, H, K)   v: (B, T, H, V)   i, f: (B, T, H) gate pre-activations (log i_t; f_t = sigmoid(f))
+    state: (C (B, H, K, V), n (B, H, K), m (B, H)) or None for zeros
+    returns h: (B, T, H, V) in q's dtype, (C, n, m) in fp32
+    """
+    dtype = q.dtype
+    q, k, v, i, f = (x.float() for x in (q, k, v, i, f))
+    C, n, m = (s.float() for s in state) if state is not None else _zero_mlstm_state(q, v)
+    q = q * q.shape[-1] ** -0.5
+    hs = []
+    for t in range(q.shape[1]):
+        log_f = F.logsigmoid(f[:, t])  # (B, H)
+        m_new = torch.maximum(log_f + m, i[:, t])
+        f_ = torch.exp(log_f + m - m_new)[..., None]  # (B, H, 1)
+        i_ = torch.exp(i[:, t] - m_new)[..., None]
+        C = f_[..., None] * C + i_[..., None] * k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, V)
+        n = f_ * n + i_ * k[:, t]  # (B, H, K)
+        m = m_new
+        num = torch.einsum("bhk,bhkv->bhv", q[:, t], C)
+        den = torch.maximum((q[:, t] * n).sum(-1).abs(), torch.exp(-m)) + eps  # (B, H)
+        hs.append(num / den[..., None])
+    return torch.stack(hs, dim=1).to(dtype), (C, n, m)
+
+
+def mlstm_chunked(q, k, v, i, f, state=None, chunk_size=64, eps=1e-6):
+    """Same contract as `mlstm_ref`, chunkwise-parallel (the form of the xLSTM 7B kernels).
+
+    Inside a chunk, with b_t = sum of log f over the chunk up to t, the output is a masked quadratic form
+    with log weights D[t, s] = b_t - b_s + i_s (s <= t) plus the state entering the chunk decayed by b_t;
+    both share the stabiliser m_t = max(b_t + m_0, max_s D[t, s]), which equals the recurrent m_t.
+    The states entering the chunks come from a short recurrence over chunks. T is padded to a multiple
+    of L with log f = 0 and log i = -inf, steps that leave the state unchanged.
+    """
+    dtype = q.dtype
+    B, T, H, K = q.shape
+    L = chunk_size
+    q, k, v, i = (x.float() for x in (q, k, v, i))
+    log_f = F.logsigmoid(f.float())
+    C, n, m = (s.float() for s in state) if state is not None else _zero_mlstm_state(q, v)
+    pad = -T % L
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
+        i = F.pad(i, (0, 0, 0, pad), value=-math.inf)
+        log_f = F.pad(log_f, (0, 0, 0, pad), value=0.0)
+    N = (T + pad) // L
+    q = (q * K**-0.5).view(B, N, L, H, K)
+    k = k.view(B, N, L, H, K)
+    v = v.view(B, N, L, H, -1)  # (B, N, L, H, V)
+    i = i.view(B, N, L, H)
+    b = log_f.view(B, N, L, H).cumsum(2)  # (B, N, L, H)
+
+    # 1. the state entering each chunk, by the recurrence over chunks
+    g = b[:, :, -1]  # (B, N, H) log decay across a whole chunk
+    a = g[:, :, None] - b + i  # (B, N, L, H) log weight of step s in the state at the chunk's end
+    a_max = a.max(2).values  # (B, N, H)
+    C_in, n_in, m_in = [], [], []
+    for c in range(N):
+        C_in.append(C), n_in.append(n), m_in.append(m)
+        m_new = torch.maximum(g[:, c] + m, a_max[:, c])  # (B, H)
+        w = torch.exp(a[:, c] - m_new[:, None])  # (B, L, H)
+        decay = torch.exp(g[:, c] + m - m_new)  # (B, H)
+        C = decay[..., None, None] * C + torch.einsum("blh,blhk,blhv->bhkv", w, k[:, c], v[:, c])
+        n = decay[..., None] * n + torch.einsum("blh,blhk->bhk", w, k[:, c])
+        m = m_new
+    C_in, n_in, m_in = torch.stack(C_in, 1), torch.stack(n_in, 1), torch.stack(m_in, 1)  # (B, N, H, ...)
+
+    # 2. outputs: intra-chunk quadratic form + the entering state, under one stabiliser per step
+    log_D = b[:, :, :, None] - b[:, :, None, :] + i[:, :, None, :]  # (B, N, L_t, L_s, H)
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()[:, :, None]  # (L, L, 1)
+    log_D = log_D.masked_fill(~causal, -math.inf)
+    m_inter = b + m_in[:, :, None]  # (B, N, L, H)
+    m_t = torch.maximum(m_inter, log_D.max(3).values)  # (B, N, L, H)
+    S = torch.einsum("bnthk,bnshk->bntsh", q, k) * torch.exp(log_D - m_t[:, :, :, None])  # (B, N, L, L, H)
+    inter = torch.exp(m_inter - m_t)  # (B, N, L, H)
+    num = torch.einsum("bntsh,bnshv->bnthv", S, v)
+    num = num + inter[..., None] * torch.einsum("bnthk,bnhkv->bnthv", q, C_in)  # (B, N, L, H, V)
+    den = S.sum(3) + inter * torch.einsum("bnthk,bnhk->bnth", q, n_in)  # (B, N, L, H)
+    h = num / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps)[..., None]
+    return h.reshape(B, N * L, H, -1)[:, :T].to(dtype), (C, n, m)
+
+
+def mlstm_step(q, k, v, i, f, state, eps=1e-6):
+    """One token: q, k: (B, H, K); v: (B, H, V); i, f: (B, H); state (C, n, m) fp32 -> h (B, H, V), state."""
+    C, n, m = state
+    log_f = F.logsigmoid(f.float())
+    m_new = torch.maximum(log_f + m, i.float())
+    f_ = torch.exp(log_f + m - m_new)[..., None]  # (B, H, 1)
+    i_ = torch.exp(i.float() - m_new)[..., None]
+    C = f_[..., None] * C + i_[..., None] * k.float()[..., :, None] * v.float()[..., None, :]  # (B, H, K, V)
+    n = f_ * n + i_ * k.float()
+    qs = q.float() * q.shape[-1] ** -0.5
+    den = torch.maximum((qs * n).sum(-1).abs(), torch.exp(-m_new)) + eps  # (B, H)
+    h = torch.einsum("bhk,bhkv->bhv", qs, C) / den[..., None]
+    return h.to(q.dtype), (C, n, m_new)
+
+
+# --- the sLSTM cell -------------------------------------------------------------------------------
+
+
+def _slstm_update(pre, R, state):
+    """pre: (B, 4, H, D) input pre-activations (z, i, f, o); R: (4, H, D, D); state (c, n, m, h) fp32."""
+    c, n, m, h = state
+    z, i, f, o = (pre.float() + torch.einsum("bhd,ghde->bghe", h, R.float())).unbind(1)  # (B, H, D) each
+    log_f = F.logsigmoid(f)
+    m_new = torch.where(n == 0, i, torch.maximum(log_f + m, i))  # a fresh state starts at m = i~
+    i_ = torch.exp(i - m_new)
+    f_ = torch.exp(log_f + m - m_new)
+    c = f_ * c + i_ * torch.tanh(z)
+    n = f_ * n + i_
+    h = torch.sigmoid(o) * c / n
+    return c, n, m_new, h
+
+
+def _zero_slstm_state(pre):
+    B, _, _, H, D = pre.shape
+    return tuple(pre.new_zeros(B, H, D, dtype=torch.float32) for _ in range(4))
+
+
+def slstm_ref(pre, R, state=None):
+    """The sLSTM recurrence over time in fp32 (there is no parallel form: h_{t-1} feeds every gate).
+
+    pre: (B, T, 4, H, D) input pre-activations W x + b of (z, i, f, o)   R: (4, H, D, D) head-wise recurrent
+    weights, gate_g += h_{t-1} @ R[g] per head   state: (c, n, m, h), each (B, H, D), or None for zeros
+    returns h: (B, T, H, D) in pre's dtype, (c, n, m, h) in fp32
+    """
+    state = tuple(s.float() for s in state) if state is not None else _zero_slstm_state(pre)
+    hs = []
+    for t in range(pre.shape[1]):
+        state = _slstm_update(pre[:, t], R, state)
+        hs.append(state[3])
+    return torch.stack(hs, dim=1).to(pre.dtype), state
+
+
+def slstm_step(pre, R, state):
+    """One token: pre (B, 4, H, D), state (c, n, m, h) fp32 -> h (B, H, D), state."""
+    state = _slstm_update(pre, R, state)
+    return state[3].to(pre.dtype), state
+
+
+# --- the blocks -----------------------------------------------------------------------------------
+
+
+class HeadNorm(nn.Module):
+    """LayerNorm over each head's channels (no bias), then one weight over all heads: (..., H, D) -> (..., H*D)."""
+
+    def __init__(self, n_heads: int, head_dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_heads * head_dim))
+
+    def forward(self, h):
+        y = F.layer_norm(h.float(), h.shape[-1:], eps=self.eps).to(h.dtype)
+        return y.flatten(-2) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """down( silu(gate(x)) * up(x) ), names as transformers' xLSTMFeedForward."""
+
+    def __init__(self, c: XLSTMConfig):
+        super().__init__()
+        self.dim = math.ceil(c.d_model * c.ffn_proj_factor / c.ffn_multiple_of) * c.ffn_multiple_of
+        self.proj_up_gate = nn.Linear(c.d_model, self.dim, bias=False)
+        self.proj_up = nn.Linear(c.d_model, self.dim, bias=False)
+        self.proj_down = nn.Linear(self.dim, c.d_model, bias=False)
+
+    def forward(self, x):
+        return self.proj_down(F.silu(self.proj_up_gate(x)) * self.proj_up(x))
+
+    def params(self, d):
+        return 3 * d * self.dim
+
+    def flops(self, d):
+        return 3 * linear_flops(d, self.dim)
+
+
+class MLSTMLayer(nn.Module):
+    """q, k, v, output gate and the two scalar-per-head gates from x; mLSTM; head norm; gate; out_proj."""
+
+    def __init__(self, c: XLSTMConfig):
+        super().__init__()
+        self.c = c
+        d, H = c.d_model, c.n_heads
+        self.qk_dim, self.v_dim = int(d * c.qk_dim_factor), int(d * c.v_dim_factor)
+        self.q = nn.Linear(d, self.qk_dim, bias=False)
+        self.k = nn.Linear(d, self.qk_dim, bias=False)
+        self.v = nn.Linear(d, self.v_dim, bias=False)
+        self.ogate_preact = nn.Linear(d, self.v_dim, bias=False)
+        self.igate_preact = nn.Linear(d, H, bias=True)
+        self.fgate_preact = nn.Linear(d, H, bias=True)
+        self.multihead_norm = HeadNorm(H, self.v_dim // H, c.norm_eps)
+        self.out_proj = nn.Linear(self.v_dim, d, bias=False)
+        with torch.no_grad():  # xLSTM 7B sec. 3.2: i bias negative, f bias spread over [3, 6] across heads
+            self.igate_preact.bias.fill_(c.igate_bias_init)
+            self.fgate_preact.bias.copy_(torch.linspace(3.0, 6.0, H))
+
+    def _cell_inputs(self, x):
+        """x: (..., d) -> q, k (..., H, K), v (..., H, V), i, f (..., H) soft-capped."""
+        H, cap = self.c.n_heads, self.c.gate_soft_cap
+        q, k, v = (proj(x).unflatten(-1, (H, -1)) for proj in (self.q, self.k, self.v))
+        return q, k, v, soft_cap(self.igate_preact(x), cap), soft_cap(self.fgate_preact(x), cap)
+
+    def _out(self, x, h):
+        return self.out_proj(torch.sigmoid(self.ogate_preact(x)) * self.multihead_norm(h))
+
+    def forward(self, x, state):
+        """x: (B, T, d); state: (C, n, m) or None."""
+        h, state = mlstm_chunked(*self._cell_inputs(x), state, self.c.chunk_size, self.c.eps)  # (B, T, H, V)
+        return self._out(x, h), state
+
+    def step(self, x, state):
+        """x: (B, d) -> (B, d)."""
+        h, state = mlstm_step(*self._cell_inputs(x), state, eps=self.c.eps)
+        return self._out(x, h), state
+
+
+class SLSTMLayer(nn.Module):
+    """x -> causal conv -> silu feeds the i, f gates; x feeds z, o; sLSTM with head-wise R; head norm."""
+
+    def __init__(self, c: XLSTMConfig):
+        super().__init__()
+        self.c = c
+        d, H = c.d_model, c.n_heads
+        self.conv1d = nn.Conv1d(d, d, c.conv_kernel, groups=d, bias=True)
+        self.zo_preact = nn.Linear(d, 2 * d, bias=True)
+        self.if_preact = nn.Linear(d, 2 * d, bias=True)
+        self.R = nn.Parameter(torch.randn(4, H, d // H, d // H) * (d // H) ** -0.5)
+        self.multihead_norm = HeadNorm(H, d // H, c.norm_eps)
+        with torch.no_grad():
+            self.if_preact.bias[d:].copy_(torch.linspace(3.0, 6.0, d))  # forget gates open at init
+
+    def _pre(self, x, xc):
+        """x, conv output xc: (..., d) -> (..., 4, H, D) pre-activations of (z, i, f, o)."""
+        z, o = self.zo_preact(x).chunk(2, dim=-1)
+        i, f = self.if_preact(F.silu(xc)).chunk(2, dim=-1)
+        return torch.stack([z, i, f, o], dim=-2).unflatten(-1, (self.c.n_heads, -1))
+
+    def forward(self, x, state):
+        """x: (B, T, d); state: (conv window (B, K-1, d), (c, n, m, h)) or None."""
+        B, T, d = x.shape
+        window = state[0] if state is not None else x.new_zeros(B, self.c.conv_kernel - 1, d)
+        xw = torch.cat([window, x], dim=1)  # (B, K-1+T, d)
+        xc = F.conv1d(xw.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=d).transpose(1, 2)
+        h, cell = slstm_ref(self._pre(x, xc), self.R, state[1] if state is not None else None)  # (B, T, H, D)
+        return self.multihead_norm(h), (xw[:, T:], cell)
+
+    def step(self, x, state):
+        """x: (B, d) -> (B, d)."""
+        xw = torch.cat([state[0], x[:, None]], dim=1)  # (B, K, d)
+        xc = torch.einsum("bkd,dk->bd", xw, self.conv1d.weight[:, 0]) + self.conv1d.bias
+        h, cell = slstm_step(self._pre(x, xc), self.R, state[1])
+        return self.multihead_norm(h), (xw[:, 1:], cell)
+
+
+class XLSTMBlock(nn.Module):
+    """x + mixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); the mixer is an mLSTM or an sLSTM layer."""
+
+    def __init__(self, c: XLSTMConfig, slstm: bool = False):
+        super().__init__()
+        self.c, self.slstm = c, slstm
+        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+        self.mixer = SLSTMLayer(c) if slstm else MLSTMLayer(c)
+        self.ffn_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+        self.ffn = SwiGLU(c)
+
+    def forward(self, x, state):
+        y, state = self.mixer(self.norm(x), state)
+        x = x + y
+        return x + self.ffn(self.ffn_norm(x)), state
+
+    def step(self, x, state):
+        y, state = self.mixer.step(self.norm(x), state)
+        x = x + y
+        return x + self.ffn(self.ffn_norm(x)), state
+
+    def init_state(self, batch, device, dtype, capacity=0):
+        c, H = self.c, self.c.n_heads
+        if self.slstm:
+            conv = torch.zeros(batch, c.conv_kernel - 1, c.d_model, device=device, dtype=dtype)
+            return conv, tuple(torch.zeros(batch, H, c.d_model // H, device=device) for _ in range(4))
+        K, V = self.mixer.qk_dim // H, self.mixer.v_dim // H
+        return (
+            torch.zeros(batch, H, K, V, device=device),
+            torch.zeros(batch, H, K, device=device),
+            torch.zeros(batch, H, device=device),
+        )
+
+    def state_bytes(self, batch, context, dtype):
+        c, H = self.c, self.c.n_heads
+        if self.slstm:  # conv window in dtype; c, n, m, h in fp32
+            return batch * c.d_model * ((c.conv_kernel - 1) * torch.finfo(dtype).bits // 8 + 4 * 4)
+        K, V = self.mixer.qk_dim // H, self.mixer.v_dim // H
+        return batch * H * (K * V + K + 1) * 4  # C, n, m in fp32
+
+    def params(self):
+        c, d, H = self.c, self.c.d_model, self.c.n_heads
+        if self.slstm:
+            mixer = d * (c.conv_kernel + 1) + 2 * (d * 2 * d + 2 * d) + 4 * d * (d // H) + d
+        else:
+            qk, v = self.mixer.qk_dim, self.mixer.v_dim
+            mixer = d * (2 * qk + 2 * v) + 2 * (d * H + H) + v + v * d  # q k v o, i f gates, head norm, out
+        return 2 * d + mixer + self.ffn.params(d)  # 2 norms
+
+    def flops_per_token(self, context):
+        c, d, H = self.c, self.c.d_model, self.c.n_heads
+        if self.slstm:  # conv, projections, R h per head, ~20 pointwise ops per channel
+            mixer = 2 * d * c.conv_kernel + 2 * linear_flops(d, 2 * d) + 4 * H * linear_flops(d // H, d // H) + 20 * d
+        else:  # projections + the recurrent cell: C update (4 K V), C^T q (2 K V), n update and n.q (6 K)
+            qk, v = self.mixer.qk_dim, self.mixer.v_dim
+            K, V = qk // H, v // H
+            mixer = linear_flops(d, 2 * qk + 2 * v + 2 * H) + linear_flops(v, d) + H * (6 * K * V + 6 * K)
+        return mixer + self.ffn.flops(d)
+
+
+class CappedHead(nn.Linear):
+    """The LM head with soft-capped logits, cap * tanh(W x / cap)."""
+
+    def __init__(self, d_model: int, vocab_size: int, cap: float):
+        super().__init__(d_model, vocab_size, bias=False)
+        self.cap = cap
+
+    def forward(self, x):
+        return soft_cap(super().forward(x), self.cap)
+
+
+class XLSTM(LanguageModel):
+    def __init__(self, config: XLSTMConfig):
+        bad = [i for i in config.slstm_at if not 0 <= i < config.n_layers]
+        if bad:
+            raise UserError(f"slstm_at {bad} is outside the {config.n_layers} blocks")
+        blocks = [XLSTMBlock(config, slstm=i in config.slstm_at) for i in range(config.n_layers)]
+        super().__init__(config, blocks)
+        self.lm_head = CappedHead(config.d_model, config.vocab_size, config.logit_soft_cap)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def activation_bytes(self, batch: int, tokens: int, dtype: torch.dtype) -> int:
+        """The generic bound plus one mLSTM layer's chunked workspace (fp32): the state entering every
+        chunk, (K V + K + 1) per head, and three L x L tensors per chunk and head (log D, its exp, S)."""
+        c = self.config
+        generic = super().activation_bytes(batch, tokens, dtype)
+        if len(c.slstm_at) == c.n_layers:
+            return generic
+        H, L = c.n_heads, c.chunk_size
+        K, V = int(c.d_model * c.qk_dim_factor) // H, int(c.d_model * c.v_dim_factor) // H
+        return generic + batch * math.ceil(tokens / L) * H * (K * V + K + 1 + 3 * L * L) * 4
+
+
+# xLSTM 7B (arXiv:2503.13427) and the smaller models of the same architecture trained for "xLSTM
+# Scaling Laws" (Beck et al. 2025, arXiv:2510.02228): blocks, width and heads, and the parameter counts
+# (untied embedding and head both counted), from the model configs in its code,
+# github.com/NX-AI/xlstm_scaling_laws (`get_model_config_df_dict`; it also lists 4-head variants of
+# 830m and 1.4b, 841,496,256 and 1,420,839,104 parameters).
+PUBLISHED_PARAMS = {
+    "160m": 164_110_224,
+    "400m": 406_856_896,
+    "830m": 841_643_808,
+    "1.4b": 1_421_232_512,
+    "2.7b": 2_780_449_600,
+    "7b": 6_865_424_896,
+}
+SIZES = {
+    "tiny": XLSTMConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, chunk_size=16, igate_bias_init=0.0),
+    "160m": XLSTMConfig(d_model=768, n_layers=12, n_heads=6),
+    "400m": XLSTMConfig(d_model=1024, n_layers=24, n_heads=4),
+    "830m": XLSTMConfig(d_model=1536, n_layers=24, n_heads=6),
+    "1.4b": XLSTMConfig(d_model=2048, n_layers=24, n_heads=8),
+    "2.7b": XLSTMConfig(d_model=2560, n_layers=32, n_heads=5),
+    "7b": XLSTMConfig(d_model=4096, n_layers=32, n_heads=8),
+}
+MODEL = XLSTM
+
+
+# --- Hugging Face mapping (xLSTMForCausalLM, weight_mode="single"), see models/hf.py --------------
+HF_CLASS = "xLSTMForCausalLM"
+HF_RENAMES = [
+    (r"backbone\.embeddings\.(.*)", r"embed.\1"),
+    (r"backbone\.out_norm\.(.*)", r"norm.\1"),
+    (r"backbone\.blocks\.(\d+)\.norm_mlstm\.(.*)", r"layers.\1.norm.\2"),
+    (r"backbone\.blocks\.(\d+)\.mlstm_layer\.(.*)", r"layers.\1.mixer.\2"),
+    (r"backbone\.blocks\.(\d+)\.norm_ffn\.(.*)", r"layers.\1.ffn_norm.\2"),
+    (r"backbone\.blocks\.(\d+)\.ffn\.(.*)", r"layers.\1.ffn.\2"),
+]
+
+
+def to_hf_config(c: XLSTMConfig):
+    from transformers import xLSTMConfig as HFxLSTMConfig
+
+    if c.slstm_at:
+        raise UserError("transformers' xLSTM has mLSTM blocks only; this config has sLSTM blocks (slstm_at)")
+    return HFxLSTMConfig(
+        vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers, num_heads=c.n_heads,
+        qk_dim_factor=c.qk_dim_factor, v_dim_factor=c.v_dim_factor, ffn_proj_factor=c.ffn_proj_factor,
+        ffn_round_up_to_multiple_of=c.ffn_multiple_of, gate_soft_cap=c.gate_soft_cap,
+        output_logit_soft_cap=c.logit_soft_cap, norm_eps=c.norm_eps, eps=c.eps, chunk_size=c.chunk_size,
+        tie_word_embeddings=c.tie_embeddings, use_bias=False, weight_mode="single", mode="inference",
+        inference_state_dtype="float32",
+    )
+
+
+def from_hf_config(d: dict) -> XLSTMConfig:
+    if d.get("weight_mode", "single") != "single" or d.get("use_bias", False):
+        raise UserError(
+            "only xLSTM checkpoints with weight_mode='single' and use_bias=false map onto altbench's xLSTM "
+            f"(this one has weight_mode={d.get('weight_mode')!r}, use_bias={d.get('use_bias')})"
+        )
+    return XLSTMConfig(
+        vocab_size=d["vocab_size"], d_model=d.get("hidden_size") or d["embedding_dim"],
+        n_layers=d.get("num_hidden_layers") or d["num_blocks"], n_heads=d.get("num_heads", 8),
+        qk_dim_factor=d.get("qk_dim_factor", 0.5), v_dim_factor=d.get("v_dim_factor", 1.0),
+        ffn_proj_factor=d.get("ffn_proj_factor", 2.667), ffn_multiple_of=d.get("ffn_round_up_to_multiple_of", 64),
+        gate_soft_cap=d.get("gate_soft_cap", 15.0), logit_soft_cap=d.get("output_logit_soft_cap", 30.0),
+        norm_eps=d.get("norm_eps", 1e-6), eps=d.get("eps", 1e-6), chunk_size=d.get("chunk_size", 64),
+        tie_embeddings=d.get("tie_word_embeddings", False),
+    )
