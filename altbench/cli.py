@@ -84,6 +84,7 @@ def run(
     device: Device = None,
     out: OutDir = Path("results"),
     resume: Annotated[Optional[str], typer.Option("--resume", help="Run id or directory to finish; done cells are skipped.")] = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=1, help="Run cells in parallel, one worker per GPU.")] = 1,
 ) -> None:
     """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots."""
     from altbench import report
@@ -91,6 +92,11 @@ def run(
     from altbench.runner import store
 
     run_dir, cells, done = runner.prepare(suite, resume, device, out)
+    if gpus > 1:
+        runner.check_gpus(gpus)
+    env = report.load_env(run_dir)
+    for process in env.get("gpu_busy") or []:
+        console.print(f"[yellow]warning:[/] another process is using the GPU ({process}); timings may be distorted")
     todo = [c for c in cells if c.cell_id not in done]
     console.print(f"run [bold]{run_dir}[/]: {len(todo)} cells to run" + (f", {len(done)} already done" if done else ""))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -99,7 +105,7 @@ def run(
         runner.sweep(
             run_dir, cells, done,
             on_start=lambda c: progress.update(task, description=f"{c.measurement} {c.arch}/{c.size} L={c.seq_len}"),
-            on_row=lambda row: progress.advance(task),
+            on_row=lambda row: progress.advance(task), gpus=gpus,
         )
     rows = store.latest_rows(run_dir)
     console.print(_summary_table(rows))

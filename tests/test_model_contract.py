@@ -78,3 +78,13 @@ def test_flops_are_positive_and_non_decreasing_in_context(arch):
     model = tiny(arch)
     f1, f2 = model.flops_per_token(1024), model.flops_per_token(65536)
     assert model.params() < f1 <= f2  # ~2 FLOPs per weight used, embedding lookup aside
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_from_init_state_equals_forward_from_none(arch):
+    model = tiny(arch)
+    x = ids(model, T=19)
+    with torch.no_grad():
+        expected, _ = model(x)
+        got, _ = model(x, model.init_state(x.shape[0], capacity=32))
+    assert_close(f"{arch} init_state", expected, got, RTOL)

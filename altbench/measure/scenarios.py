@@ -39,40 +39,82 @@ def prefill(model, cell, device, generator) -> dict:
     return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops), "segment": s.prefill_segment}
 
 
-def _is_tensor_tree(state) -> bool:
-    if isinstance(state, torch.Tensor):
+DECODE_PREFILL = 8192  # real prefill before decode; longer contexts extend KV caches directly
+
+
+def _caches(state):
+    """The KV caches in a state tree (objects that grow with context and expose `fill_random`)."""
+    if isinstance(state, (list, tuple)):
+        for s in state:
+            yield from _caches(s)
+    elif hasattr(state, "fill_random"):
+        yield state
+
+
+def decode_state(model, ids: torch.Tensor, context: int, segment: int, headroom: int):
+    """The state at `context` tokens, as `step` would see it after a prefill of context - 1 tokens.
+
+    A real (segmented) prefill of min(context - 1, DECODE_PREFILL) tokens builds every state; a
+    state that stops growing with context (recurrences, sliding windows) is then exactly the size
+    and cost it has at any longer context. KV caches, the one state that keeps growing, are
+    extended with random keys and values to context - 1 tokens: decode cost depends on the cache
+    size, not its values, and a real million-token attention prefill would take minutes per cell.
+    """
+    warm = min(context - 1, DECODE_PREFILL)
+    state = model.init_state(ids.shape[0], capacity=warm + headroom)
+    if warm:
+        _, state = _prefill(model, ids[:, :warm], segment, state)
+    for cache in _caches(state):
+        cache.fill_random(context - 1, headroom)
+    return state
+
+
+def _graphable(state) -> bool:
+    """States of tensors (and plain numbers, which a graph bakes in) can be graph-captured."""
+    if isinstance(state, (torch.Tensor, int, float)):
         return True
     if isinstance(state, (list, tuple)):
-        return all(_is_tensor_tree(s) for s in state)
-    return False
+        return all(_graphable(s) for s in state)
+    return hasattr(state, "fill_random")  # KV cache: writes in place at a fixed slot
 
 
 def _graph_step(model, token: torch.Tensor, state):
-    """Capture one `step` in a CUDA graph; returns a replay function.
+    """Capture one `step` at this context in a CUDA graph; returns its replay function.
 
-    Only for states that are plain tensors (recurrences): the graph reads the state buffers and
-    writes new ones, so every replay costs exactly one decode step at this context.
+    Every replay is one decode step at the same context: recurrent states are read and new ones
+    written to graph-owned buffers; KV caches write the same slot and attend over the same length
+    (their lengths are rewound after each warm-up call and the capture).
     """
+    caches = list(_caches(state))
+    lengths = [c.length for c in caches]
+
+    def rewind():
+        for cache, length in zip(caches, lengths):
+            cache.length = length
+
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
         for _ in range(2):
             model.step(token, state)
+            rewind()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         model.step(token, state)
+    rewind()
     return graph.replay
 
 
 def decode(model, cell, device, generator) -> dict:
-    """Per-token latency of `step` after a prefill of seq_len - 1 tokens (context = seq_len)."""
+    """Per-token latency of `step` at context seq_len (see `decode_state` for how it is built)."""
     s = cell.settings
-    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    reps = max(s.reps, s.decode_tokens)
+    ids = _ids(model, cell.batch, min(cell.seq_len, DECODE_PREFILL + 1), device, generator)
     with torch.inference_mode():
-        _, state = _prefill(model, ids[:, :-1], s.prefill_segment)
+        state = decode_state(model, ids, cell.seq_len, s.prefill_segment, headroom=reps + s.warmup + 8)
         token = ids[:, -1]
-        graphs = device.type == "cuda" and s.cuda_graphs and _is_tensor_tree(state)
+        graphs = device.type == "cuda" and s.cuda_graphs and _graphable(state)
         if graphs:
             fn = _graph_step(model, token, state)
         else:
@@ -81,7 +123,6 @@ def decode(model, cell, device, generator) -> dict:
             def fn():
                 _, box["state"] = model.step(token, box["state"])
 
-        reps = max(s.reps, s.decode_tokens)
         timing = time_calls(fn, device, reps, s.warmup, s.min_time_s, flush_l2=False)
     flops = cell.batch * model.flops_per_token(cell.seq_len)
     weight_bytes = model.params() * torch.finfo(model.embed.weight.dtype).bits // 8
@@ -90,6 +131,7 @@ def decode(model, cell, device, generator) -> dict:
         **timing.row(), **_derived(timing.median, cell.batch, flops), "cuda_graphs": graphs,
         "bytes_per_token": weight_bytes + state_bytes,
         "bandwidth_gbs": (weight_bytes + state_bytes) / (timing.median / 1e3) / 1e9,
+        "decode_prefill_tokens": min(cell.seq_len - 1, DECODE_PREFILL),
     }
 
 

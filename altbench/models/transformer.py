@@ -52,6 +52,18 @@ class KVCache:
 
         self.k, self.v = grown(self.k), grown(self.v)
 
+    def fill_random(self, length: int, headroom: int = 0) -> None:
+        """Extend the cache to `length` tokens of random keys and values, with room for `headroom` more.
+
+        For decode timing at long contexts: attention's cost depends on the cache's size, not its
+        values, and a real 1M-token prefill would cost minutes per cell.
+        """
+        if length + headroom > self.k.shape[2]:
+            self._grow(length + headroom)
+        self.k[:, :, self.length : length].normal_()
+        self.v[:, :, self.length : length].normal_()
+        self.length = max(self.length, length)
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The filled part of the cache."""
         return self.k[:, :, : self.length], self.v[:, :, : self.length]

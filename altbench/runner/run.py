@@ -8,17 +8,20 @@
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from altbench.errors import UserError
-from altbench.measure import env as envmod
+from altbench.measure import ceilings, env as envmod
 from altbench.runner import store, suite as suites
 from altbench.runner.cells import Cell, expand
-from altbench.runner.worker import run_isolated
+from altbench.runner.worker import call_isolated, run_isolated
 
 SUITE_FILE = "suite.toml"
 
@@ -60,6 +63,14 @@ def check_device(device: str) -> None:
             raise UserError("--device cuda: no CUDA GPU is visible on this machine; run with --device cpu")
 
 
+def check_gpus(n: int) -> None:
+    import torch
+
+    have = torch.cuda.device_count()
+    if n > have:
+        raise UserError(f"--gpus {n}: this machine has {have} visible CUDA GPU(s); pass --gpus {max(have, 1)}")
+
+
 def prepare(suite_ref: str | None, resume: str | None, device: str | None, out: Path) -> tuple[Path, list[Cell], set[str]]:
     """The run directory, its cells, and the ids of cells already finished (when resuming)."""
     if resume:
@@ -79,6 +90,8 @@ def prepare(suite_ref: str | None, resume: str | None, device: str | None, out: 
     shutil.copyfile(suite.path, run_dir / SUITE_FILE)
     env = envmod.capture(sys.argv, suite.name)
     env["device"] = device
+    if device == "cuda":
+        env["ceilings"] = call_isolated(ceilings.measure, ("cuda",), timeout_s=300)
     (run_dir / "env.json").write_text(json.dumps(env, indent=2))
     return run_dir, expand(suite, device), set()
 
@@ -86,16 +99,39 @@ def prepare(suite_ref: str | None, resume: str | None, device: str | None, out: 
 def sweep(
     run_dir: Path, cells: list[Cell], done: set[str],
     on_start: Callable[[Cell], None] = lambda cell: None, on_row: Callable[[dict], None] = lambda row: None,
+    gpus: int = 1,
 ) -> list[dict]:
-    """Run every cell not in `done`, appending each row to the store as soon as it exists."""
-    rows = []
-    for cell in cells:
-        if cell.cell_id in done:
-            continue
+    """Run every cell not in `done`, appending each row to the store as soon as it exists.
+
+    With gpus > 1, cells run in parallel, one worker per GPU (each sees only its own device).
+    """
+    todo = [c for c in cells if c.cell_id not in done]
+    rows, lock = [], threading.Lock()
+
+    def run_one(cell: Cell, gpu: int | None) -> None:
         on_start(cell)
-        row = run_isolated(cell)
+        row = run_isolated(cell, gpu)
         row["run_id"] = run_dir.name
-        store.append_row(run_dir, row)
-        rows.append(row)
-        on_row(row)
+        with lock:
+            store.append_row(run_dir, row)
+            rows.append(row)
+            on_row(row)
+
+    if gpus <= 1:
+        for cell in todo:
+            run_one(cell, None)
+        return rows
+    free: queue.Queue[int] = queue.Queue()
+    for gpu in range(gpus):
+        free.put(gpu)
+
+    def on_gpu(cell: Cell) -> None:
+        gpu = free.get()
+        try:
+            run_one(cell, gpu)
+        finally:
+            free.put(gpu)
+
+    with ThreadPoolExecutor(max_workers=gpus) as pool:
+        list(pool.map(on_gpu, todo))
     return rows

@@ -12,8 +12,8 @@ milliseconds, and no worker inherits a CUDA context.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
-import sys
 import time
 import traceback
 
@@ -62,9 +62,11 @@ def measure_cell(cell: Cell) -> dict:
     return {"status": "ok", "message": "", **figures}
 
 
-def _worker_main(cell: Cell, conn) -> None:
+def _worker_main(target, args, gpu: int | None, conn) -> None:
+    if gpu is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     try:
-        row = measure_cell(cell)
+        row = target(*args)
     except BaseException as exc:  # noqa: BLE001 - every failure must become a row
         status = "oom" if _is_oom(exc) else "error"
         row = {"status": status, "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
@@ -80,7 +82,7 @@ def _mp_context():
     global _context
     if _context is None:
         _context = mp.get_context("forkserver")
-        _context.set_forkserver_preload(["torch", "altbench.runner.worker", "altbench.measure.scenarios"])
+        _context.set_forkserver_preload(["torch", "altbench.runner.worker", "altbench.measure.scenarios", "altbench.measure.ceilings"])
     return _context
 
 
@@ -93,21 +95,17 @@ def _describe_exit(code: int | None) -> str:
     return f"worker exited with code {code} without a result"
 
 
-def run_isolated(cell: Cell) -> dict:
-    """The cell's row (identity + outcome + figures), measured in a fresh worker process."""
-    row = {**cell.identity(), "started_at": time.time()}
-    reason = cell.skip_reason()
-    if reason:
-        return {**row, "status": "skipped", "message": reason, "wall_s": 0.0}
+def call_isolated(target, args: tuple, timeout_s: float, gpu: int | None = None) -> dict:
+    """`target(*args)` (a dict) computed in a fresh worker; on any failure, a dict with status and message."""
     ctx = _mp_context()
     receive, send = ctx.Pipe(duplex=False)
-    worker = ctx.Process(target=_worker_main, args=(cell, send), daemon=True)
+    worker = ctx.Process(target=_worker_main, args=(target, args, gpu, send), daemon=True)
     t0 = time.perf_counter()
     worker.start()
     send.close()
     result = None
     try:
-        if receive.poll(cell.settings.timeout_s):
+        if receive.poll(timeout_s):
             result = receive.recv()
     except (EOFError, OSError):
         result = None  # the worker died before sending: its exit code says how
@@ -120,12 +118,17 @@ def run_isolated(cell: Cell) -> dict:
             worker.join()
     wall = time.perf_counter() - t0
     if result is None:
-        if wall >= cell.settings.timeout_s:
-            result = {"status": "timeout", "message": f"no result within the cell timeout of {cell.settings.timeout_s:g} s"}
+        if wall >= timeout_s:
+            result = {"status": "timeout", "message": f"no result within the cell timeout of {timeout_s:g} s"}
         else:
             result = {"status": "error", "message": _describe_exit(worker.exitcode)}
-    return {**row, **result, "wall_s": wall, "worker_exit_code": worker.exitcode}
+    return {**result, "wall_s": wall, "worker_exit_code": worker.exitcode}
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("altbench.runner.worker is not a command; use `altbench run`")
+def run_isolated(cell: Cell, gpu: int | None = None) -> dict:
+    """The cell's row (identity + outcome + figures), measured in a fresh worker process."""
+    row = {**cell.identity(), "started_at": time.time()}
+    reason = cell.skip_reason()
+    if reason:
+        return {**row, "status": "skipped", "message": reason, "wall_s": 0.0}
+    return {**row, **call_isolated(measure_cell, (cell,), cell.settings.timeout_s, gpu), **({"gpu": gpu} if gpu is not None else {})}

@@ -1,0 +1,31 @@
+"""The device's measured ceilings, once per run: what every figure is read against.
+
+    copy_gbs            device-to-device copy of 1 GiB: (bytes read + bytes written) / time
+    matmul_bf16_tflops  bf16 matrix product 8192 x 8192 x 8192: 2 n^3 / time
+
+Measured with the same timing protocol as every cell (measure/timing.py) on random data.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from altbench.measure.timing import time_calls
+
+
+def measure(device: str = "cuda") -> dict:
+    dev = torch.device(device)
+    n_bytes = 1 << 30
+    src = torch.randint(0, 255, (n_bytes,), dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy = time_calls(lambda: dst.copy_(src), dev, reps=20, warmup=3)
+    del src, dst
+    n = 8192
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    mm = time_calls(lambda: a @ b, dev, reps=20, warmup=3)
+    return {
+        "copy_gbs": 2 * n_bytes / (copy.median / 1e3) / 1e9,
+        "matmul_bf16_tflops": 2 * n**3 / (mm.median / 1e3) / 1e12,
+        "device_name": torch.cuda.get_device_name(dev),
+    }
