@@ -18,6 +18,8 @@ from altbench.errors import UserError
 ARCHITECTURES: dict[str, str] = {
     "transformer": "altbench.models.transformer",
     "mamba": "altbench.models.mamba",
+    "hawk": "altbench.models.hawk",
+    "griffin": "altbench.models.griffin",
     "xlstm": "altbench.models.xlstm",
     "retnet": "altbench.models.retnet",
     "gla": "altbench.models.gla",

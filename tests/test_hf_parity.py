@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 PARITY = {
     "transformer": dict(n_kv_heads=2),
     "mamba": {},
+    "griffin": dict(n_layers=4),
     "xlstm": dict(chunk_size=8),  # T=33: HF's chunkwise kernel on 32 tokens, its recurrent one on the last
     "mamba2": {},
 }

@@ -118,3 +118,15 @@ def test_env_json_records_versions_and_command(tmp_path):
     env = json.loads((run_dir / "env.json").read_text())
     assert env["torch"] and env["python"] and env["suite"] == "smoke" and env["device"] == "cpu"
     assert "command" in env and "git_commit" in env and env["gpu"] is None or isinstance(env["gpu"], dict)
+
+
+def test_time_budget_cuts_reps_of_slow_calls_but_keeps_three():
+    import time
+
+    from altbench.measure.timing import time_calls
+
+    calls = []
+    timing = time_calls(lambda: (calls.append(1), time.sleep(0.05)), "cpu", reps=50, warmup=5, budget_s=0.1)
+    assert len(timing.samples_ms) == 3 and len(calls) == 4  # first call + 3 reps, warm-up dropped
+    fast = time_calls(lambda: None, "cpu", reps=20, warmup=2, budget_s=10)
+    assert len(fast.samples_ms) == 20 and fast.warmup == 2

@@ -34,7 +34,9 @@ def prefill(model, cell, device, generator) -> dict:
     s = cell.settings
     ids = _ids(model, cell.batch, cell.seq_len, device, generator)
     with torch.inference_mode():
-        timing = time_calls(lambda: _prefill(model, ids, s.prefill_segment), device, s.reps, s.warmup, s.min_time_s)
+        timing = time_calls(
+            lambda: _prefill(model, ids, s.prefill_segment), device, s.reps, s.warmup, s.min_time_s, budget_s=s.budget_s
+        )
     flops = cell.batch * model.prefill_flops(cell.seq_len)
     return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops), "segment": s.prefill_segment}
 
@@ -123,7 +125,7 @@ def decode(model, cell, device, generator) -> dict:
             def fn():
                 _, box["state"] = model.step(token, box["state"])
 
-        timing = time_calls(fn, device, reps, s.warmup, s.min_time_s, flush_l2=False)
+        timing = time_calls(fn, device, reps, s.warmup, s.min_time_s, flush_l2=False, budget_s=s.budget_s)
     flops = cell.batch * model.flops_per_token(cell.seq_len)
     weight_bytes = model.params() * torch.finfo(model.embed.weight.dtype).bits // 8
     state_bytes = model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype)
@@ -151,7 +153,7 @@ def train_step(model, cell, device, generator) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    timing = time_calls(step, device, s.reps, s.warmup, s.min_time_s)
+    timing = time_calls(step, device, s.reps, s.warmup, s.min_time_s, budget_s=s.budget_s)
     flops = 3 * cell.batch * model.prefill_flops(cell.seq_len)  # backward ~ 2x forward
     return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops)}
 

@@ -51,17 +51,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MIN_REPS = 3  # a time budget never cuts a cell below this many samples
+
+
 def time_calls(
     fn: Callable[[], object], device: torch.device | str, reps: int, warmup: int, min_time_s: float = 0.0,
-    flush_l2: bool = True,
+    flush_l2: bool = True, budget_s: float = 0.0,
 ) -> Timing:
-    """Time `fn()`; see the module docstring for the protocol."""
+    """Time `fn()`; see the module docstring for the protocol.
+
+    `budget_s` > 0 bounds the time spent on a slow cell: warm-up calls are dropped when the first
+    call shows they would eat more than a quarter of the budget, and repetitions stop once the
+    budget is spent (never below MIN_REPS). The row records how many samples were taken.
+    """
     device = torch.device(device)
     _sync(device)
     t0 = time.perf_counter()
     fn()
     _sync(device)
     first_call_ms = (time.perf_counter() - t0) * 1e3
+    if budget_s and warmup * first_call_ms > budget_s * 1e3 / 4:
+        warmup = 0
+    if budget_s:
+        reps = max(min(reps, int(budget_s * 1e3 / max(first_call_ms, 1e-3))), MIN_REPS)
     for _ in range(warmup):
         fn()
     _sync(device)

@@ -14,6 +14,7 @@
     reps = 10                            # timed repetitions (at least; see min_time_s)
     warmup = 2                           # untimed calls before timing
     min_time_s = 0.0                     # keep repeating until this much time is timed
+    budget_s = 0.0                       # >0: slow cells take fewer reps (never below 3)
     timeout_s = 120                      # per cell; the worker is killed after it
     prefill_segment = 0                  # >0: prefill in segments of this many tokens, carrying state
     decode_tokens = 16                   # tokens timed per decode cell
@@ -47,6 +48,7 @@ class Settings:
     reps: int = 10
     warmup: int = 2
     min_time_s: float = 0.0
+    budget_s: float = 0.0  # >0: fewer reps / no warm-up for cells slower than this allows (>= 3 reps)
     timeout_s: float = 300.0
     prefill_segment: int = 0
     decode_tokens: int = 16
