@@ -36,9 +36,9 @@ from pathlib import Path
 
 from altbench.errors import UserError
 from altbench.report import CAPABILITY, ENV_FILE, load_env, load_rows, runs_under
-from altbench.runner.run import SUITE_FILE
 from altbench.runner.store import STORE_FILE
 
+SUITE_FILE = "suite.toml"  # as altbench.runner.run names it (importing that module would import torch)
 VERDICTS = ("regressed", "not-ok", "missing-in-candidate", "improved", "new", "unchanged")
 
 
@@ -126,7 +126,7 @@ class GateResult:
         ]
         for item in self.env:
             flag = ("**differs: refuses**" if item.strict else "differs") if item.differs else ""
-            lines.append(f"| {item.name} | {item.baseline} | {item.candidate} | {flag} |")
+            lines.append(f"| {item.name} | {_text(item.baseline)} | {_text(item.candidate)} | {flag} |")
         if self.refused:
             lines += ["", "Timings from different setups are not comparable, so no cell was judged. Run the candidate "
                       "on the baseline's setup, record a new baseline there (`altbench gate --update-baseline`), or "
@@ -146,6 +146,10 @@ class GateResult:
                 f"{'' if c.change is None else f'{c.change:+.1%}'} | {'' if c.p_value is None else f'{c.p_value:.2g}'} | "
                 f"{c.method} | {c.note} |")
         return "\n".join(lines) + "\n"
+
+
+def _text(value) -> str:
+    return "–" if value is None else str(value)
 
 
 def _num(x: float | None) -> str:
@@ -176,8 +180,8 @@ def judge_cell(cell_id: str, base: dict | None, cand: dict | None, threshold: fl
         return CellVerdict(cell_id, "missing-in-candidate", base.get("ms_median"), note="not in the candidate run")
     if base is None:
         return CellVerdict(cell_id, "new", candidate_ms=cand.get("ms_median"), note="not in the baseline")
-    b_ok = base.get("status") == "ok" and base.get("ms_median") is not None
-    c_ok = cand.get("status") == "ok" and cand.get("ms_median") is not None
+    b_ok = base.get("status") == "ok" and (base.get("ms_median") or 0) > 0
+    c_ok = cand.get("status") == "ok" and (cand.get("ms_median") or 0) > 0
     if not (b_ok and c_ok):
         note = f"baseline {base.get('status')}, candidate {cand.get('status')}"
         if b_ok and cand.get("message"):

@@ -77,7 +77,7 @@ def side_by_side(rows: list[dict], archs: list[str], timed: bool) -> tuple[list[
     shown_rows, numeric_rows = [], []
     for key in sorted(cells, key=sort_key):
         by_arch = cells[key]
-        shown_row = {f: ("" if v is None else str(v)) for f, v in zip(fields, key) if f in shown}
+        shown_row = {f: ("–" if v is None else str(v)) for f, v in zip(fields, key) if f in shown}
         numeric_row = dict(zip(fields, key))
         shown_row["L"] = fmt_len(key[-1])
         numeric_row["seq_len"] = key[-1]

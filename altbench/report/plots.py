@@ -15,19 +15,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from altbench.report.tables import (
-    UNITS, ceiling_fractions, decode_bound_ms, fmt, fmt_len, is_timed, ordered_measurements, series_fields, series_fits,
+    UNITS, ceiling_fractions, decode_bound_ms, fmt_len, is_timed, ordered_measurements, series_fields, series_fits,
     series_key, shown_fields, sort_key,
 )
 
 
 def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
-    fig.savefig(png, dpi=120)
-    fig.savefig(svg, metadata={"Date": None})
+    fig.savefig(png, dpi=100)
+    with rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, searchable, faster
+        fig.savefig(svg, metadata={"Date": None})
     return [png, svg]
 
 
@@ -58,7 +60,7 @@ def length_axis(ax) -> None:
 def log_axes(ax, xlabel: str, ylabel: str) -> None:
     length_axis(ax)
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: fmt(y)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -86,7 +88,8 @@ def cost_plot(measurement: str, rows: list[dict], env: dict, out_dir: Path) -> l
                     label=label(key, fields, shown) + exponent)
         bounds = [decode_bound_ms(r, env) for r in points]
         if measurement == "decode" and all(b is not None for b in bounds):
-            ax.plot(lengths, bounds, linestyle="--", color=color, alpha=0.6, label=f"{label(key, fields, shown)} bandwidth bound")
+            ax.plot(lengths, bounds, linestyle="--", color=color, alpha=0.6,
+                    label=f"{label(key, fields, shown)} bandwidth bound")
     xlabel = "context length (tokens)" if measurement == "decode" else "sequence length L (tokens)"
     log_axes(ax, xlabel, "ms (median, 95% interval)")
     ax.set_title(f"{measurement}: {UNITS.get(measurement, 'ms per call')}", fontsize=9)

@@ -156,7 +156,8 @@ def series_fits(rows: list[dict], fields: list[str]) -> dict[tuple, Fit | None]:
 def fit_text(fit: Fit | None) -> str:
     if fit is None:
         return "n/a"
-    return f"{fit.exponent:.2f} ({fmt_len(fit.first_len)}–{fmt_len(fit.last_len)})"
+    exponent = round(fit.exponent, 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{exponent:.2f} ({fmt_len(fit.first_len)}–{fmt_len(fit.last_len)})"
 
 
 def decode_bound_ms(row: dict, env: dict) -> float | None:
@@ -181,7 +182,9 @@ def ceiling_fractions(row: dict, env: dict) -> dict:
 # --- tables ---------------------------------------------------------------------------------------
 
 
-def wide_table(rows: list[dict], fields: list[str], shown: list[str], text, last: dict[str, dict] | None = None) -> pd.DataFrame:
+def wide_table(
+    rows: list[dict], fields: list[str], shown: list[str], text, last: dict[str, dict] | None = None,
+) -> pd.DataFrame:
     """One line per series, one column per length, each cell `text(row)`; `last` adds
     {column: {series key: text}} columns at the right."""
     lengths = sorted({r.get("seq_len") for r in rows}, key=lambda n: (n is not None, n or 0))
@@ -190,7 +193,7 @@ def wide_table(rows: list[dict], fields: list[str], shown: list[str], text, last
         grid.setdefault(series_key(r, fields), {})[r.get("seq_len")] = text(r)
     records = []
     for key in sorted(grid, key=sort_key):
-        record = {f: ("" if v is None else str(v)) for f, v in zip(fields, key) if f in shown}
+        record = {f: (NOT_MEASURED if v is None else str(v)) for f, v in zip(fields, key) if f in shown}
         record.update({fmt_len(n): grid[key].get(n, NOT_MEASURED) for n in lengths})
         for column, by_key in (last or {}).items():
             record[column] = by_key.get(key, "n/a")
@@ -212,7 +215,8 @@ def header(measurement: str, rows: list[dict], constant: dict, timed: bool) -> l
         unit += "; median [95% interval of the median] over each cell's timed repetitions"
     setting = " · ".join(f"{f} {v}" for f, v in constant.items() if v is not None)
     if timed and ok:
-        setting += f" · {_range(r.get('reps') for r in ok)} repetitions per cell after {_range(r.get('warmup') for r in ok)} warm-up calls"
+        reps, warmup = _range(r.get("reps") for r in ok), _range(r.get("warmup") for r in ok)
+        setting += f" · {reps} timed repetitions per cell, {warmup} warm-up"
     elif timed:
         setting += " · no cell ran"
     lines = [f"## {measurement}", "", f"Unit: {unit}.", "", f"Setting: {setting.strip(' ·')}.", ""]
@@ -235,39 +239,37 @@ def failures(rows: list[dict]) -> list[str]:
     return lines
 
 
-def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple[str, pd.DataFrame]:
-    """The Markdown section of one measurement and its CSV frame."""
-    fields = series_fields(rows)
-    shown, constant = shown_fields(rows, fields)
-    timed = is_timed(measurement, rows)
-    lines = header(measurement, rows, constant, timed)
-    fits = series_fits(rows, fields) if timed else {}
-    if timed:
-        exponents = {key: fit_text(fit) for key, fit in fits.items()}
-        table = wide_table(rows, fields, shown, timing_text, {"exponent (fit range)": exponents})
-    else:
-        table = wide_table(rows, fields, shown, value_text)
-    lines.append(table.to_markdown(index=False, disable_numparse=True))
+def _markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, disable_numparse=True)  # keep "0.50" as written
 
+
+def memory_section(measurement: str, rows: list[dict], fields: list[str], shown: list[str]) -> list[str]:
     ok = [r for r in rows if r.get("status") == "ok"]
-    if timed and any(r.get("peak_mem_bytes") is not None for r in ok):
-        sources = ", ".join(sorted({r["mem_source"] for r in ok if r.get("mem_source")}))
-        lines += ["", f"### {measurement}: peak memory, MiB ({sources or 'source not recorded'})", ""]
-        lines.append(wide_table(rows, fields, shown, memory_text).to_markdown(index=False, disable_numparse=True))
-    if measurement == "decode" and any(decode_bound_ms(r, env) is not None for r in ok):
-        copy = env["ceilings"]["copy_gbs"]
-        lines += ["", f"### decode: time over its bandwidth bound (bytes read per step / copy bandwidth {copy:,.0f} GB/s; "
-                  "1.0x is the device's limit)", ""]
+    if not any(r.get("peak_mem_bytes") is not None for r in ok):
+        return []
+    sources = ", ".join(sorted({r["mem_source"] for r in ok if r.get("mem_source")})) or "source not recorded"
+    return ["", f"### {measurement}: peak memory, MiB ({sources})", "",
+            _markdown(wide_table(rows, fields, shown, memory_text))]
 
-        def over_bound(r):
-            bound = decode_bound_ms(r, env)
-            if r.get("status") != "ok":
-                return status_label(r)
-            return f"{fmt(r['ms_median'] / bound)}x" if bound and r.get("ms_median") is not None else "n/a"
 
-        lines.append(wide_table(rows, fields, shown, over_bound).to_markdown(index=False, disable_numparse=True))
-    lines += failures(rows)
+def bound_section(rows: list[dict], fields: list[str], shown: list[str], env: dict) -> list[str]:
+    """Decode time over its bandwidth bound, per cell (1.0x would be the device's limit)."""
+    if not any(r.get("status") == "ok" and decode_bound_ms(r, env) is not None for r in rows):
+        return []
 
+    def over_bound(r: dict) -> str:
+        bound = decode_bound_ms(r, env)
+        if r.get("status") != "ok":
+            return status_label(r)
+        return f"{fmt(r['ms_median'] / bound)}x" if bound and r.get("ms_median") is not None else "n/a"
+
+    copy = env["ceilings"]["copy_gbs"]
+    return ["", f"### decode: time over its bandwidth bound (bytes read per step / copy bandwidth {copy:,.0f} GB/s; "
+            "1.0x is the device's limit)", "", _markdown(wide_table(rows, fields, shown, over_bound))]
+
+
+def csv_frame(measurement: str, rows: list[dict], fields: list[str], fits: dict, env: dict) -> pd.DataFrame:
+    """One line per cell with the raw figures, the derived fractions and the series' exponent."""
     records = []
     for r in rows:
         record = {f: r.get(f) for f in CSV_FIELDS}
@@ -281,8 +283,27 @@ def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple
     for column in frame.columns.intersection(INT_FIELDS):
         values = frame[column].dropna()
         if all(isinstance(v, (int, float)) and float(v).is_integer() for v in values):
-            frame[column] = frame[column].astype("Int64")  # missing stays empty instead of turning 5 into 5.0
-    return "\n".join(lines) + "\n", frame
+            frame[column] = frame[column].astype("Int64")  # a failed cell's blank must not turn 5 into 5.0
+    return frame
+
+
+def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple[str, pd.DataFrame]:
+    """The Markdown section of one measurement and its CSV frame."""
+    fields = series_fields(rows)
+    shown, constant = shown_fields(rows, fields)
+    timed = is_timed(measurement, rows)
+    lines = header(measurement, rows, constant, timed)
+    fits = series_fits(rows, fields) if timed else {}
+    if timed:
+        exponents = {key: fit_text(fit) for key, fit in fits.items()}
+        lines.append(_markdown(wide_table(rows, fields, shown, timing_text, {"exponent (fit range)": exponents})))
+        lines += memory_section(measurement, rows, fields, shown)
+        if measurement == "decode":
+            lines += bound_section(rows, fields, shown, env)
+    else:
+        lines.append(_markdown(wide_table(rows, fields, shown, value_text)))
+    lines += failures(rows)
+    return "\n".join(lines) + "\n", csv_frame(measurement, rows, fields, fits, env)
 
 
 def write_tables(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:

@@ -1,0 +1,224 @@
+"""Reports from synthetic stores: scaling exponents, tables, plots, Parquet, compare."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from altbench.cli import app
+from altbench.errors import UserError
+from altbench.report import render_run
+from altbench.report.compare import compare, read_runs
+from altbench.report.scaling import compute_bound_range, fit_exponent, fit_scaling
+from altbench.runner.store import append_row
+
+ENV = {
+    "gpu": {"name": "NVIDIA H100 80GB HBM3", "driver": "560.35.03", "cuda": "12.6", "count": 1, "memory_bytes": 80 << 30},
+    "torch": "2.11.0+cu130", "triton": "3.6.0", "python": "3.12.3", "packages": {"torch": "2.11.0"},
+    "git_commit": "0123456789abcdef", "git_dirty": False, "command": "altbench run --suite long-context",
+    "hostname": "gpu-1", "cpu": "x86_64", "platform": "Linux", "created_at": "2026-11-20T10:00:00+00:00",
+    "ceilings": {"copy_gbs": 3000.0, "matmul_bf16_tflops": 745.0}, "suite": "long-context",
+}
+LENGTHS = 2 ** np.arange(8, 21)  # 256 .. 1M
+
+
+# --- scaling exponents ----------------------------------------------------------------------------
+
+
+def cost(p: int, shape: str, seed: int) -> np.ndarray:
+    """ms at LENGTHS: a 0.5 ms fixed overhead that the L^p work overtakes at L = 4K, 2% noise."""
+    work = 0.5 * (LENGTHS / 4096.0) ** p
+    ms = np.maximum(0.5, work) if shape == "knee" else 0.5 + work
+    return ms * np.exp(np.random.default_rng(seed).normal(0.0, 0.02, len(LENGTHS)))
+
+
+@pytest.mark.parametrize("shape, tol", [("knee", 0.02), ("smooth", 0.05)], ids=["knee", "smooth"])
+@pytest.mark.parametrize("p", [1, 2], ids=["p1", "p2"])
+def test_exponent_recovered_past_the_overhead(p, shape, tol):
+    ms = cost(p, shape, seed=p)
+    assert abs(fit_exponent(LENGTHS, ms) - p) < tol
+    lengths, _ = compute_bound_range(LENGTHS, ms)
+    assert lengths[0] > 4096 and lengths[-1] == 2**20  # the flat region is left out...
+    naive = np.polyfit(np.log(LENGTHS), np.log(ms), 1)[0]
+    assert naive < p - 0.2  # ...and it matters: a slope over every length is far off
+
+
+def test_flat_cost_has_exponent_zero():
+    ms = 0.2 * np.exp(np.random.default_rng(0).normal(0.0, 0.02, len(LENGTHS)))
+    fit = fit_scaling(LENGTHS, ms)
+    assert abs(fit.exponent) < 0.1 and (fit.first_len, fit.last_len, fit.points) == (2**19, 2**20, 2)
+
+
+def test_failed_lengths_and_too_few_points():
+    assert fit_exponent([1024, 2048, 4096], [1.0, 4.0, None]) == pytest.approx(2.0)
+    assert math.isnan(fit_exponent([1024, 2048], [1.0, None]))
+
+
+# --- a synthetic run --------------------------------------------------------------------------------
+
+
+def row(measurement: str, arch: str, seq_len: int, ms: float | None = None, status: str = "ok", **extra) -> dict:
+    r = {"cell_id": f"{measurement}/{arch}/130m/torch/bfloat16/cuda/b1/L{seq_len}", "arch": arch, "size": "130m",
+         "backend": "torch", "measurement": measurement, "dtype": "bfloat16",
+         "device": "cuda", "batch": 1, "seq_len": seq_len, "status": status,
+         "message": "" if status == "ok" else f"{status}: synthetic reason"}
+    if ms is not None:
+        r.update(ms_median=ms, ms_ci_low=0.99 * ms, ms_ci_high=1.01 * ms, reps=25, warmup=3,
+                 ms_samples=list(ms * (1 + np.linspace(-0.02, 0.02, 25))), first_call_ms=100 * ms,
+                 tflops=500 * 1024 / ms * 1e-3, peak_mem_bytes=seq_len * 2**12, mem_source="cuda_allocator")
+    return {**r, **extra}
+
+
+def write_run(run_dir, rows, env=ENV):
+    run_dir.mkdir(parents=True)
+    (run_dir / "env.json").write_text(json.dumps(env))
+    for r in rows:
+        append_row(run_dir, r)
+    return run_dir
+
+
+L = (1024, 4096, 16384, 65536)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A rendered run (rendered once: plots take a while on a busy CPU) and the paths render_run returned."""
+    rows = [row("prefill", "transformer", n, ms=0.1 * max(1.0, (n / 1024) ** 2 / 16)) for n in L[:3]]
+    rows += [row("prefill", "transformer", L[3], status="oom")]
+    rows += [row("prefill", "mamba", n, ms=0.5 * max(1.0, n / 4096)) for n in L[:2]]
+    rows += [row("prefill", "mamba", L[2], status="error"), row("prefill", "mamba", L[3], status="skipped")]
+    rows += [row("decode", "mamba", n, ms=0.05, bytes_per_token=3.0e7, bandwidth_gbs=600.0) for n in L]
+    rows += [row("probe", "mamba", 256, task="mqar", metric="accuracy", value=0.875, stderr=0.0125)]
+    run_dir = write_run(tmp_path_factory.mktemp("report") / "run", rows)
+    return run_dir, render_run(run_dir)
+
+
+def markdown_cells(text: str, heading: str) -> list[list[str]]:
+    """The body cells of the first Markdown table after `heading`."""
+    lines = text[text.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip("|").split("|")])
+    return table
+
+
+def test_tables_show_statuses_intervals_and_exponents(run):
+    run, _ = run
+    text = (run / "tables" / "prefill.md").read_text()
+    for words in ("ms per forward pass", "dtype bfloat16", "batch 1", "25 timed repetitions per cell, 3 warm-up"):
+        assert words in text
+    cells = {r[0]: r[1:] for r in markdown_cells(text, "## prefill")}
+    # columns: 1K 4K 16K 64K exponent
+    assert cells["transformer"] == ["0.1 [0.099, 0.101]", "0.1 [0.099, 0.101]", "1.60 [1.58, 1.62]", "OOM", "2.00 (4K–16K)"]
+    assert cells["mamba"] == ["0.5 [0.495, 0.505]", "0.5 [0.495, 0.505]", "error", "skipped", "0.00 (1K–4K)"]
+    assert "`prefill/mamba/130m/torch/bfloat16/cuda/b1/L16384`: error — error: synthetic reason" in text
+
+    decode = (run / "tables" / "decode.md").read_text()
+    bound = markdown_cells(decode, "time over its bandwidth bound")  # 3e7 bytes / 3000 GB/s = 0.01 ms
+    assert bound == [["mamba", "5.00x", "5.00x", "5.00x", "5.00x"]]
+    probe = (run / "tables" / "probe.md").read_text()
+    assert markdown_cells(probe, "## probe") == [["mamba", "0.875 ± 0.0125"]] and "metric accuracy" in probe
+
+
+def test_no_cell_is_blank_or_zero(run):
+    run, _ = run
+    for name in ("prefill", "decode", "probe"):
+        text = (run / "tables" / f"{name}.md").read_text()
+        for line in text.splitlines():
+            if line.startswith("|") and not line.startswith("|:"):
+                assert all(c.strip() not in ("", "0", "nan") for c in line.strip("|").split("|")), line
+
+
+def test_csv_keeps_raw_numbers_and_statuses(run):
+    run, _ = run
+    frame = pd.read_csv(run / "tables" / "prefill.csv")
+    assert len(frame) == 8
+    oom = frame[frame.seq_len == 65536].set_index("arch")
+    assert oom.loc["transformer", "status"] == "oom" and math.isnan(oom.loc["transformer", "ms_median"])
+    ok = frame[(frame.arch == "transformer") & (frame.seq_len == 16384)].iloc[0]
+    assert ok.ms_median == pytest.approx(1.6) and ok.exponent == pytest.approx(2.0)
+    assert ok.matmul_ceiling_fraction == pytest.approx(500 * 1024 / 1.6 * 1e-3 / 745)
+    assert "25," in (run / "tables" / "prefill.csv").read_text()  # reps stay integers beside failed cells' blanks
+
+
+def test_plots_parquet_and_summary_written(run):
+    run, written = run
+    names = {p.relative_to(run).as_posix() for p in written}
+    for stem in ("plots/prefill_ms", "plots/decode_ms", "plots/memory", "plots/ceilings"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+        assert (run / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (run / f"{stem}.png").stat().st_size > 5000 and b"<svg" in (run / f"{stem}.svg").read_bytes()[:1000]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in written)
+
+    cells = pd.read_parquet(run / "cells.parquet")
+    assert len(cells) == 13 and sorted(cells.status.unique()) == ["error", "ok", "oom", "skipped"]
+    first = cells[cells.cell_id == "prefill/transformer/130m/torch/bfloat16/cuda/b1/L1024"].iloc[0]
+    assert len(first.ms_samples) == 25 and first.ms_samples[12] == pytest.approx(0.1)
+
+    summary = (run / "summary.md").read_text()
+    for words in ("NVIDIA H100 80GB HBM3", "driver 560.35.03", "torch 2.11.0+cu130", "git 0123456789ab",
+                  "[prefill](tables/prefill.md)", "[probe](tables/probe.md)", "![ceilings](plots/ceilings.png)",
+                  "| prefill | 5 | 1 | 1 | 0 | 1 |"):
+        assert words in summary
+
+
+def test_any_subset_of_measurements(tmp_path):
+    rows = [row("train_step", "mamba", n, status=s) for n, s in ((1024, "oom"), (4096, "timeout"))]
+    rows += [row("lm_eval", "mamba", 2048, task="piqa", metric="acc", value=0.61, stderr=0.011)]
+    run = write_run(tmp_path / "run", rows, env={**ENV, "gpu": None, "ceilings": None})
+    written = {p.relative_to(run).as_posix() for p in render_run(run)}
+    assert written == {"tables/train_step.md", "tables/train_step.csv", "tables/lm_eval.md", "tables/lm_eval.csv",
+                       "cells.parquet", "summary.md"}  # nothing ran in train_step: no plot
+    cells = markdown_cells((run / "tables" / "train_step.md").read_text(), "## train_step")
+    assert cells == [["mamba", "OOM", "timeout", "n/a"]]
+    assert "no cell ran" in (run / "tables" / "train_step.md").read_text()
+    assert "no GPU" in (run / "summary.md").read_text()
+
+
+def test_render_without_store_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not a run directory"):
+        render_run(tmp_path)
+
+
+# --- compare ----------------------------------------------------------------------------------------
+
+
+def test_compare_ratios_against_the_first_arch(tmp_path):
+    a = write_run(tmp_path / "a", [row("prefill", "transformer", n, ms=ms) for n, ms in zip(L, (2.0, 4.0, 8.0, 16.0))])
+    b = write_run(tmp_path / "b", [row("prefill", "mamba", n, ms=ms) for n, ms in zip(L[:3], (1.0, 1.0, 2.0))]
+                  + [row("prefill", "mamba", L[3], status="oom")]
+                  + [row("prefill", "rwkv7", n, ms=ms) for n, ms in zip(L, (3.0, 3.0, 3.0, 3.0))])
+    written = compare(read_runs([a, b]), ["transformer", "mamba", "rwkv7"], tmp_path / "out")
+    numeric = pd.read_csv(tmp_path / "out" / "compare_prefill.csv")
+    assert numeric["mamba/transformer"].iloc[:3].tolist() == pytest.approx([0.5, 0.25, 0.25])
+    assert math.isnan(numeric["mamba/transformer"].iloc[3])
+    assert numeric["rwkv7/transformer"].tolist() == pytest.approx([1.5, 0.75, 0.375, 0.1875])
+    cells = markdown_cells((tmp_path / "out" / "compare.md").read_text(), "## prefill")
+    assert cells[3] == ["64K", "16.0 [15.8, 16.2]", "OOM", "3.00 [2.97, 3.03]", "–", "0.188"]
+    assert {p.name for p in written} >= {"compare.md", "compare_prefill.csv", "compare_prefill.png", "compare_prefill.svg"}
+    assert (tmp_path / "out" / "compare_prefill.png").stat().st_size > 5000
+    assert "Runs: a, b." in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_compare_unknown_arch_lists_the_present_ones(tmp_path):
+    rows = [row("prefill", "mamba", 1024, ms=1.0), row("prefill", "transformer", 1024, ms=1.0)]
+    with pytest.raises(UserError, match="no results for rwkv7 .* archs present: mamba, transformer"):
+        compare(rows, ["mamba", "rwkv7"], tmp_path)
+    with pytest.raises(UserError, match="two or more different archs"):
+        compare(rows, ["mamba"], tmp_path)
+
+
+def test_cli_compare_reads_runs_under_results(tmp_path, monkeypatch):
+    write_run(tmp_path / "results" / "r1", [row("decode", "transformer", n, ms=0.01 * n / 1024) for n in L])
+    write_run(tmp_path / "results" / "r2", [row("decode", "mamba", n, ms=0.02) for n in L])
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["compare", "transformer", "mamba"])
+    assert result.exit_code == 0, result.output
+    numeric = pd.read_csv(tmp_path / "results" / "compare" / "transformer-vs-mamba" / "compare_decode.csv")
+    assert numeric["mamba/transformer"].tolist() == pytest.approx([2.0, 0.5, 0.125, 0.03125])
