@@ -28,6 +28,8 @@ matrix memory S: (B, H, d_k/H, d_v/H) in fp32, nothing else.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 
@@ -256,3 +258,6 @@ SIZES = {
     "1.3b": GLAConfig(vocab_size=LLAMA_VOCAB, d_model=2048, n_layers=24),
 }
 MODEL = GLA
+
+# Matched to the altbench 130m baselines (transformer, mamba, mamba2): GPT-NeoX vocabulary, ~130M parameters.
+SIZES["130m"] = dataclasses.replace(SIZES["340m"], vocab_size=50280, d_model=768, n_layers=12, d_hidden=2304)

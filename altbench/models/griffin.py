@@ -26,6 +26,8 @@ soft-capped by cap * tanh(logits / cap). Its transformers class is RecurrentGemm
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 
@@ -515,3 +517,6 @@ def from_hf_config(d: dict) -> GriffinConfig:
         block_types=tuple(d.get("block_types", ("recurrent", "recurrent", "attention"))), embed_scale=True,
         tie_embeddings=d.get("tie_word_embeddings", True),
     )
+
+# Matched to the altbench 130m baselines (transformer, mamba, mamba2): GPT-NeoX vocabulary, ~130M parameters.
+SIZES["130m"] = dataclasses.replace(SIZES["100m"], vocab_size=50280)

@@ -1,6 +1,8 @@
 """Hawk (De et al. 2024, arXiv:2402.19427): Griffin's residual blocks with the recurrent block as the
 only temporal mixing, no attention. The code is in griffin.py; this module names Hawk's sizes."""
 
+import dataclasses
+
 from altbench.models.griffin import PAPER_SIZES, Griffin, GriffinConfig
 
 HAWK = ("recurrent",)
@@ -17,3 +19,6 @@ SIZES = {
     },
 }
 MODEL = Griffin
+
+# Matched to the altbench 130m baselines (transformer, mamba, mamba2): GPT-NeoX vocabulary, ~130M parameters.
+SIZES["130m"] = dataclasses.replace(SIZES["100m"], vocab_size=50280)

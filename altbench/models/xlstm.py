@@ -47,6 +47,8 @@ feeding the i and f gates, head-wise norm, then the same SwiGLU) at chosen posit
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 
@@ -508,3 +510,6 @@ def from_hf_config(d: dict) -> XLSTMConfig:
         norm_eps=d.get("norm_eps", 1e-6), eps=d.get("eps", 1e-6), chunk_size=d.get("chunk_size", 64),
         tie_embeddings=d.get("tie_word_embeddings", False),
     )
+
+# Matched to the altbench 130m baselines (transformer, mamba, mamba2): GPT-NeoX vocabulary, ~130M parameters.
+SIZES["130m"] = dataclasses.replace(SIZES["160m"], vocab_size=50280, tie_embeddings=True)

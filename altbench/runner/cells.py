@@ -47,8 +47,9 @@ def expand(suite: Suite, device: str) -> list[Cell]:
     cells = []
     for measurement, settings in suite.measurements.items():
         extra = tuple(sorted((k, repr(v)) for k, v in suite.extra.get(measurement, {}).items()))
-        for arch, size, backend, dtype, batch, seq_len in itertools.product(
-            suite.archs, suite.sizes, suite.backends, suite.dtypes, suite.batches, sorted(suite.seq_lens)
-        ):
-            cells.append(Cell(arch, size, backend, measurement, dtype, device, batch, seq_len, settings, extra))
+        for arch in suite.archs:
+            for size, backend, dtype, batch, seq_len in itertools.product(
+                suite.sizes_of(arch), suite.backends, suite.dtypes, suite.batches, sorted(suite.seq_lens)
+            ):
+                cells.append(Cell(arch, size, backend, measurement, dtype, device, batch, seq_len, settings, extra))
     return cells

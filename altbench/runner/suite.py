@@ -5,6 +5,8 @@
     archs = ["transformer", "mamba"]
     sizes = ["tiny"]
     backends = ["torch"]
+    [arch_sizes]                         # per-architecture sizes where the names differ
+    gla = ["340m"]
     dtypes = ["float32"]
     batches = [1]
     seq_lens = [64, 128, 256]
@@ -71,11 +73,15 @@ class Suite:
     description: str = ""
     device: str = "cpu"
     extra: dict = field(default_factory=dict)  # measurement-specific tables (probe tasks, lm-eval tasks)
+    arch_sizes: dict = field(default_factory=dict)  # arch -> sizes, overriding `sizes` for that arch
+
+    def sizes_of(self, arch: str) -> list[str]:
+        return self.arch_sizes.get(arch, self.sizes)
 
 
 _TOP = {
     "name": str, "description": str, "archs": list, "sizes": list, "backends": list, "dtypes": list,
-    "batches": list, "seq_lens": list, "device": str, "settings": dict, "measurements": dict,
+    "batches": list, "seq_lens": list, "device": str, "settings": dict, "measurements": dict, "arch_sizes": dict,
 }
 _SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
 _PY = {"int": int, "float": (int, float), "bool": bool}
@@ -148,8 +154,13 @@ def load(name_or_path: str) -> Suite:
         if arch not in registry.ARCHITECTURES and "." not in str(arch):
             _names(where, "archs", [arch], list(registry.ARCHITECTURES))
     sizes = data.get("sizes", ["tiny"])
+    arch_sizes = data.get("arch_sizes", {})
+    for arch, value in arch_sizes.items():
+        if arch not in archs:
+            raise UserError(f"{where} [arch_sizes]: '{arch}' is not in 'archs' ({', '.join(archs)})")
+        _check_type(f"{where} [arch_sizes]", arch, value, list)
     for arch in archs:
-        for size in sizes:
+        for size in arch_sizes.get(arch, sizes):
             if size not in registry.size_names(arch):  # also imports plugins: a bad one fails here
                 raise UserError(f"{where}: size '{size}' is not defined for {arch}; known: {', '.join(registry.size_names(arch))}")
     backends = _names(where, "backends", data.get("backends", ["torch"]), list(registry.BACKENDS))
@@ -178,5 +189,5 @@ def load(name_or_path: str) -> Suite:
     return Suite(
         name=data.get("name", path.stem), path=path, archs=archs, sizes=sizes, backends=backends, dtypes=dtypes,
         batches=data.get("batches", [1]), seq_lens=data["seq_lens"], measurements=measurements,
-        description=data.get("description", ""), device=device, extra=extra,
+        description=data.get("description", ""), device=device, extra=extra, arch_sizes=arch_sizes,
     )
