@@ -66,14 +66,20 @@ def list_() -> None:
 
 
 def _summary_table(rows: list[dict]) -> Table:
-    table = Table(title="results", title_justify="left")
-    for col in ("measurement", "arch", "size", "backend", "dtype", "batch", "seq_len", "ms (median)", "tokens/s", "peak mem"):
-        table.add_column(col, justify="right" if col in ("batch", "seq_len", "ms (median)", "tokens/s", "peak mem") else "left")
+    """One line per cell; axes that are the same in every row go to the title."""
+    constant = [k for k in ("backend", "dtype", "device", "batch") if len({r.get(k) for r in rows}) == 1]
+    title = "results" + ("".join(f", {k} {rows[0][k]}" for k in constant) if rows else "")
+    varying = [k for k in ("backend", "dtype", "batch") if k not in constant]
+    table = Table(title=title, title_justify="left")
+    for col in ("measurement", "model", *varying, "L", "ms median [95% CI]", "tokens/s", "peak mem"):
+        table.add_column(col, justify="left" if col in ("measurement", "model", "backend", "dtype") else "right")
     for r in rows:
+        ok = r.get("status") == "ok"
+        ci = f" [{r['ms_ci_low']:.3g}, {r['ms_ci_high']:.3g}]" if ok and r.get("ms_ci_low") is not None else ""
         tps = r.get("tokens_per_s")
         table.add_row(
-            r["measurement"], r["arch"], r["size"], r["backend"], r["dtype"], str(r["batch"]), str(r["seq_len"]),
-            _fmt_ms(r), f"{tps:,.0f}" if r.get("status") == "ok" and tps else "-", _fmt_bytes(r.get("peak_mem_bytes")),
+            r["measurement"], f"{r['arch']} {r['size']}", *[str(r[k]) for k in varying], str(r["seq_len"]),
+            _fmt_ms(r) + ci, f"{tps:,.0f}" if ok and tps else "-", _fmt_bytes(r.get("peak_mem_bytes")),
         )
     return table
 

@@ -88,3 +88,14 @@ def test_forward_from_init_state_equals_forward_from_none(arch):
         expected, _ = model(x)
         got, _ = model(x, model.init_state(x.shape[0], capacity=32))
     assert_close(f"{arch} init_state", expected, got, RTOL)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_last_only_gives_the_last_position_logits(arch):
+    model = tiny(arch)
+    x = ids(model, T=13)
+    with torch.no_grad():
+        full, _ = model(x)
+        last, _ = model(x, last_only=True)
+    assert last.shape == (x.shape[0], 1, model.config.vocab_size)
+    assert_close(f"{arch} last_only", full[:, -1:], last, RTOL)

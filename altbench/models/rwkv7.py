@@ -354,14 +354,16 @@ class RWKV7(LanguageModel):
         super().__init__(config, [RWKV7Block(config, i) for i in range(config.n_layers)])
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)  # RWKV-7's ln_out, with a bias
 
-    def forward(self, input_ids, state=None):
-        """input_ids: (B, T) -> logits (B, T, V), state after the last token."""
+    def forward(self, input_ids, state=None, last_only=False):
+        """input_ids: (B, T) -> logits (B, T, V) (or (B, 1, V) with `last_only`), state after the last token."""
         x = self.embed(input_ids)  # (B, T, d)
         state = state if state is not None else [None] * len(self.layers)
         v_first, new_state = None, []
         for layer, s in zip(self.layers, state):
             x, s, v_first = layer(x, s, v_first)
             new_state.append(s)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x)), new_state
 
     def step(self, tokens, state):
