@@ -135,6 +135,49 @@ def report_(run_dir: Annotated[Path, typer.Argument(help="A run directory (holds
         print(path)
 
 
+@app.command("eval")
+def eval_(
+    arch: Annotated[str, typer.Option("--arch", help="Architecture (see `altbench list`).")],
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated lm-eval tasks (local YAML tasks work offline).")],
+    size: Annotated[Optional[str], typer.Option("--size", help="Named size; with --weights, checked against the checkpoint.")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Local Hugging Face checkpoint directory.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many examples per task.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    include: Annotated[Optional[list[Path]], typer.Option("--include", help="Extra folder of task YAMLs.")] = None,
+    out: OutDir = Path("results"),
+) -> None:
+    """Score an altbench model on lm-eval tasks; the scores land in a run's store beside speed."""
+    import json
+
+    from altbench import report
+    from altbench.evaluation import run_eval
+    from altbench.measure import env as envmod
+    from altbench.runner import run as runner
+    from altbench.runner import store
+
+    runner.check_device(device)
+    if size is None and weights is None:
+        raise UserError("give --size NAME (random weights) or --weights PATH (a local checkpoint)")
+    rows = run_eval(arch, size, tasks.split(","), device, weights=str(weights) if weights else None, limit=limit,
+                    batch_size=batch_size, include_path=[str(p) for p in include] if include else None)
+    run_dir = runner.new_run_dir(out, "eval")
+    (run_dir / "env.json").write_text(json.dumps({**envmod.capture(sys.argv, "eval"), "device": device}, indent=2))
+    for i, r in enumerate(rows):
+        cell = f"lm_eval/{r['task']}/{arch}/{size or weights}/torch/{device}"
+        store.append_row(run_dir, {"cell_id": f"{cell}/{i}", "cell": cell, "arch": arch, "size": size or str(weights),
+                                   "backend": "torch", "measurement": "lm_eval", "dtype": "auto", "device": device,
+                                   "batch": batch_size, "seq_len": 0, "status": "ok", "message": "", "run_id": run_dir.name, **r})
+    table = Table(title=f"lm-eval: {arch} {size or weights}", title_justify="left")
+    for col in ("task", "metric", "value", "stderr"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["task"], r["metric"], f"{r['value']:.4f}", f"{r['stderr']:.4f}" if r.get("stderr") is not None else "-")
+    console.print(table)
+    report.render_run(run_dir)
+    print(run_dir)
+
+
 def main() -> None:
     try:
         app()

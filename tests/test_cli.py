@@ -119,3 +119,14 @@ def test_transformers_still_imports_and_kernels_is_not_ours():
 
     transformers = pytest.importorskip("transformers")
     assert transformers.LlamaConfig(hidden_size=64).hidden_size == 64
+
+
+def test_eval_scores_land_in_a_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = altbench("eval", "--arch", "mamba", "--size", "tiny", "--tasks", "altbench_tiny_mc", "--limit", "4", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    (row,) = store.read_rows(run_dir)
+    assert row["measurement"] == "lm_eval" and row["task"] == "altbench_tiny_mc" and 0 <= row["value"] <= 1
+    bad = altbench("eval", "--arch", "mamba", "--size", "tiny", "--tasks", "nosuchtask", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "unknown task 'nosuchtask'" in bad.stderr and "Traceback" not in bad.stderr

@@ -71,11 +71,14 @@ def test_suite_limits_become_skipped_rows(tmp_path):
     assert rows["train_step/plugins.faulty_arch/tiny/torch/float32/cpu/b1/L16"]["status"] == "ok"
 
 
-def test_missing_backend_is_a_skipped_row(tmp_path):
-    text = FAULTY.replace('"raise", "kill", "hang", "oom"', "").replace('dtypes', 'backends = ["mamba_ssm"]\ndtypes')
+def test_backends_without_an_implementation_or_not_installed_are_skipped_rows(tmp_path):
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', "").replace("dtypes", 'backends = ["mamba_ssm"]\ndtypes')
+    text = text.replace('archs = ["plugins.faulty_arch"]', 'archs = ["plugins.faulty_arch", "mamba2"]')
     run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
-    (row,) = runner.sweep(run_dir, cells, done)
-    assert row["status"] == "skipped" and row["message"] == "backend mamba_ssm is not installed"
+    rows = {r["arch"]: r for r in runner.sweep(run_dir, cells, done)}
+    assert rows["plugins.faulty_arch"]["status"] == "skipped"
+    assert rows["plugins.faulty_arch"]["message"] == "backend mamba_ssm has no implementation of plugins.faulty_arch"
+    assert rows["mamba2"]["status"] == "skipped" and rows["mamba2"]["message"] == "backend mamba_ssm is not installed"
 
 
 def test_smoke_suite_expands_to_every_axis():
@@ -130,3 +133,27 @@ def test_time_budget_cuts_reps_of_slow_calls_but_keeps_three():
     assert len(timing.samples_ms) == 3 and len(calls) == 4  # first call + 3 reps, warm-up dropped
     fast = time_calls(lambda: None, "cpu", reps=20, warmup=2, budget_s=10)
     assert len(fast.samples_ms) == 20 and fast.warmup == 2
+
+
+def test_probe_cells_store_one_row_per_point_and_resume_by_cell(tmp_path):
+    text = """
+archs = ["transformer"]
+sizes = ["tiny"]
+seq_lens = [1]
+[measurements.probe]
+tasks = ["copying"]
+steps = 40
+batch = 16
+test_examples = 64
+[measurements.probe.copying]
+seq_len = 8
+num_tokens = [2, 4]
+"""
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    assert [c.cell_id for c in cells] == ["probe/copying/transformer/tiny/torch/float32/cpu/b1/L0"]
+    rows = runner.sweep(run_dir, cells, done)
+    assert [r["status"] for r in rows] == ["ok", "ok"], rows[0].get("message")
+    assert [r["num_tokens"] for r in rows] == [2, 4] and all(0 <= r["value"] <= 1 for r in rows)
+    assert {r["cell"] for r in rows} == {cells[0].cell_id} and len({r["cell_id"] for r in rows}) == 2
+    _, _, done = runner.prepare(None, str(run_dir), None, tmp_path / "out")
+    assert done == {cells[0].cell_id}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
+from altbench.errors import UserError
 from altbench.runner.suite import Settings, Suite
+
+CAPABILITY = ("probe", "lm_eval")  # trained / evaluated, not timed: seq_len comes from their own axes
 
 
 @dataclass(frozen=True)
@@ -17,20 +20,22 @@ class Cell:
     dtype: str
     device: str
     batch: int
-    seq_len: int
+    seq_len: int  # 0 for capability cells, whose rows carry their own lengths
     settings: Settings
-    extra: tuple = ()  # measurement-specific (key, value) pairs from the suite, e.g. probe tasks
+    task: str = ""  # probe task, or comma-joined lm-eval tasks
+    extra: dict = field(default_factory=dict, hash=False)  # measurement-specific options from the suite
 
     @property
     def cell_id(self) -> str:
         """Stable identity across resumes: every axis value, none of the settings."""
-        return f"{self.measurement}/{self.arch}/{self.size}/{self.backend}/{self.dtype}/{self.device}/b{self.batch}/L{self.seq_len}"
+        task = f"/{self.task}" if self.task else ""
+        return f"{self.measurement}{task}/{self.arch}/{self.size}/{self.backend}/{self.dtype}/{self.device}/b{self.batch}/L{self.seq_len}"
 
     def identity(self) -> dict:
         """The row fields that say which cell a result belongs to."""
-        d = asdict(self)
-        del d["settings"], d["extra"]
-        return {"cell_id": self.cell_id, **d}
+        fields = ("arch", "size", "backend", "measurement", "dtype", "device", "batch", "seq_len")
+        row = {"cell_id": self.cell_id, **{k: getattr(self, k) for k in fields}}
+        return {**row, "task": self.task} if self.task else row
 
     def skip_reason(self) -> str | None:
         """Why the suite itself excludes this cell (recorded as a `skipped` row), or None."""
@@ -42,14 +47,31 @@ class Cell:
         return None
 
 
+def _tasks(suite: Suite, measurement: str, extra: dict) -> list[str]:
+    tasks = extra.get("tasks")
+    if not tasks or not isinstance(tasks, list):
+        raise UserError(f"{suite.path} [measurements.{measurement}]: key 'tasks' (a list of task names) is required")
+    return tasks
+
+
 def expand(suite: Suite, device: str) -> list[Cell]:
     """Every cell of the suite, ordered so that a sweep finishes one architecture's short lengths first."""
     cells = []
     for measurement, settings in suite.measurements.items():
-        extra = tuple(sorted((k, repr(v)) for k, v in suite.extra.get(measurement, {}).items()))
+        extra = dict(suite.extra.get(measurement, {}))
         for arch in suite.archs:
-            for size, backend, dtype, batch, seq_len in itertools.product(
-                suite.sizes_of(arch), suite.backends, suite.dtypes, suite.batches, sorted(suite.seq_lens)
-            ):
-                cells.append(Cell(arch, size, backend, measurement, dtype, device, batch, seq_len, settings, extra))
+            for size, backend, dtype in itertools.product(suite.sizes_of(arch), suite.backends, suite.dtypes):
+                common = dict(arch=arch, size=size, backend=backend, measurement=measurement, dtype=dtype, device=device)
+                if measurement == "probe":  # options for every task, then [measurements.probe.<task>]
+                    shared = {k: v for k, v in extra.items() if k != "tasks" and not isinstance(v, dict)}
+                    for task in _tasks(suite, measurement, extra):
+                        options = {**shared, **extra.get(task, {})}
+                        cells.append(Cell(**common, batch=1, seq_len=0, settings=settings, task=task, extra=options))
+                elif measurement == "lm_eval":
+                    tasks = _tasks(suite, measurement, extra)
+                    options = {k: v for k, v in extra.items() if k != "tasks"}
+                    cells.append(Cell(**common, batch=1, seq_len=0, settings=settings, task=",".join(tasks), extra=options))
+                else:
+                    for batch, seq_len in itertools.product(suite.batches, sorted(suite.seq_lens)):
+                        cells.append(Cell(**common, batch=batch, seq_len=seq_len, settings=settings))
     return cells

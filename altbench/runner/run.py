@@ -79,7 +79,7 @@ def prepare(suite_ref: str | None, resume: str | None, device: str | None, out: 
         env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
         device = device or env.get("device") or suite.device
         check_device(device)
-        done = {row["cell_id"] for row in store.read_rows(run_dir)}
+        done = {row.get("cell", row["cell_id"]) for row in store.read_rows(run_dir)}
         return run_dir, expand(suite, device), done
     if not suite_ref:
         raise UserError("give --suite NAME|PATH.toml (known: " + ", ".join(suites.known_suites()) + ") or --resume RUN")
@@ -110,12 +110,12 @@ def sweep(
 
     def run_one(cell: Cell, gpu: int | None) -> None:
         on_start(cell)
-        row = run_isolated(cell, gpu)
-        row["run_id"] = run_dir.name
-        with lock:
-            store.append_row(run_dir, row)
-            rows.append(row)
-            on_row(row)
+        for row in run_isolated(cell, gpu):
+            row["run_id"] = run_dir.name
+            with lock:
+                store.append_row(run_dir, row)
+                rows.append(row)
+        on_row(row)
 
     if gpus <= 1:
         for cell in todo:

@@ -41,7 +41,7 @@ from pathlib import Path
 from altbench import registry
 from altbench.errors import UserError
 
-MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "probe", "lm_eval")
+MEASUREMENTS = ("prefill", "decode", "train_step", "probe", "lm_eval")
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -17,7 +17,7 @@ import signal
 import time
 import traceback
 
-from altbench.runner.cells import Cell
+from altbench.runner.cells import CAPABILITY, Cell
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
 
@@ -35,13 +35,16 @@ def measure_cell(cell: Cell) -> dict:
     from altbench import registry
     from altbench.measure import memory, scenarios
 
-    if cell.backend != "torch":
-        installed = registry.backend_installed(cell.backend)
-        reason = "is not installed" if not installed else f"has no altbench adapter for {cell.arch} yet"
-        return {"status": "skipped", "message": f"backend {cell.backend} {reason}"}
+    if cell.backend not in registry.backends_of(cell.arch):
+        return {"status": "skipped", "message": f"backend {cell.backend} has no implementation of {cell.arch}"}
+    if not registry.backend_installed(cell.backend):
+        return {"status": "skipped", "message": f"backend {cell.backend} is not installed"}
     device = torch.device(cell.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return {"status": "error", "message": "no CUDA device visible to the worker"}
+
+    if cell.measurement in CAPABILITY:
+        return {"status": "ok", "message": "", "rows": capability_rows(cell)}
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(cell.seq_len * 1_000_003 + cell.batch)
@@ -56,10 +59,26 @@ def measure_cell(cell: Cell) -> dict:
                 "message": f"predicted {figures['predicted_mem_bytes'] / gib:.1f} GiB > {capacity / gib:.1f} GiB free on the device"}
 
     memory.reset_peak(device)
-    model = registry.build(cell.arch, cell.size, device=device, dtype=dtype).eval()
+    model = registry.build(cell.arch, cell.size, device=device, dtype=dtype, backend=cell.backend).eval()
     figures.update(scenarios.MEASURE[cell.measurement](model, cell, device, generator))
     figures.update(memory.peak(device))
     return {"status": "ok", "message": "", **figures}
+
+
+def capability_rows(cell: Cell) -> list[dict]:
+    """Probe accuracies or lm-eval scores: one row fragment per task / axis point."""
+    if cell.measurement == "probe":
+        from altbench.probes import run_probe
+
+        return run_probe(cell.arch, cell.size, cell.task, cell.device, dict(cell.extra))
+    from altbench.evaluation import run_eval
+
+    options = dict(cell.extra)
+    return run_eval(
+        cell.arch, None if options.get("weights") else cell.size, cell.task.split(","), cell.device,
+        weights=options.pop("weights", None), limit=options.pop("limit", None),
+        batch_size=options.pop("batch_size", 8), **options,
+    )
 
 
 def _worker_main(target, args, gpu: int | None, conn) -> None:
@@ -125,10 +144,20 @@ def call_isolated(target, args: tuple, timeout_s: float, gpu: int | None = None)
     return {**result, "wall_s": wall, "worker_exit_code": worker.exitcode}
 
 
-def run_isolated(cell: Cell, gpu: int | None = None) -> dict:
-    """The cell's row (identity + outcome + figures), measured in a fresh worker process."""
+def run_isolated(cell: Cell, gpu: int | None = None) -> list[dict]:
+    """The cell's rows (identity + outcome + figures), measured in a fresh worker process.
+
+    One row for a timed cell; one per task / axis point for a capability cell, each with its own
+    cell_id (the cell's id + '/<n>') and `cell` naming the cell they came from.
+    """
     row = {**cell.identity(), "started_at": time.time()}
     reason = cell.skip_reason()
     if reason:
-        return {**row, "status": "skipped", "message": reason, "wall_s": 0.0}
-    return {**row, **call_isolated(measure_cell, (cell,), cell.settings.timeout_s, gpu), **({"gpu": gpu} if gpu is not None else {})}
+        return [{**row, "status": "skipped", "message": reason, "wall_s": 0.0}]
+    result = {**row, **call_isolated(measure_cell, (cell,), cell.settings.timeout_s, gpu)}
+    if gpu is not None:
+        result["gpu"] = gpu
+    points = result.pop("rows", None)
+    if not points:
+        return [result]
+    return [{**result, **point, "cell_id": f"{cell.cell_id}/{i}", "cell": cell.cell_id} for i, point in enumerate(points)]

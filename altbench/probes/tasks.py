@@ -1,0 +1,155 @@
+"""Synthetic recall and copying probes, generated on the fly from a seed (torch only, no downloads).
+
+Every task returns one batch as three (B, T) tensors:
+
+    inputs     int64   the tokens the model reads
+    targets    int64   the token to predict at each position (0 where nothing is asked)
+    loss_mask  bool    True where a prediction is scored, by the loss and by accuracy
+
+The same (vocab, seq_len, batch, seed, axis values) always gives the same batch, so a training
+stream and a held-out test set are just two disjoint ranges of seeds (see `probes/trainer.py`).
+
+Tasks:
+  mqar               multi-query associative recall (Arora et al. 2023, "Zoology", arXiv:2312.04927)
+  copying            copy tokens across a fixed gap (the "Copying" task of Gu & Dao 2023, Table 1)
+  selective_copying  copy tokens scattered among noise, in order (Gu & Dao 2023, sec. 3.1, Table 1)
+  induction_heads    recall the token that followed a trigger (Gu & Dao 2023, sec. 4.1.2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from altbench.errors import UserError
+
+BLANK = 0  # copying tasks: the noise / blank token between the tokens to copy
+SEP = 1  # copying tasks: "now reproduce them"; induction heads: the trigger token
+FIRST_CONTENT = 2  # copying and induction tasks draw content tokens from [2, vocab)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _distinct(batch: int, low: int, high: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """k distinct integers from [low, high) per row, in random order: (batch, k)."""
+    return torch.rand(batch, high - low, generator=g).argsort(dim=1)[:, :k] + low
+
+
+def mqar(vocab: int, seq_len: int, batch: int, seed: int, num_kv_pairs: int = 4, power_a: float = 0.01):
+    """Multi-query associative recall (Zoology, sec. 3 and app. E).
+
+    The sequence opens with `num_kv_pairs` pairs  k_1 v_1 k_2 v_2 ...  (keys from [1, vocab/2),
+    values from [vocab/2, vocab): disjoint halves, every key distinct). The rest is random tokens
+    in which every key appears once more as a query, at one of the (seq_len - 2D) / 2 even slots;
+    the model must answer its value at the query. Slot s (1-based) is drawn with probability
+    proportional to s^(power_a - 1), so short gaps dominate, as repeated bigrams do in text.
+
+        inputs   k1 v1 k2 v2 .. x  x  k2 x  x  x  k1 x     (x: random tokens)
+        targets   .  .  .  . .. .  .  v2 .  .  .  v1 .
+    """
+    D = num_kv_pairs
+    key_end = vocab // 2
+    slots = (seq_len - 2 * D) // 2
+    if D > key_end - 1 or D > slots:
+        raise UserError(f"mqar: {D} pairs need vocab > {2 * D + 1} and seq_len >= {4 * D} (got {vocab}, {seq_len})")
+    g = _generator(seed)
+    keys = _distinct(batch, 1, key_end, D, g)  # (B, D)
+    values = _distinct(batch, key_end, vocab, D, g)  # (B, D)
+    inputs = torch.randint(0, vocab, (batch, seq_len), generator=g)  # (B, T) the random filler
+    inputs[:, 0 : 2 * D : 2], inputs[:, 1 : 2 * D : 2] = keys, values
+    s = torch.arange(1, slots + 1, dtype=torch.float64)
+    p = (power_a * s ** (power_a - 1)).expand(batch, slots)
+    query_pos = 2 * D + 2 * torch.multinomial(p, D, replacement=False, generator=g)  # (B, D)
+    inputs.scatter_(1, query_pos, keys)
+    targets = torch.zeros_like(inputs).scatter_(1, query_pos, values)
+    loss_mask = torch.zeros_like(inputs, dtype=torch.bool).scatter_(1, query_pos, True)
+    return inputs, targets, loss_mask
+
+
+def _copy_batch(vocab: int, seq_len: int, batch: int, seed: int, num_tokens: int, scattered: bool):
+    """Context of seq_len - M tokens holding the M data tokens, then SEP, then the M tokens again.
+
+    The full sequence has seq_len + 1 tokens; inputs / targets are it without its last / first token,
+    and only the M reproduced tokens are scored.
+    """
+    M, C = num_tokens, seq_len - num_tokens
+    if C < M or vocab <= FIRST_CONTENT:
+        raise UserError(
+            f"copying: {M} tokens need seq_len >= {2 * M} and vocab > {FIRST_CONTENT} (got {seq_len}, {vocab})"
+        )
+    g = _generator(seed)
+    data = torch.randint(FIRST_CONTENT, vocab, (batch, M), generator=g)  # (B, M)
+    if scattered:
+        positions = torch.rand(batch, C, generator=g).argsort(dim=1)[:, :M].sort(dim=1).values  # (B, M) ordered
+    else:
+        positions = torch.arange(M).expand(batch, M)
+    context = torch.full((batch, C), BLANK, dtype=torch.long).scatter_(1, positions, data)  # (B, C)
+    full = torch.cat([context, torch.full((batch, 1), SEP), data], dim=1)  # (B, T + 1)
+    loss_mask = torch.zeros(batch, seq_len, dtype=torch.bool)
+    loss_mask[:, C:] = True
+    return full[:, :-1], full[:, 1:], loss_mask
+
+
+def copying(vocab: int, seq_len: int, batch: int, seed: int, num_tokens: int = 8):
+    """Copy M random tokens across a fixed gap: the tokens open the context, blanks fill the rest.
+
+        inputs   a b c _ _ _ _ _ | a b     (_: BLANK, |: SEP)
+        targets                    a b c
+    Solvable by time-invariant models (a fixed-lag convolution suffices).
+    """
+    return _copy_batch(vocab, seq_len, batch, seed, num_tokens, scattered=False)
+
+
+def selective_copying(vocab: int, seq_len: int, batch: int, seed: int, num_tokens: int = 8):
+    """Copy M random tokens scattered at random positions among blanks, in their order.
+
+        inputs   _ a _ _ b _ c _ | a b
+        targets                    a b c
+    The spacing varies per example, so the model must select tokens by content (Mamba, sec. 3.1).
+    """
+    return _copy_batch(vocab, seq_len, batch, seed, num_tokens, scattered=True)
+
+
+def induction_heads(vocab: int, seq_len: int, batch: int, seed: int):
+    """Random content tokens with the trigger SEP once inside, followed by a target token; the
+    sequence ends with SEP again and the model must predict that target (only the last position
+    is scored).
+
+        inputs   x x x | t x x x x |
+        targets                    t
+    """
+    if seq_len < 4 or vocab <= FIRST_CONTENT:
+        raise UserError(f"induction_heads: needs seq_len >= 4 and vocab > {FIRST_CONTENT} (got {seq_len}, {vocab})")
+    g = _generator(seed)
+    full = torch.randint(FIRST_CONTENT, vocab, (batch, seq_len + 1), generator=g)  # (B, T + 1)
+    trigger = torch.randint(0, seq_len - 2, (batch, 1), generator=g)  # trigger and target before the end
+    full.scatter_(1, trigger, SEP)
+    full[:, seq_len - 1] = SEP
+    full[:, seq_len] = full.gather(1, trigger + 1)[:, 0]
+    loss_mask = torch.zeros(batch, seq_len, dtype=torch.bool)
+    loss_mask[:, -1] = True
+    return full[:, :-1], full[:, 1:], loss_mask
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    make: Callable  # (vocab, seq_len, batch, seed, **axes) -> (inputs, targets, loss_mask)
+    axes: dict  # axis name -> default value (seq_len first)
+    vocab: int  # default vocabulary
+    answers: Callable[[int], int]  # vocab -> how many tokens an answer can be (chance = 1 / answers)
+
+
+# Defaults follow the papers: Zoology's MQAR sweep starts at (64, 4) with vocab 8192; Mamba's
+# copying tasks and induction heads use a vocabulary of 16 (here 16 content tokens + 2 specials).
+TASKS: dict[str, ProbeTask] = {
+    "mqar": ProbeTask(mqar, {"seq_len": 64, "num_kv_pairs": 4}, 8192, lambda v: v - v // 2),
+    "copying": ProbeTask(copying, {"seq_len": 64, "num_tokens": 16}, 18, lambda v: v - FIRST_CONTENT),
+    "selective_copying": ProbeTask(
+        selective_copying, {"seq_len": 256, "num_tokens": 16}, 18, lambda v: v - FIRST_CONTENT
+    ),
+    "induction_heads": ProbeTask(induction_heads, {"seq_len": 256}, 18, lambda v: v - FIRST_CONTENT),
+}
