@@ -65,14 +65,31 @@ def config(arch: str, size: str, **overrides):
     return dataclasses.replace(copy.deepcopy(sizes[size]), **overrides)
 
 
-def build(arch: str, size: str, device=None, dtype=None, **overrides):
-    """The model for `arch` at `size`, with random weights, on `device` in `dtype`."""
+def build(arch: str, size: str, device=None, dtype=None, backend: str = "torch", **overrides):
+    """The model for `arch` at `size`, with random weights, on `device` in `dtype`, its mixer's op
+    taken from `backend` (see `use_backend`)."""
     import torch
 
     model_cls = family(arch).MODEL
     with torch.device(device or "cpu"):
         model = model_cls(config(arch, size, **overrides))
+    use_backend(model, arch, backend)
     return model.to(dtype=dtype) if dtype is not None else model
+
+
+def backends_of(arch: str) -> list[str]:
+    """Backends that implement `arch`'s mixer: torch always, others where the family's module maps
+    them (`BACKENDS`: name -> function that swaps the model's op for that backend's)."""
+    return ["torch", *getattr(family(arch), "BACKENDS", {})]
+
+
+def use_backend(model, arch: str, backend: str) -> None:
+    if backend == "torch":
+        return
+    ops = getattr(family(arch), "BACKENDS", {})
+    if backend not in ops:
+        raise UserError(f"backend {backend} has no implementation of {arch}; {arch} runs on: {', '.join(backends_of(arch))}")
+    ops[backend](model)
 
 
 def param_count(arch: str, size: str) -> int:

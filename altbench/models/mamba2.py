@@ -173,6 +173,7 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.ones(c.n_heads))
         self.norm = GatedRMSNorm(di, di // c.n_groups, c.norm_eps)
         self.out_proj = nn.Linear(di, c.d_model, bias=False)
+        self.ssd = ssd_chunked  # the chunked op; `use_backend` swaps in a kernel with the same contract
         with torch.no_grad():  # A uniform in [1, 16] and dt log-uniform in [dt_min, dt_max], as mamba_ssm
             self.A_log.copy_(torch.log(torch.empty(c.n_heads).uniform_(1, 16)))
             dt = torch.exp(torch.rand(c.n_heads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
@@ -199,7 +200,7 @@ class Mamba2Mixer(nn.Module):
         x, B, C = self._ssm_inputs(F.silu(xBC.transpose(1, 2)))  # (B, T, H, P), (B, T, G, N) x 2
         A = -torch.exp(self.A_log.float())  # (H,)
         h0 = state[1] if state is not None else None
-        y, h = ssd_chunked(x, dt, A, B, C, self.D, h0, self.c.chunk_size)  # (B, T, H, P)
+        y, h = self.ssd(x, dt, A, B, C, self.D, h0, self.c.chunk_size)  # (B, T, H, P)
         return self.out_proj(self.norm(y.flatten(-2), z)), (xw[:, T:], h)
 
     def step(self, hidden, state):
@@ -306,3 +307,39 @@ def from_hf_config(d: dict) -> Mamba2Config:
         dt_min=d.get("time_step_min", 0.001), dt_max=d.get("time_step_max", 0.1),
         tie_embeddings=d.get("tie_word_embeddings", False),
     )
+
+
+# --- backends: the same chunked op from other implementations (see registry.use_backend) -----------
+
+
+def ssd_triton(x, dt, A, B, C, D, h0=None, chunk_size=256):
+    """`ssd_chunked`'s contract through altbench's Triton kernel: SSD is linear attention with a
+    scalar decay per head, q = C, k = B (shared by the heads of a group), v = dt x, g = dt A."""
+    from altbench.kernels.chunk_scalar_decay import chunk_scalar_decay
+
+    v = (x.float() * dt[..., None]).to(x.dtype)  # (B, T, H, P)
+    g = (dt * A).float()  # (B, T, H)
+    h0 = h0.transpose(-1, -2).float().contiguous() if h0 is not None else None  # (B, H, N, P)
+    y, h = chunk_scalar_decay(C.to(x.dtype), B.to(x.dtype), v, g, h0, scale=1.0, chunk_size=64)
+    return (y.float() + x.float() * D.float()[:, None]).to(x.dtype), h.transpose(-1, -2)
+
+
+def ssd_mamba_ssm(x, dt, A, B, C, D, h0=None, chunk_size=256):
+    """`ssd_chunked`'s contract through mamba_ssm's Triton SSD kernel (`mamba_chunk_scan_combined`)."""
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    y, h = mamba_chunk_scan_combined(
+        x, dt, A, B.to(x.dtype), C.to(x.dtype), chunk_size, D=D.float(), initial_states=h0, return_final_states=True
+    )
+    return y, h.float()
+
+
+def _set_ssd(op):
+    def apply(model):
+        for layer in model.layers:
+            layer.mixer.ssd = op
+
+    return apply
+
+
+BACKENDS = {"triton": _set_ssd(ssd_triton), "mamba_ssm": _set_ssd(ssd_mamba_ssm)}

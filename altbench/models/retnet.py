@@ -172,6 +172,7 @@ class MultiScaleRetention(nn.Module):
 
     def __init__(self, c: RetNetConfig):
         super().__init__()
+        self.chunkwise = retention_chunkwise  # `use_backend` swaps in a kernel with the same contract
         if c.retention_form not in RETENTION_FORMS:
             raise UserError(f"unknown retention_form '{c.retention_form}'; known: {', '.join(RETENTION_FORMS)}")
         self.c = c
@@ -207,7 +208,7 @@ class MultiScaleRetention(nn.Module):
         q, k, v = self._qkv(x, start)
         gamma = retention_gammas(self.n_heads, x.device)
         if self.c.retention_form == "chunkwise":
-            o, S = retention_chunkwise(q, k, v, gamma, S, self.c.chunk_size)
+            o, S = self.chunkwise(q, k, v, gamma, S, self.c.chunk_size)
         else:
             o, S = retention_parallel(q, k, v, gamma, S)
         return self._output(x, o), (S, start + x.shape[1])
@@ -295,3 +296,25 @@ SIZES = {
     "6.7b": RetNetConfig(d_model=4096, n_layers=32, n_heads=16),
 }
 MODEL = RetNet
+
+
+# --- backends: the same chunkwise op from other implementations (see registry.use_backend) ---------
+
+
+def retention_triton(q, k, v, gamma, state=None, chunk_size=64):
+    """`retention_chunkwise`'s contract through altbench's Triton kernel (g = log gamma, scale 1:
+    q arrives already scaled)."""
+    from altbench.kernels.chunk_scalar_decay import chunk_scalar_decay
+
+    B, T, H, _ = q.shape
+    g = torch.log(gamma.float()).expand(B, T, H).contiguous()  # (B, T, H)
+    o, S = chunk_scalar_decay(q, k.to(q.dtype), v.to(q.dtype), g, state, scale=1.0, chunk_size=64)
+    return o.to(v.dtype), S
+
+
+def _use_triton(model):
+    for layer in model.layers:
+        layer.retention.chunkwise = retention_triton
+
+
+BACKENDS = {"triton": _use_triton}

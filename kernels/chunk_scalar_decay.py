@@ -1,0 +1,270 @@
+"""Linear attention with a per-head scalar decay: the forward of Mamba-2's SSD (Dao & Gu 2024,
+arXiv:2405.21060, sec. 6), RetNet's retention (Sun et al. 2023, arXiv:2307.08621, eq. 7) and
+"simple GLA" (a scalar gate per head, Yang et al. 2023, arXiv:2312.06635).
+
+Per batch b and head h, with a K x V matrix memory S and a log-decay g_t <= 0:
+
+    S_t = exp(g_t) S_{t-1} + k_t^T v_t
+    o_t = scale * q_t S_t
+
+`chunk_scalar_decay_ref` is that loop in fp32, the ground truth. `chunk_scalar_decay` computes the
+same map with three Triton kernels. Inside a chunk of C tokens (C = `chunk_size`, 64), with
+G_i = g_1 + ... + g_i the running log-decay from the chunk's start:
+
+    o_i = scale * ( sum_{j<=i} (q_i . k_j) exp(G_i - G_j) v_j  +  exp(G_i) q_i S_start )
+    S_end = exp(G_C) S_start + sum_j exp(G_C - G_j) k_j^T v_j
+
+Every exponent above is <= 0 (the causal mask is applied to G_i - G_j before exp), so no exp ever
+sees a large positive number, whatever the decay.
+
+Design (for an H100, B=1, H=32, K=V=64 up to 1M tokens, where the op is memory-bound: reading
+q, k, v and writing o once is the floor). Chunks are grouped into segments of L tokens (a power of
+two, C <= L <= 2048, as long as the grid keeps >= 1024 programs):
+
+    1. `_segment_states_kernel`, one program per (b*h, segment, V block), in parallel: loops over
+       the segment's chunks and writes the segment's own end state (from a zero start) and its
+       total log-decay. Reads k, v, g.
+    2. `_scan_states_kernel`, one program per (b*h, K block, V block): walks the segments in order
+       and replaces each segment's own state, in place, by the state entering it (h0 carried in);
+       writes the final state.
+    3. `_segment_outputs_kernel`, one program per (b*h, segment, V block), in parallel: starts from
+       the state entering its segment and runs the chunks one after the other, the state kept in
+       registers. Reads q, k, v, g and the entering state; writes o.
+
+Unlike a design that stores the state at every chunk (fla's chunk_simple_gla writes one bf16 K x V
+state per 64 tokens, as many bytes as v itself), the states here are stored once per segment in
+fp32: at 1M tokens L = 2048 and the states take 1/32 of v's bytes. Per token and head the device
+moves k, v twice and q, o once (768 bytes at K = V = 64 in bf16, against the 512-byte floor),
+plus about 4% for the states. Extra memory: the segment states, B*H*ceil(T/L)*K*V fp32 (256 MB at
+1M tokens, H=32, K=V=64), and one fp32 per (b, h, segment).
+
+Offsets: program ids are widened to int64 before they meet a token index, so B*T*H*D may exceed
+2^31 (at 1M tokens, H=32, D=64 it is exactly 2^31). Within a segment, offsets stay int32.
+
+Dots take q's dtype (bf16 or fp16: tensor cores, fp32 accumulation; fp32 inputs: tf32 on a GPU).
+The state is kept in fp32 and rounded to q's dtype only as the operand of q S.
+
+q and k may have fewer heads than v (H_k dividing H), each shared by H/H_k consecutive heads, as
+Mamba-2's B and C are shared by the heads of a group (sec. 7.2): q = C, k = B, v = dt * x,
+g = dt * A.
+
+First call (H100, measured with benchmarks/kernels.py): compiling the three kernels and trying two
+configs of kernels 1 and 3 costs about 2-4 s per new (K, V, chunk_size, L); later calls only launch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = triton.knobs.runtime.interpret  # TRITON_INTERPRET=1: kernels run on the CPU through numpy
+_MIN_PROGRAMS = 1024  # segments shrink (down to one chunk) until the grid has about this many programs
+_MAX_SEGMENT = 2048  # tokens; longer segments save little state traffic and serialise more work
+
+
+def chunk_scalar_decay_ref(q, k, v, g, h0=None, scale=None):
+    """The recurrence, one token at a time, in fp32; the ground truth for `chunk_scalar_decay`.
+
+    | argument | shape          | dtype                  |
+    |----------|----------------|------------------------|
+    | q, k     | (B, T, H_k, K) | any float; H_k divides H |
+    | v        | (B, T, H, V)   | any float              |
+    | g        | (B, T, H)      | log-decay, <= 0        |
+    | h0       | (B, H, K, V)   | or None (zeros)        |
+    | scale    | float          | or None: K ** -0.5     |
+    | returns o| (B, T, H, V)   | q's dtype              |
+    | and S_T  | (B, H, K, V)   | fp32                   |
+    """
+    B, T, H, V = v.shape
+    K = q.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    heads_per_key = H // q.shape[2]
+    qf = q.float().repeat_interleave(heads_per_key, dim=2)  # (B, T, H, K)
+    kf = k.float().repeat_interleave(heads_per_key, dim=2)  # (B, T, H, K)
+    vf, gf = v.float(), g.float()
+    S = h0.float().clone() if h0 is not None else v.new_zeros(B, H, K, V, dtype=torch.float32)  # (B, H, K, V)
+    o = v.new_empty(B, T, H, V, dtype=torch.float32)
+    for t in range(T):
+        S = torch.exp(gf[:, t])[..., None, None] * S + kf[:, t, :, :, None] * vf[:, t, :, None, :]
+        o[:, t] = scale * torch.einsum("bhk,bhkv->bhv", qf[:, t], S)
+    return o.to(q.dtype), S
+
+
+# --- kernels -------------------------------------------------------------------------------------
+
+# Two configs each for the two parallel kernels; the scan writes in place, so it is never autotuned
+# (a trial run would scan already-scanned states).
+_CONFIGS = [triton.Config({}, num_warps=4, num_stages=2), triton.Config({}, num_warps=8, num_stages=2)]
+_TUNE_KEY = ["K", "V", "BK", "BV", "C", "L"]
+
+
+def _configs():
+    return _CONFIGS[:1] if _INTERPRET else _CONFIGS
+
+
+@triton.autotune(configs=_configs(), key=_TUNE_KEY)
+@triton.jit
+def _segment_states_kernel(
+    k, v, g, states, seg_decay,  # k (B, T, HK, K), v (B, T, H, V), g (B, T, H); out (B*H, NS, K, V), (B*H, NS)
+    T, H, HK, NS,  # tokens, value heads, key heads, segments
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, L: tl.constexpr,
+):
+    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // (H // HK)
+    t0 = i_s * L
+    n = tl.minimum(L, T - t0)  # tokens in this segment
+    tok0 = i_b.to(tl.int64) * T + t0  # row of the segment's first token in (B*T)
+    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    k_seg = k + tok0 * HK * K + i_hk * K
+    v_seg = v + tok0 * H * V + i_h * V
+    g_seg = g + tok0 * H + i_h
+
+    S = tl.zeros([BK, BV], dtype=tl.float32)  # this segment's own state, from a zero start
+    total = tl.zeros([], dtype=tl.float32)  # sum of g over the segment
+    for c0 in range(0, n, C):
+        r = c0 + rows
+        in_seq = r < n
+        kc = tl.load(k_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & (ck < K)[None, :], other=0.0)  # (C, BK)
+        vc = tl.load(v_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & (cv < V)[None, :], other=0.0)  # (C, BV)
+        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
+        G = tl.cumsum(gc, 0)  # log-decay from the chunk start through each token
+        G_end = tl.min(G, 0)  # G is non-increasing: its last entry, so the last token decays by exp(0) exactly
+        k_dec = (kc * tl.exp(G_end - G)[:, None]).to(kc.dtype)  # k_j exp(G_C - G_j), exponent <= 0
+        S = S * tl.exp(G_end) + tl.dot(tl.trans(k_dec), vc)
+        total += G_end
+
+    out = states + (i_bh.to(tl.int64) * NS + i_s) * K * V
+    tl.store(out + ck[:, None] * V + cv[None, :], S, mask=(ck < K)[:, None] & (cv < V)[None, :])
+    tl.store(seg_decay + i_bh.to(tl.int64) * NS + i_s, total, mask=i_v == 0)
+
+
+@triton.jit
+def _scan_states_kernel(
+    states, seg_decay, h0, ht,  # (B*H, NS, K, V) in place, (B*H, NS), (B*H, K, V) or unused, (B*H, K, V)
+    NS,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
+):
+    i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rk, rv = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    tile = rk[:, None] * V + rv[None, :]
+    in_tile = (rk < K)[:, None] & (rv < V)[None, :]
+    if HAS_H0:
+        S = tl.load(h0 + i_bh.to(tl.int64) * K * V + tile, mask=in_tile, other=0.0)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    p = states + i_bh.to(tl.int64) * NS * K * V + tile
+    d = seg_decay + i_bh.to(tl.int64) * NS
+    for _ in range(NS):
+        own = tl.load(p, mask=in_tile, other=0.0)
+        tl.store(p, S, mask=in_tile)  # the state entering this segment
+        S = S * tl.exp(tl.load(d)) + own
+        p += K * V
+        d += 1
+    tl.store(ht + i_bh.to(tl.int64) * K * V + tile, S, mask=in_tile)
+
+
+@triton.autotune(configs=_configs(), key=_TUNE_KEY)
+@triton.jit
+def _segment_outputs_kernel(
+    q, k, v, g, states, o,  # q, k (B, T, HK, K), v (B, T, H, V), g (B, T, H), states (B*H, NS, K, V), o like v
+    T, H, HK, NS, scale,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, L: tl.constexpr,
+):
+    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // (H // HK)
+    t0 = i_s * L
+    n = tl.minimum(L, T - t0)
+    tok0 = i_b.to(tl.int64) * T + t0
+    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    q_seg = q + tok0 * HK * K + i_hk * K
+    k_seg = k + tok0 * HK * K + i_hk * K
+    v_seg = v + tok0 * H * V + i_h * V
+    o_seg = o + tok0 * H * V + i_h * V
+    g_seg = g + tok0 * H + i_h
+    in_k, in_v = ck < K, cv < V
+    causal = rows[:, None] >= rows[None, :]
+
+    entering = states + (i_bh.to(tl.int64) * NS + i_s) * K * V
+    S = tl.load(entering + ck[:, None] * V + cv[None, :], mask=in_k[:, None] & in_v[None, :], other=0.0)  # (BK, BV) fp32
+    for c0 in range(0, n, C):
+        r = c0 + rows
+        in_seq = r < n
+        qc = tl.load(q_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
+        kc = tl.load(k_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
+        vc = tl.load(v_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
+        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
+        G = tl.cumsum(gc, 0)
+        G_end = tl.min(G, 0)  # G is non-increasing: its last entry, so the last token decays by exp(0) exactly
+
+        # inside the chunk: (q k^T * exp(G_i - G_j), j <= i) v; the mask goes on before the exp
+        A = tl.dot(qc, tl.trans(kc))  # (C, C) fp32
+        A = tl.where(causal, A * tl.exp(tl.where(causal, G[:, None] - G[None, :], 0.0)), 0.0)
+        # from earlier chunks: exp(G_i) q_i S, the decay applied to rows of the product
+        oc = tl.dot(qc, S.to(qc.dtype)) * tl.exp(G)[:, None]  # (C, BV)
+        oc = tl.dot(A.to(vc.dtype), vc, oc)
+        tl.store(o_seg + r[:, None] * (H * V) + cv[None, :], (oc * scale).to(o.dtype.element_ty), mask=in_seq[:, None] & in_v[None, :])
+
+        k_dec = (kc * tl.exp(G_end - G)[:, None]).to(kc.dtype)
+        S = S * tl.exp(G_end) + tl.dot(tl.trans(k_dec), vc)
+
+
+# --- launchers -----------------------------------------------------------------------------------
+
+
+def _segment_length(batch_heads: int, T: int, chunk_size: int) -> int:
+    """Tokens per segment: a power of two times the chunk, grown while the grid keeps enough programs."""
+    L = chunk_size
+    while 2 * L <= _MAX_SEGMENT and batch_heads * triton.cdiv(T, 2 * L) >= _MIN_PROGRAMS:
+        L *= 2
+    return L
+
+
+def _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, segment_length):
+    B, T, HK, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    assert k.shape == q.shape, f"k {tuple(k.shape)} must match q {tuple(q.shape)}"
+    assert v.shape[:2] == (B, T) and H % HK == 0, f"v {tuple(v.shape)}: (B, T) of q {tuple(q.shape)}, heads a multiple of q's"
+    assert g.shape == (B, T, H), f"g {tuple(g.shape)} must be (B, T, H) = {(B, T, H)}"
+    assert h0 is None or h0.shape == (B, H, K, V), f"h0 {tuple(h0.shape)} must be (B, H, K, V) = {(B, H, K, V)}"
+    assert T > 0 and K <= 256, f"T = {T} must be positive and K = {K} at most 256"
+    assert triton.cdiv(T, segment_length) < 65536, f"T = {T}: more than 65535 segments of {segment_length}"
+    assert chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0, f"chunk_size {chunk_size}: a power of two >= 16"
+    assert segment_length % chunk_size == 0, f"segment_length {segment_length} must be a multiple of chunk_size"
+    assert q.dtype == k.dtype == v.dtype, f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}"
+
+    o = torch.empty_like(v, dtype=q.dtype, memory_format=torch.contiguous_format)
+    if _INTERPRET and q.dtype == torch.bfloat16:  # the interpreter's tl.dot reads bf16 as raw uint16 (Triton 3.7)
+        q, k, v = q.float(), k.float(), v.float()
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    g = g.float().contiguous()
+    C, L = chunk_size, segment_length
+    NS = triton.cdiv(T, L)
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    NV = triton.cdiv(V, BV)
+    states = torch.empty(B * H, NS, K, V, device=q.device, dtype=torch.float32)
+    seg_decay = torch.empty(B * H, NS, device=q.device, dtype=torch.float32)
+    ht = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+
+    _segment_states_kernel[(B * H, NS, NV)](k, v, g, states, seg_decay, T, H, HK, NS, K=K, V=V, BK=BK, BV=BV, C=C, L=L)
+    SK, SV = min(BK, 32), min(BV, 32)
+    h0 = h0.float().contiguous() if h0 is not None else None
+    _scan_states_kernel[(B * H, triton.cdiv(K, SK), triton.cdiv(V, SV))](
+        states, seg_decay, h0 if h0 is not None else ht, ht, NS, K=K, V=V, BK=SK, BV=SV, HAS_H0=h0 is not None, num_warps=4, num_stages=3
+    )
+    _segment_outputs_kernel[(B * H, NS, NV)](q, k, v, g, states, o, T, H, HK, NS, scale, K=K, V=V, BK=BK, BV=BV, C=C, L=L)
+    return o, ht
+
+
+def chunk_scalar_decay(q, k, v, g, h0=None, scale=None, chunk_size=64):
+    """Same contract as `chunk_scalar_decay_ref` (see its shape table), on a GPU through Triton.
+
+    Returns (o (B, T, H, V) in q's dtype, final state (B, H, K, V) fp32). T need not be a multiple of
+    `chunk_size` (a power of two >= 16).
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    L = _segment_length(v.shape[0] * v.shape[2], v.shape[1], chunk_size)
+    return _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, L)
