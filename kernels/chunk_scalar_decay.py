@@ -95,7 +95,7 @@ def chunk_scalar_decay_ref(q, k, v, g, h0=None, scale=None):
 
 # Two configs each for the two parallel kernels; the scan writes in place, so it is never autotuned
 # (a trial run would scan already-scanned states).
-_CONFIGS = [triton.Config({}, num_warps=4, num_stages=2), triton.Config({}, num_warps=8, num_stages=2)]
+_CONFIGS = [triton.Config({}, num_warps=4, num_stages=2), triton.Config({}, num_warps=4, num_stages=3)]
 _TUNE_KEY = ["K", "V", "BK", "BV", "C", "L"]
 
 
@@ -144,25 +144,33 @@ def _segment_states_kernel(
 def _scan_states_kernel(
     states, seg_decay, h0, ht,  # (B*H, NS, K, V) in place, (B*H, NS), (B*H, K, V) or unused, (B*H, K, V)
     NS,
-    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
+    K: tl.constexpr, V: tl.constexpr, E: tl.constexpr, U: tl.constexpr, HAS_H0: tl.constexpr,
 ):
-    i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rk, rv = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    tile = rk[:, None] * V + rv[None, :]
-    in_tile = (rk < K)[:, None] & (rv < V)[None, :]
+    """Each program carries E entries of the K x V state through all segments, U segments a step."""
+    i_bh, i_e = tl.program_id(0), tl.program_id(1)
+    e = i_e * E + tl.arange(0, E)  # flat index into K x V
+    in_state = e < K * V
+    ru = tl.arange(0, U)
     if HAS_H0:
-        S = tl.load(h0 + i_bh.to(tl.int64) * K * V + tile, mask=in_tile, other=0.0)
+        S = tl.load(h0 + i_bh.to(tl.int64) * K * V + e, mask=in_state, other=0.0)  # (E,)
     else:
-        S = tl.zeros([BK, BV], dtype=tl.float32)
-    p = states + i_bh.to(tl.int64) * NS * K * V + tile
-    d = seg_decay + i_bh.to(tl.int64) * NS
-    for _ in range(NS):
-        own = tl.load(p, mask=in_tile, other=0.0)
-        tl.store(p, S, mask=in_tile)  # the state entering this segment
-        S = S * tl.exp(tl.load(d)) + own
-        p += K * V
-        d += 1
-    tl.store(ht + i_bh.to(tl.int64) * K * V + tile, S, mask=in_tile)
+        S = tl.zeros([E], dtype=tl.float32)
+    seg_states = states + i_bh.to(tl.int64) * NS * K * V
+    seg_decays = seg_decay + i_bh.to(tl.int64) * NS
+    later = ru[:, None] >= ru[None, :]
+    for s0 in range(0, NS, U):
+        seg = s0 + ru
+        p = seg_states + seg.to(tl.int64)[:, None] * (K * V) + e[None, :]  # (U, E)
+        own = tl.load(p, mask=(seg < NS)[:, None] & in_state[None, :], other=0.0)
+        D = tl.cumsum(tl.load(seg_decays + seg, mask=seg < NS, other=0.0), 0)  # (U,) log-decay from s0's start
+        # after segment s0 + j: exp(D_j) S + sum_{i<=j} exp(D_j - D_i) own_i, exponents masked to <= 0
+        W = tl.where(later, tl.exp(tl.where(later, D[:, None] - D[None, :], 0.0)), 0.0)  # (U, U)
+        after = tl.dot(W, own, input_precision="ieee") + tl.exp(D)[:, None] * S[None, :]  # (U, E)
+        # the state entering segment s0 + j + 1 is the one after s0 + j: shift by one segment
+        tl.store(p + K * V, after, mask=(seg + 1 < NS)[:, None] & (ru < U - 1)[:, None] & in_state[None, :])
+        tl.store(seg_states + s0 * K * V + e, S, mask=in_state)
+        S = tl.sum(tl.where((ru == U - 1)[:, None], after, 0.0), 0)  # after the block's last segment
+    tl.store(ht + i_bh.to(tl.int64) * K * V + e, S, mask=in_state)
 
 
 @triton.autotune(configs=_configs(), key=_TUNE_KEY)
@@ -250,10 +258,10 @@ def _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, segment_length):
     ht = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
 
     _segment_states_kernel[(B * H, NS, NV)](k, v, g, states, seg_decay, T, H, HK, NS, K=K, V=V, BK=BK, BV=BV, C=C, L=L)
-    SK, SV = min(BK, 32), min(BV, 32)
     h0 = h0.float().contiguous() if h0 is not None else None
-    _scan_states_kernel[(B * H, triton.cdiv(K, SK), triton.cdiv(V, SV))](
-        states, seg_decay, h0 if h0 is not None else ht, ht, NS, K=K, V=V, BK=SK, BV=SV, HAS_H0=h0 is not None, num_warps=4, num_stages=3
+    E = 256  # state entries per scan program: 16 programs per head at K = V = 64
+    _scan_states_kernel[(B * H, triton.cdiv(K * V, E))](
+        states, seg_decay, h0 if h0 is not None else ht, ht, NS, K=K, V=V, E=E, U=16, HAS_H0=h0 is not None, num_warps=4
     )
     _segment_outputs_kernel[(B * H, NS, NV)](q, k, v, g, states, o, T, H, HK, NS, scale, K=K, V=V, BK=BK, BV=BV, C=C, L=L)
     return o, ht
@@ -265,6 +273,8 @@ def chunk_scalar_decay(q, k, v, g, h0=None, scale=None, chunk_size=64):
     Returns (o (B, T, H, V) in q's dtype, final state (B, H, K, V) fp32). T need not be a multiple of
     `chunk_size` (a power of two >= 16).
     """
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0)):
+        raise NotImplementedError("chunk_scalar_decay is forward-only (no backward kernel yet): use the torch backend to train")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     L = _segment_length(v.shape[0] * v.shape[2], v.shape[1], chunk_size)
     return _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, L)

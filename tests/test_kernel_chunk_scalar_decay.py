@@ -18,6 +18,7 @@ pytest.importorskip("triton")
 
 from altbench.kernels.chunk_scalar_decay import (  # noqa: E402
     _chunk_scalar_decay_fwd,
+    _scan_states_kernel,
     chunk_scalar_decay,
     chunk_scalar_decay_ref,
 )
@@ -83,6 +84,25 @@ def test_segments_of_several_chunks(segment_length):
     ref_o, ref_S = chunk_scalar_decay_ref(q, k, v, g, h0, scale=0.3)
     assert_close("o", ref_o, o, 1e-5)
     assert_close("state", ref_S, S, 1e-5)
+
+
+@pytest.mark.parametrize("n_segments", [16, 37], ids=["NS16", "NS37"])
+def test_scan_over_many_segments(n_segments):
+    """The scan kernel alone, over more segments than it takes in one step (16): each segment's
+    own state is replaced by the state entering it, S_s = exp(d_{s-1}) S_{s-1} + own_{s-1}."""
+    gen = torch.Generator().manual_seed(4)
+    BH, K, V = 3, 16, 32
+    own = torch.randn(BH, n_segments, K, V, generator=gen).to(DEVICE)  # (B*H, NS, K, V)
+    log_decay = (-torch.rand(BH, n_segments, generator=gen) * 3).to(DEVICE)  # (B*H, NS)
+    h0 = torch.randn(BH, K, V, generator=gen).to(DEVICE)
+    states, ht = own.clone(), torch.empty_like(h0)
+    _scan_states_kernel[(BH, K * V // 256)](states, log_decay, h0, ht, n_segments, K=K, V=V, E=256, U=16, HAS_H0=True)
+    S, entering = h0, []
+    for s in range(n_segments):
+        entering.append(S)
+        S = log_decay[:, s, None, None].exp() * S + own[:, s]
+    assert_close("entering states", torch.stack(entering, 1), states, 1e-6)
+    assert_close("final state", S, ht, 1e-6)
 
 
 def test_bf16_inputs():

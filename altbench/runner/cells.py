@@ -55,7 +55,8 @@ def _tasks(suite: Suite, measurement: str, extra: dict) -> list[str]:
 
 
 def expand(suite: Suite, device: str) -> list[Cell]:
-    """Every cell of the suite, ordered so that a sweep finishes one architecture's short lengths first."""
+    """Every cell of the suite, shortest lengths first (every measurement and architecture at one
+    length before the next), so an interrupted sweep still compares everything up to some length."""
     cells = []
     for measurement, settings in suite.measurements.items():
         extra = dict(suite.extra.get(measurement, {}))
@@ -74,4 +75,4 @@ def expand(suite: Suite, device: str) -> list[Cell]:
                 else:
                     for batch, seq_len in itertools.product(suite.batches, sorted(suite.seq_lens)):
                         cells.append(Cell(**common, batch=batch, seq_len=seq_len, settings=settings))
-    return cells
+    return sorted(cells, key=lambda c: c.seq_len)  # stable: suite order within a length

@@ -35,8 +35,6 @@ def measure_cell(cell: Cell) -> dict:
     from altbench import registry
     from altbench.measure import memory, scenarios
 
-    if cell.backend not in registry.backends_of(cell.arch):
-        return {"status": "skipped", "message": f"backend {cell.backend} has no implementation of {cell.arch}"}
     if not registry.backend_installed(cell.backend):
         return {"status": "skipped", "message": f"backend {cell.backend} is not installed"}
     device = torch.device(cell.device)
@@ -87,7 +85,7 @@ def _worker_main(target, args, gpu: int | None, conn) -> None:
     try:
         row = target(*args)
     except BaseException as exc:  # noqa: BLE001 - every failure must become a row
-        status = "oom" if _is_oom(exc) else "error"
+        status = "oom" if _is_oom(exc) else "skipped" if isinstance(exc, NotImplementedError) else "error"
         row = {"status": status, "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
                "traceback": traceback.format_exc()}
     conn.send(row)
@@ -150,8 +148,12 @@ def run_isolated(cell: Cell, gpu: int | None = None) -> list[dict]:
     One row for a timed cell; one per task / axis point for a capability cell, each with its own
     cell_id (the cell's id + '/<n>') and `cell` naming the cell they came from.
     """
+    from altbench import registry
+
     row = {**cell.identity(), "started_at": time.time()}
     reason = cell.skip_reason()
+    if reason is None and cell.backend not in registry.backends_of(cell.arch):
+        reason = f"backend {cell.backend} has no implementation of {cell.arch}"
     if reason:
         return [{**row, "status": "skipped", "message": reason, "wall_s": 0.0}]
     result = {**row, **call_isolated(measure_cell, (cell,), cell.settings.timeout_s, gpu)}
