@@ -157,3 +157,11 @@ num_tokens = [2, 4]
     assert {r["cell"] for r in rows} == {cells[0].cell_id} and len({r["cell_id"] for r in rows}) == 2
     _, _, done = runner.prepare(None, str(run_dir), None, tmp_path / "out")
     assert done == {cells[0].cell_id}
+
+
+def test_suite_name_wins_over_a_directory_of_the_same_name(tmp_path, monkeypatch):
+    (tmp_path / "smoke").mkdir()  # e.g. `--out smoke` from an earlier run
+    monkeypatch.chdir(tmp_path)
+    assert suites.load("smoke").name == "smoke"
+    with pytest.raises(UserError, match="suite file missing.toml does not exist"):
+        suites.load("missing.toml")

@@ -98,7 +98,7 @@ def known_suites() -> list[str]:
 def resolve(name_or_path: str) -> Path:
     """A suite name from suites/ or a path to a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise UserError(f"suite file {path} does not exist")
         return path
