@@ -91,13 +91,14 @@ def run(
     out: OutDir = Path("results"),
     resume: Annotated[Optional[str], typer.Option("--resume", help="Run id or directory to finish; done cells are skipped.")] = None,
     gpus: Annotated[int, typer.Option("--gpus", min=1, help="Run cells in parallel, one worker per GPU.")] = 1,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="Local Hugging Face checkpoint to load instead of random weights (suite with one arch and size).")] = None,
 ) -> None:
     """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots."""
     from altbench import report
     from altbench.runner import run as runner
     from altbench.runner import store
 
-    run_dir, cells, done = runner.prepare(suite, resume, device, out)
+    run_dir, cells, done = runner.prepare(suite, resume, device, out, weights=str(weights) if weights else None)
     if gpus > 1:
         runner.check_gpus(gpus)
     env = report.load_env(run_dir)
@@ -197,11 +198,25 @@ def compare_(
     run: Annotated[Optional[list[Path]], typer.Option(
         "--run", help="A run directory or run id to read; repeat for several (default: every run under results/ holding these archs).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Where the tables and plots go (default: results/compare/<A>-vs-<B>).")] = None,
+    suite: Annotated[Optional[str], typer.Option("--suite", help="First run this suite for these archs only (a new run), then compare.")] = None,
+    device: Device = None,
 ) -> None:
-    """Architectures side by side from stored runs: per measurement a table with ratios to the first arch, and overlaid plots."""
-    from altbench.report import compare as comparison, resolve_run
+    """Architectures side by side from stored runs: per measurement a table with ratios to the first arch, and overlaid plots.
 
-    runs = [resolve_run(r, RESULTS) for r in run] if run else comparison.find_runs(RESULTS, archs)
+    With --suite, the missing cells are measured first: the suite runs for the given architectures
+    in a new run under results/, which joins the runs compared."""
+    from altbench.report import compare as comparison, resolve_run
+    from altbench.runner import run as runner
+
+    runs = [resolve_run(r, RESULTS) for r in run] if run else []
+    if suite:
+        run_dir, cells, done = runner.prepare(suite, None, device, RESULTS, archs=archs)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("measuring", total=len(cells))
+            runner.sweep(run_dir, cells, done, on_row=lambda row: progress.advance(task))
+        runs.append(run_dir)
+    runs = runs or comparison.find_runs(RESULTS, archs)
     paths = comparison.compare(comparison.read_runs(runs), archs, out or RESULTS / "compare" / "-vs-".join(archs))
     print(paths[0].read_text())
     for path in paths:

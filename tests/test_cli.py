@@ -130,3 +130,34 @@ def test_eval_scores_land_in_a_store(tmp_path, monkeypatch):
     assert row["measurement"] == "lm_eval" and row["task"] == "altbench_tiny_mc" and 0 <= row["value"] <= 1
     bad = altbench("eval", "--arch", "mamba", "--size", "tiny", "--tasks", "nosuchtask", "--out", str(tmp_path))
     assert bad.returncode == 2 and "unknown task 'nosuchtask'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_with_weights_loads_a_local_checkpoint_and_checks_its_shapes(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from altbench import registry
+    from altbench.models import mamba
+
+    ckpt = tmp_path / "ckpt"
+    transformers.MambaForCausalLM(mamba.to_hf_config(registry.config("mamba", "tiny"))).save_pretrained(ckpt)
+    suite = tmp_path / "one.toml"
+    suite.write_text('archs = ["mamba"]\nsizes = ["tiny"]\nseq_lens = [16]\n[settings]\nreps = 3\nwarmup = 0\n[measurements.prefill]\n')
+    result = altbench("run", "--suite", str(suite), "--weights", str(ckpt), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    (row,) = store.read_rows(Path(result.stdout.strip().splitlines()[-1]))
+    assert row["status"] == "ok" and row["weights"] == str(ckpt.resolve())
+
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text(suite.read_text().replace('"tiny"', '"130m"'))
+    bad = altbench("run", "--suite", str(wrong), "--weights", str(ckpt), "--out", str(tmp_path / "out"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "tensor 'embed.weight' has shape (256, 64), the model expects (50280, 768)" in bad.stderr
+
+
+def test_compare_runs_the_missing_cells_when_given_a_suite(tmp_path):
+    suite = tmp_path / "two.toml"
+    suite.write_text('archs = ["transformer"]\nsizes = ["tiny"]\nseq_lens = [16]\n[settings]\nreps = 3\nwarmup = 0\n[measurements.prefill]\n')
+    result = altbench("compare", "mamba", "hawk", "--suite", str(suite), "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = [p for p in (tmp_path / "results").iterdir() if p.name.startswith("suite-") or (p / "cells.jsonl").exists()]
+    assert sorted(r["arch"] for r in store.read_rows(run_dir)) == ["hawk", "mamba"]  # the suite's archs replaced
+    assert "hawk/mamba" in (tmp_path / "results" / "compare" / "mamba-vs-hawk" / "compare.md").read_text()

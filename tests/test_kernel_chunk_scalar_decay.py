@@ -22,7 +22,7 @@ from altbench.kernels.chunk_scalar_decay import (  # noqa: E402
     chunk_scalar_decay,
     chunk_scalar_decay_ref,
 )
-from tests.conftest import assert_close  # noqa: E402
+from conftest import assert_close  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -36,21 +36,28 @@ def rename(state_dict: dict[str, torch.Tensor], renames: list[tuple[str, str]]) 
     return out
 
 
-def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with one clear line for the first missing, unexpected or mis-shaped tensor."""
+def check_shapes(model: torch.nn.Module, shapes: dict[str, tuple], source: str) -> None:
+    """One clear line for the first missing, unexpected or mis-shaped tensor of a checkpoint,
+    given as name -> shape."""
     own = model.state_dict()
     tied = {"lm_head.weight"} if getattr(model.config, "tie_embeddings", False) else set()
     for name, tensor in own.items():
-        if name not in state_dict and name not in tied:
+        if name not in shapes and name not in tied:
             raise UserError(f"{source}: tensor '{name}' is missing; is this checkpoint for this architecture?")
-        if name in state_dict and tuple(state_dict[name].shape) != tuple(tensor.shape):
+        if name in shapes and tuple(shapes[name]) != tuple(tensor.shape):
             raise UserError(
-                f"{source}: tensor '{name}' has shape {tuple(state_dict[name].shape)}, the model expects "
+                f"{source}: tensor '{name}' has shape {tuple(shapes[name])}, the model expects "
                 f"{tuple(tensor.shape)}; does the size match the checkpoint?"
             )
-    unexpected = sorted(set(state_dict) - set(own))
+    unexpected = sorted(set(shapes) - set(own))
     if unexpected:
         raise UserError(f"{source}: unexpected tensor '{unexpected[0]}' (and {len(unexpected) - 1} more)")
+
+
+def load_state_dict_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load after `check_shapes`."""
+    check_shapes(model, {name: tuple(t.shape) for name, t in state_dict.items()}, source)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_embeddings", False) else set()
     model.load_state_dict(state_dict, strict=not tied)
 
 
@@ -86,6 +93,26 @@ def load_pretrained(arch: str, path: str | Path, size: str | None = None):
     model = fam.MODEL(config)
     load_state_dict_into(model, from_hf(arch, read_checkpoint(path)), str(path))
     return model
+
+
+def check_checkpoint(arch: str, path: str | Path, size: str) -> None:
+    """Before a sweep: the checkpoint at `path` fits `arch` at `size` (shapes only, on the meta
+    device, nothing loaded into memory) — or one line naming the first mismatching tensor."""
+    path = Path(path)
+    fam = registry.family(arch)
+    if not hasattr(fam, "HF_RENAMES"):
+        raise UserError(f"{arch} has no Hugging Face mapping; --weights works for: {', '.join(hf_archs())}")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        read_checkpoint(path)  # raises the one-line error for a directory without weights
+        return  # .bin checkpoints are checked when loaded
+    from safetensors import safe_open
+
+    shapes = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            shapes.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})
+    check_shapes(registry.build(arch, size, device="meta"), rename(shapes, fam.HF_RENAMES), str(path))
 
 
 def hf_archs() -> list[str]:

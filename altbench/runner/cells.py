@@ -23,6 +23,7 @@ class Cell:
     seq_len: int  # 0 for capability cells, whose rows carry their own lengths
     settings: Settings
     task: str = ""  # probe task, or comma-joined lm-eval tasks
+    weights: str = ""  # a local Hugging Face checkpoint directory; "" = random weights
     extra: dict = field(default_factory=dict, hash=False)  # measurement-specific options from the suite
 
     @property
@@ -35,7 +36,8 @@ class Cell:
         """The row fields that say which cell a result belongs to."""
         fields = ("arch", "size", "backend", "measurement", "dtype", "device", "batch", "seq_len")
         row = {"cell_id": self.cell_id, **{k: getattr(self, k) for k in fields}}
-        return {**row, "task": self.task} if self.task else row
+        row.update({k: getattr(self, k) for k in ("task", "weights") if getattr(self, k)})
+        return row
 
     def skip_reason(self) -> str | None:
         """Why the suite itself excludes this cell (recorded as a `skipped` row), or None."""
@@ -54,7 +56,7 @@ def _tasks(suite: Suite, measurement: str, extra: dict) -> list[str]:
     return tasks
 
 
-def expand(suite: Suite, device: str) -> list[Cell]:
+def expand(suite: Suite, device: str, weights: str = "") -> list[Cell]:
     """Every cell of the suite, shortest lengths first (every measurement and architecture at one
     length before the next), so an interrupted sweep still compares everything up to some length."""
     cells = []
@@ -62,7 +64,8 @@ def expand(suite: Suite, device: str) -> list[Cell]:
         extra = dict(suite.extra.get(measurement, {}))
         for arch in suite.archs:
             for size, backend, dtype in itertools.product(suite.sizes_of(arch), suite.backends, suite.dtypes):
-                common = dict(arch=arch, size=size, backend=backend, measurement=measurement, dtype=dtype, device=device)
+                common = dict(arch=arch, size=size, backend=backend, measurement=measurement, dtype=dtype, device=device,
+                              weights=weights)
                 if measurement == "probe":  # options for every task, then [measurements.probe.<task>]
                     shared = {k: v for k, v in extra.items() if k != "tasks" and not isinstance(v, dict)}
                     for task in _tasks(suite, measurement, extra):

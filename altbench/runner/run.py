@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import shutil
@@ -17,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from altbench import registry
 from altbench.errors import UserError
 from altbench.measure import ceilings, env as envmod
 from altbench.runner import store, suite as suites
@@ -71,29 +73,57 @@ def check_gpus(n: int) -> None:
         raise UserError(f"--gpus {n}: this machine has {have} visible CUDA GPU(s); pass --gpus {max(have, 1)}")
 
 
-def prepare(suite_ref: str | None, resume: str | None, device: str | None, out: Path) -> tuple[Path, list[Cell], set[str]]:
-    """The run directory, its cells, and the ids of cells already finished (when resuming)."""
+def _apply_overrides(suite: suites.Suite, overrides: dict) -> suites.Suite:
+    """Narrow or redirect a suite from the command line (`compare A B --suite`, `--weights`)."""
+    archs = overrides.get("archs")
+    if archs:
+        for arch in archs:
+            for size in suite.arch_sizes.get(arch, suite.sizes):
+                registry.config(arch, size)  # unknown arch or size -> one clear line
+        suite = dataclasses.replace(suite, archs=list(archs))
+    if overrides.get("weights") and len(suite.archs) * len(suite.sizes) != 1:
+        raise UserError("--weights needs a suite with one architecture and one size (the checkpoint's)")
+    return suite
+
+
+def prepare(
+    suite_ref: str | None, resume: str | None, device: str | None, out: Path,
+    archs: list[str] | None = None, weights: str | None = None,
+) -> tuple[Path, list[Cell], set[str]]:
+    """The run directory, its cells, and the ids of cells already finished (when resuming).
+
+    `archs` replaces the suite's architectures and `weights` (a local Hugging Face checkpoint)
+    replaces random weights; both are kept in env.json so `--resume` runs the same cells.
+    """
     if resume:
         run_dir = find_run(resume, out)
-        suite = suites.load(str(run_dir / SUITE_FILE))
         env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
+        overrides = env.get("overrides", {})
+        suite = _apply_overrides(suites.load(str(run_dir / SUITE_FILE)), overrides)
         device = device or env.get("device") or suite.device
         check_device(device)
         done = {row.get("cell", row["cell_id"]) for row in store.read_rows(run_dir)}
-        return run_dir, expand(suite, device), done
+        return run_dir, expand(suite, device, overrides.get("weights", "")), done
     if not suite_ref:
         raise UserError("give --suite NAME|PATH.toml (known: " + ", ".join(suites.known_suites()) + ") or --resume RUN")
-    suite = suites.load(suite_ref)
+    overrides = {k: v for k, v in (("archs", archs), ("weights", weights)) if v}
+    suite = _apply_overrides(suites.load(suite_ref), overrides)
+    if weights:
+        from altbench.models import hf
+
+        weights = str(Path(weights).resolve())
+        overrides["weights"] = weights
+        hf.check_checkpoint(suite.archs[0], weights, suite.sizes_of(suite.archs[0])[0])
     device = device or suite.device
     check_device(device)
     run_dir = new_run_dir(out, suite.name)
     shutil.copyfile(suite.path, run_dir / SUITE_FILE)
     env = envmod.capture(sys.argv, suite.name)
-    env["device"] = device
+    env["device"], env["overrides"] = device, overrides
     if device == "cuda":
         env["ceilings"] = call_isolated(ceilings.measure, ("cuda",), timeout_s=300)
     (run_dir / "env.json").write_text(json.dumps(env, indent=2))
-    return run_dir, expand(suite, device), set()
+    return run_dir, expand(suite, device, overrides.get("weights", "")), set()
 
 
 def sweep(

@@ -57,7 +57,14 @@ def measure_cell(cell: Cell) -> dict:
                 "message": f"predicted {figures['predicted_mem_bytes'] / gib:.1f} GiB > {capacity / gib:.1f} GiB free on the device"}
 
     memory.reset_peak(device)
-    model = registry.build(cell.arch, cell.size, device=device, dtype=dtype, backend=cell.backend).eval()
+    if cell.weights:
+        from altbench.models import hf
+
+        model = hf.load_pretrained(cell.arch, cell.weights, cell.size)
+        registry.use_backend(model, cell.arch, cell.backend)
+        model = model.to(device=device, dtype=dtype).eval()
+    else:
+        model = registry.build(cell.arch, cell.size, device=device, dtype=dtype, backend=cell.backend).eval()
     figures.update(scenarios.MEASURE[cell.measurement](model, cell, device, generator))
     figures.update(memory.peak(device))
     return {"status": "ok", "message": "", **figures}
