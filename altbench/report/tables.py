@@ -221,7 +221,7 @@ def header(measurement: str, rows: list[dict], constant: dict, timed: bool) -> l
         setting += " · no cell ran"
     lines = [f"## {measurement}", "", f"Unit: {unit}.", "", f"Setting: {setting.strip(' ·')}.", ""]
     lines.append("Columns are sequence lengths L; a cell that did not run shows its status (details below the table); "
-                 f"{NOT_MEASURED} = not in the suite.")
+                 f"{NOT_MEASURED} = no row in the store (not in the suite, or not reached by an interrupted run: `altbench run --resume` finishes it).")
     if timed:
         lines.append("Exponent: log-log slope of ms vs L over the compute-bound lengths in brackets (from the first length "
                      f"costing at least {GROWTH:g}x the cheapest; see altbench/report/scaling.py).")
