@@ -99,3 +99,17 @@ def test_last_only_gives_the_last_position_logits(arch):
         last, _ = model(x, last_only=True)
     assert last.shape == (x.shape[0], 1, model.config.vocab_size)
     assert_close(f"{arch} last_only", full[:, -1:], last, RTOL)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mix_is_the_first_layers_mixer_with_carried_state(arch):
+    """`block.mix` (the `kernel` measurement) runs the mixer alone, and continues with its state."""
+    model = tiny(arch)
+    x = torch.randn(2, 21, model.config.d_model, generator=torch.Generator().manual_seed(5))
+    block = model.layers[0]
+    with torch.no_grad():
+        full, _ = block.mix(x, None)
+        first, state = block.mix(x[:, :9], None)
+        second, _ = block.mix(x[:, 9:], state)
+    assert full.shape == x.shape
+    assert_close(f"{arch} mix", full, torch.cat([first, second], 1), RTOL)

@@ -158,6 +158,27 @@ def train_step(model, cell, device, generator) -> dict:
     return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops)}
 
 
+def kernel(model, cell, device, generator) -> dict:
+    """The first layer's sequence mixer alone (`block.mix`: attention, SSM, recurrence; no norm,
+    residual or MLP) over seq_len random activations, in prefill segments with carried state:
+    the op that separates the architectures, without the layers they share."""
+    s = cell.settings
+    block = model.layers[0]
+    dtype = model.embed.weight.dtype
+    x = torch.randn(cell.batch, cell.seq_len, model.config.d_model, generator=generator).to(device, dtype)
+    segment = s.prefill_segment or cell.seq_len
+
+    def run():
+        state = None
+        for start in range(0, cell.seq_len, segment):
+            _, state = block.mix(x[:, start : start + segment], state)
+
+    with torch.inference_mode():
+        timing = time_calls(run, device, s.reps, s.warmup, s.min_time_s, budget_s=s.budget_s)
+    flops = cell.batch * cell.seq_len * block.flops_per_token(cell.seq_len // 2)  # the whole layer's, an upper bound
+    return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops), "segment": s.prefill_segment}
+
+
 def predicted_bytes(model, cell) -> int:
     """Analytic peak memory of the cell: weights (+ grads and AdamW moments for training), the
     state after seq_len tokens, and activations of one prefill segment."""
@@ -173,4 +194,4 @@ def predicted_bytes(model, cell) -> int:
     return weights + model.state_bytes(cell.batch, cell.seq_len, dtype) + model.activation_bytes(cell.batch, tokens, dtype)
 
 
-MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step}
+MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel}

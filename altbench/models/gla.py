@@ -203,6 +203,10 @@ class GLABlock(nn.Module):
         self.mlp_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
         self.mlp = SwiGLU(c.d_model, c.d_hidden)
 
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
+        return self.attn(x, state)
+
     def forward(self, x, state):
         y, state = self.attn(self.attn_norm(x), state)
         x = x + y

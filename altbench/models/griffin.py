@@ -380,6 +380,10 @@ class ResidualBlock(nn.Module):
         self.channel_pre_norm = GemmaRMSNorm(c.d_model, c.norm_eps)
         self.mlp_block = GatedMLP(c.d_model, c.d_hidden)
 
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
+        return self.temporal_block(x, state)
+
     def forward(self, x, state):
         y, state = self.temporal_block(self.temporal_pre_norm(x), state)
         x = x + y

@@ -220,6 +220,10 @@ class Mamba2Block(nn.Module):
         self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
         self.mixer = Mamba2Mixer(c)
 
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
+        return self.mixer(x, state)
+
     def forward(self, x, state):
         y, state = self.mixer(self.norm(x), state)
         return x + y, state

@@ -242,6 +242,10 @@ class RetNetBlock(nn.Module):
         self.ffn_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
         self.ffn = FFN(c.d_model, c.d_hidden)
 
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
+        return self.retention(x, state)
+
     def forward(self, x, state):
         y, state = self.retention(self.retention_norm(x), state)
         x = x + y

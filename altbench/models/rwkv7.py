@@ -307,6 +307,10 @@ class RWKV7Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
         self.ffn = RWKV7ChannelMix(c, layer_idx)
 
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
+        return self.attn(x, state, None)[:2]
+
     def forward(self, x, state, v_first=None):
         """x: (B, T, d); state: (attn shift (B, d), S (B, H, V, K), ffn shift (B, d)) or None."""
         if self.layer_idx == 0:

@@ -119,6 +119,10 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
         self.mlp = SwiGLU(c.d_model, c.d_hidden)
 
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
+        return self.self_attn(x, state)
+
     def forward(self, x, state):
         a, state = self.self_attn(self.input_layernorm(x), state)
         x = x + a

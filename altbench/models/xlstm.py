@@ -360,6 +360,10 @@ class XLSTMBlock(nn.Module):
         self.ffn_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
         self.ffn = SwiGLU(c)
 
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
+        return self.mixer(x, state)
+
     def forward(self, x, state):
         y, state = self.mixer(self.norm(x), state)
         x = x + y

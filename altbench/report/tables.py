@@ -27,7 +27,7 @@ UNITS = {
     "prefill": "ms per forward pass over the batch's L tokens",
     "decode": "ms per decode step (one token per sequence) at context length L",
     "train_step": "ms per training step (forward, backward, AdamW) on the batch's L tokens",
-    "kernel": "ms per kernel call at length L",
+    "kernel": "ms per call of the first layer's sequence mixer alone (attention, SSM or recurrence; no norm, MLP or head) over L tokens",
 }
 CSV_FIELDS = (
     "cell_id", "measurement", *SERIES_FIELDS, "seq_len", "status", "ms_median", "ms_ci_low", "ms_ci_high", "reps",

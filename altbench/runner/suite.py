@@ -26,6 +26,7 @@
     [measurements.decode]
     [measurements.train_step]
     max_seq_len = 16384                  # longer cells are recorded as skipped, with this reason
+    [measurements.kernel]                # the first layer's sequence mixer alone (block.mix)
 
 Any mistake (bad TOML, unknown key, wrong type, unknown architecture / size / backend /
 measurement) raises `UserError` naming the file, the key and the fix.
@@ -41,7 +42,7 @@ from pathlib import Path
 from altbench import registry
 from altbench.errors import UserError
 
-MEASUREMENTS = ("prefill", "decode", "train_step", "probe", "lm_eval")
+MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "probe", "lm_eval")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
