@@ -67,7 +67,8 @@ def gpu_processes() -> list[str]:
 
 def capture(command: list[str], suite: str) -> dict:
     repo = Path(__file__).resolve().parents[2]
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
+    # A checkout copied without .git (e.g. onto a GPU machine) can name its commit in ALTBENCH_GIT_COMMIT.
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=repo) or os.environ.get("ALTBENCH_GIT_COMMIT")
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
     import torch
 

@@ -29,6 +29,29 @@ class SwiGLU(nn.Module):
         return 3 * linear_flops(self.d_model, self.d_hidden)
 
 
+class PreNormMixerBlock(nn.Module):
+    """x + mixer(RMSNorm(x)): the whole block of Mamba and Mamba-2 (no separate MLP). Subclasses
+    give the mixer and the analytic state / parameter / FLOP counts."""
+
+    def __init__(self, c, mixer: nn.Module):
+        super().__init__()
+        self.c = c
+        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
+        self.mixer = mixer
+
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm or residual): the `kernel` measurement."""
+        return self.mixer(x, state)
+
+    def forward(self, x, state):
+        y, state = self.mixer(self.norm(x), state)
+        return x + y, state
+
+    def step(self, x, state):
+        y, state = self.mixer.step(self.norm(x), state)
+        return x + y, state
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE (Su et al. 2021): rotate channel pairs (i, i + D/2) of q and k by angle pos * theta^(-2i/D)."""
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.blocks import PreNormMixerBlock
 
 
 @dataclass
@@ -150,24 +151,9 @@ class MambaMixer(nn.Module):
         return self.out_proj(y * F.silu(z)), (xw[:, 1:], h)
 
 
-class MambaBlock(nn.Module):
+class MambaBlock(PreNormMixerBlock):
     def __init__(self, c: MambaConfig):
-        super().__init__()
-        self.c = c
-        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.mixer = MambaMixer(c)
-
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
-        return self.mixer(x, state)
-
-    def forward(self, x, state):
-        y, state = self.mixer(self.norm(x), state)
-        return x + y, state
-
-    def step(self, x, state):
-        y, state = self.mixer.step(self.norm(x), state)
-        return x + y, state
+        super().__init__(c, MambaMixer(c))
 
     def init_state(self, batch, device, dtype, capacity=0):
         c, di = self.c, self.mixer.d_inner

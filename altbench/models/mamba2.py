@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.blocks import PreNormMixerBlock
 
 
 @dataclass
@@ -213,24 +214,9 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.norm(y.flatten(-2), z)), (xw[:, 1:], h)
 
 
-class Mamba2Block(nn.Module):
+class Mamba2Block(PreNormMixerBlock):
     def __init__(self, c: Mamba2Config):
-        super().__init__()
-        self.c = c
-        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.mixer = Mamba2Mixer(c)
-
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
-        return self.mixer(x, state)
-
-    def forward(self, x, state):
-        y, state = self.mixer(self.norm(x), state)
-        return x + y, state
-
-    def step(self, x, state):
-        y, state = self.mixer.step(self.norm(x), state)
-        return x + y, state
+        super().__init__(c, Mamba2Mixer(c))
 
     def init_state(self, batch, device, dtype, capacity=0):
         c = self.c
