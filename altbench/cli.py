@@ -84,6 +84,22 @@ def _summary_table(rows: list[dict]) -> Table:
     return table
 
 
+def _sweep_with_progress(run_dir: Path, cells: list, done: set[str], gpus: int = 1) -> None:
+    """The runner's sweep under a rich progress bar naming the cell in flight."""
+    from altbench.runner import run as runner
+
+    todo = [c for c in cells if c.cell_id not in done]
+    console.print(f"run [bold]{run_dir}[/]: {len(todo)} cells to run" + (f", {len(done)} already done" if done else ""))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=len(todo))
+        runner.sweep(
+            run_dir, cells, done,
+            on_start=lambda c: progress.update(task, description=f"{c.measurement} {c.arch}/{c.size} L={c.seq_len}"),
+            on_row=lambda row: progress.advance(task), gpus=gpus,
+        )
+
+
 @app.command()
 def run(
     suite: Annotated[Optional[str], typer.Option("--suite", help="Suite name (see `altbench list`) or path to a .toml.")] = None,
@@ -104,16 +120,7 @@ def run(
     env = report.load_env(run_dir)
     for process in env.get("gpu_busy") or []:
         console.print(f"[yellow]warning:[/] another process is using the GPU ({process}); timings may be distorted")
-    todo = [c for c in cells if c.cell_id not in done]
-    console.print(f"run [bold]{run_dir}[/]: {len(todo)} cells to run" + (f", {len(done)} already done" if done else ""))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        task = progress.add_task("starting", total=len(todo))
-        runner.sweep(
-            run_dir, cells, done,
-            on_start=lambda c: progress.update(task, description=f"{c.measurement} {c.arch}/{c.size} L={c.seq_len}"),
-            on_row=lambda row: progress.advance(task), gpus=gpus,
-        )
+    _sweep_with_progress(run_dir, cells, done, gpus)
     rows = store.latest_rows(run_dir)
     console.print(_summary_table(rows))
     failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
@@ -211,10 +218,7 @@ def compare_(
     runs = [resolve_run(r, RESULTS) for r in run] if run else []
     if suite:
         run_dir, cells, done = runner.prepare(suite, None, device, RESULTS, archs=archs)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
-            task = progress.add_task("measuring", total=len(cells))
-            runner.sweep(run_dir, cells, done, on_row=lambda row: progress.advance(task))
+        _sweep_with_progress(run_dir, cells, done)
         runs.append(run_dir)
     runs = runs or comparison.find_runs(RESULTS, archs)
     paths = comparison.compare(comparison.read_runs(runs), archs, out or RESULTS / "compare" / "-vs-".join(archs))
