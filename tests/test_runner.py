@@ -165,3 +165,18 @@ def test_suite_name_wins_over_a_directory_of_the_same_name(tmp_path, monkeypatch
     assert suites.load("smoke").name == "smoke"
     with pytest.raises(UserError, match="suite file missing.toml does not exist"):
         suites.load("missing.toml")
+
+
+def test_parallel_sweep_assigns_one_worker_per_gpu_and_keeps_every_row(tmp_path):
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', '"raise"').replace("[16]", "[16, 24]")
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    rows = runner.sweep(run_dir, cells, done, gpus=2)  # CUDA_VISIBLE_DEVICES is set per worker; CPU cells ignore it
+    assert sorted(r["cell_id"] for r in store.read_rows(run_dir)) == sorted(c.cell_id for c in cells)
+    assert {r["gpu"] for r in rows} <= {0, 1} and {r["status"] for r in rows} == {"ok", "error"}
+
+
+def test_more_gpus_than_the_machine_has_is_a_user_error():
+    import torch
+
+    with pytest.raises(UserError, match=rf"--gpus 64: this machine has {torch.cuda.device_count()} visible CUDA GPU"):
+        runner.check_gpus(64)
