@@ -180,3 +180,11 @@ def test_more_gpus_than_the_machine_has_is_a_user_error():
 
     with pytest.raises(UserError, match=rf"--gpus 64: this machine has {torch.cuda.device_count()} visible CUDA GPU"):
         runner.check_gpus(64)
+
+
+@pytest.mark.parametrize("name", suites.known_suites())
+def test_every_shipped_suite_loads_and_expands(name):
+    suite = suites.load(name)
+    cells = expand(suite, suite.device)
+    assert cells and len({c.cell_id for c in cells}) == len(cells)
+    assert [c.seq_len for c in cells] == sorted(c.seq_len for c in cells)  # shortest lengths first
