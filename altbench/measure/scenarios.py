@@ -1,4 +1,4 @@
-"""What a cell measures: prefill, decode and a training step of one model.
+"""What a cell measures: prefill, decode, a training step, and the mixer alone (`kernel`).
 
 Each function takes a built model, the cell and the input generator, runs the timing protocol of
 `measure/timing.py` and returns the row's figures. They never catch errors: the worker turns an
@@ -175,8 +175,9 @@ def kernel(model, cell, device, generator) -> dict:
 
     with torch.inference_mode():
         timing = time_calls(run, device, s.reps, s.warmup, s.min_time_s, budget_s=s.budget_s)
-    flops = cell.batch * cell.seq_len * block.flops_per_token(cell.seq_len // 2)  # the whole layer's, an upper bound
-    return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops), "segment": s.prefill_segment}
+    # No FLOP figure: the contract counts FLOPs per layer, not per mixer.
+    tokens_per_s = cell.batch * cell.seq_len / (timing.median / 1e3)
+    return {**timing.row(), "tokens_per_s": tokens_per_s, "segment": s.prefill_segment}
 
 
 def predicted_bytes(model, cell) -> int:
