@@ -188,3 +188,12 @@ def test_every_shipped_suite_loads_and_expands(name):
     cells = expand(suite, suite.device)
     assert cells and len({c.cell_id for c in cells}) == len(cells)
     assert [c.seq_len for c in cells] == sorted(c.seq_len for c in cells)  # shortest lengths first
+
+
+def test_lm_eval_cells_store_one_row_per_task_metric(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    text = 'archs = ["mamba"]\nsizes = ["tiny"]\nseq_lens = [1]\n[measurements.lm_eval]\ntasks = ["altbench_tiny_mc"]\nlimit = 4\n'
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    rows = runner.sweep(run_dir, cells, done)
+    assert [(r["status"], r["task"], r["metric"]) for r in rows] == [("ok", "altbench_tiny_mc", "acc")], rows[0].get("message")
+    assert 0 <= rows[0]["value"] <= 1 and rows[0]["cell"] == cells[0].cell_id

@@ -79,10 +79,10 @@ def capability_rows(cell: Cell) -> list[dict]:
     from altbench.evaluation import run_eval
 
     options = dict(cell.extra)
+    weights = cell.weights or options.pop("weights", None)  # --weights, or the suite's [measurements.lm_eval]
     return run_eval(
-        cell.arch, None if options.get("weights") else cell.size, cell.task.split(","), cell.device,
-        weights=options.pop("weights", None), limit=options.pop("limit", None),
-        batch_size=options.pop("batch_size", 8), **options,
+        cell.arch, cell.size, cell.task.split(","), cell.device, weights=weights,
+        limit=options.pop("limit", None), batch_size=options.pop("batch_size", 8), **options,
     )
 
 
