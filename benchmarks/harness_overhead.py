@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from altbench import registry
-from altbench.measure.scenarios import decode
+from altbench.measure.scenarios import decode, decode_state
 from altbench.measure.timing import time_calls
 from altbench.runner.cells import Cell
 from altbench.runner.suite import Settings
@@ -61,8 +61,6 @@ def decode_vs_kernels(device, arch: str, size: str, context: int) -> dict:
     settings = Settings(reps=200, warmup=10, decode_tokens=200, cuda_graphs=True)
     cell = Cell(arch, size, "torch", "decode", "bfloat16", "cuda", 1, context, settings)
     row = decode(model, cell, torch.device(device), torch.Generator().manual_seed(0))
-
-    from altbench.measure.scenarios import decode_state
 
     ids = torch.randint(0, model.config.vocab_size, (1, min(context, 8193)), device=device)
     with torch.inference_mode():
