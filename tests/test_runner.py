@@ -44,6 +44,18 @@ def test_each_failure_costs_its_cell_only(tmp_path):
     assert status["tiny"]["ms_median"] > 0 and status["tiny"]["reps"] == 3
 
 
+def test_one_worker_serves_cells_until_one_errors_then_a_fresh_one_takes_over(tmp_path):
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', '"oom", "raise"').replace("[16]", "[16, 24]")
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    rows = runner.sweep(run_dir, cells, done)
+    assert [(r["size"], r["seq_len"], r["status"]) for r in rows] == [
+        ("tiny", 16, "ok"), ("oom", 16, "oom"), ("raise", 16, "error"),
+        ("tiny", 24, "ok"), ("oom", 24, "oom"), ("raise", 24, "error"),
+    ]
+    pids = [r["worker_pid"] for r in rows]
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5]  # an OOM keeps the worker, an error retires it
+
+
 def test_resume_runs_only_unfinished_cells_and_survives_a_torn_line(tmp_path):
     suite = write(tmp_path, FAULTY.replace('"raise", "kill", "hang", "oom"', '"raise"').replace("prefill]", "prefill]\n[measurements.decode]"))
     run_dir, cells, done = runner.prepare(str(suite), None, "cpu", tmp_path / "out")

@@ -23,7 +23,7 @@ from altbench.errors import UserError
 from altbench.measure import ceilings, env as envmod
 from altbench.runner import store, suite as suites
 from altbench.runner.cells import Cell, expand
-from altbench.runner.worker import call_isolated, run_isolated
+from altbench.runner.worker import Worker, call_isolated, run_cell
 
 SUITE_FILE = "suite.toml"
 
@@ -133,14 +133,15 @@ def sweep(
 ) -> list[dict]:
     """Run every cell not in `done`, appending each row to the store as soon as it exists.
 
-    With gpus > 1, cells run in parallel, one worker per GPU (each sees only its own device).
+    One worker process serves the cells in turn; with gpus > 1, cells run in parallel, one worker
+    per GPU (each sees only its own device).
     """
     todo = [c for c in cells if c.cell_id not in done]
     rows, lock = [], threading.Lock()
 
-    def run_one(cell: Cell, gpu: int | None) -> None:
+    def run_one(cell: Cell, worker: Worker) -> None:
         on_start(cell)
-        for row in run_isolated(cell, gpu):
+        for row in run_cell(cell, worker):
             row["run_id"] = run_dir.name
             with lock:
                 store.append_row(run_dir, row)
@@ -148,20 +149,25 @@ def sweep(
         on_row(row)
 
     if gpus <= 1:
-        for cell in todo:
-            run_one(cell, None)
+        with Worker() as worker:
+            for cell in todo:
+                run_one(cell, worker)
         return rows
-    free: queue.Queue[int] = queue.Queue()
+    free: queue.Queue[Worker] = queue.Queue()
     for gpu in range(gpus):
-        free.put(gpu)
+        free.put(Worker(gpu))
 
     def on_gpu(cell: Cell) -> None:
-        gpu = free.get()
+        worker = free.get()
         try:
-            run_one(cell, gpu)
+            run_one(cell, worker)
         finally:
-            free.put(gpu)
+            free.put(worker)
 
-    with ThreadPoolExecutor(max_workers=gpus) as pool:
-        list(pool.map(on_gpu, todo))
+    try:
+        with ThreadPoolExecutor(max_workers=gpus) as pool:
+            list(pool.map(on_gpu, todo))
+    finally:
+        while not free.empty():
+            free.get().close()
     return rows

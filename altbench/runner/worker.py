@@ -4,9 +4,11 @@ A worker builds the model, runs the measurement and sends back one row. Whatever
 it — an exception, a CUDA fault, an OOM, a segfault, a hang — costs that cell only: the parent
 reads either the row or nothing, checks the exit code, kills the worker at the cell's timeout,
 and turns each case into a row with its status ('ok', 'oom', 'error', 'timeout', 'skipped').
+A worker that raised an error, died or hung is replaced by a fresh one for the next cell.
 
 Workers fork from a forkserver that has already imported torch and altbench, so starting one takes
-milliseconds, and no worker inherits a CUDA context.
+milliseconds, and no worker inherits a CUDA context. A sweep keeps one worker per GPU for as long
+as its cells succeed (see `Worker`).
 """
 
 from __future__ import annotations
@@ -86,17 +88,43 @@ def capability_rows(cell: Cell) -> list[dict]:
     )
 
 
-def _worker_main(target, args, gpu: int | None, conn) -> None:
-    if gpu is not None:  # before anything initialises CUDA in this process
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+def _call(target, args) -> dict:
     try:
-        row = target(*args)
+        return target(*args)
     except BaseException as exc:  # noqa: BLE001 - every failure must become a row
         status = "oom" if _is_oom(exc) else "skipped" if isinstance(exc, NotImplementedError) else "error"
-        row = {"status": status, "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
-               "traceback": traceback.format_exc()}
-    conn.send(row)
-    conn.close()
+        return {"status": status, "message": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+                "traceback": traceback.format_exc()}
+
+
+def _release_memory() -> None:
+    """Free what the last call left behind, so the next cell's free-memory check and peak are its own."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _serve(gpu: int | None, conn) -> None:
+    """The worker's loop: receive (target, args), send back its row, until told to stop. An 'error'
+    ends the process: a CUDA fault poisons its context, so the next call gets a fresh worker."""
+    if gpu is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        row = _call(*job)
+        conn.send(row)
+        if row.get("status") == "error":
+            return
+        _release_memory()
 
 
 _context = None
@@ -119,38 +147,84 @@ def _describe_exit(code: int | None) -> str:
     return f"worker exited with code {code} without a result"
 
 
+class Worker:
+    """A worker process that runs calls one after another, started on first use and restarted
+    after any call that killed it, hung past its timeout or raised an error.
+
+    Keeping the process between cells keeps its CUDA context, cuBLAS handles, lazily loaded kernels
+    and Triton's compiled and autotuned kernels, which would otherwise cost seconds per cell; a
+    cell's failure still costs that cell only. `first_call_ms` is therefore the first call of the
+    cell, after whatever earlier cells of the same worker already compiled.
+    """
+
+    def __init__(self, gpu: int | None = None):
+        self.gpu = gpu
+        self._process = None
+        self._conn = None
+
+    def _start(self) -> None:
+        ctx = _mp_context()
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(self.gpu, child), daemon=True)
+        self._process.start()
+        child.close()
+
+    def call(self, target, args: tuple, timeout_s: float) -> dict:
+        """`target(*args)` (a dict) computed in the worker; on any failure, a dict with status and message."""
+        if self._process is None or not self._process.is_alive():
+            self._start()
+        t0, pid = time.perf_counter(), self._process.pid
+        result = None
+        try:
+            self._conn.send((target, args))
+            if self._conn.poll(timeout_s):
+                result = self._conn.recv()
+        except (EOFError, OSError):
+            result = None  # the worker died before sending: its exit code says how
+        wall = time.perf_counter() - t0
+        if result is None:
+            code = self.close(kill=True)
+            if wall >= timeout_s:
+                result = {"status": "timeout", "message": f"no result within the cell timeout of {timeout_s:g} s"}
+            else:
+                result = {"status": "error", "message": _describe_exit(code)}
+            result["worker_exit_code"] = code
+        elif result.get("status") == "error":
+            self.close()
+        return {**result, "wall_s": wall, "worker_pid": pid}
+
+    def close(self, kill: bool = False) -> int | None:
+        """Stop the process (asking it to finish, or killing it); its exit code."""
+        process, self._process = self._process, None
+        if process is None:
+            return None
+        if not kill and process.is_alive():
+            try:
+                self._conn.send(None)
+            except OSError:
+                pass
+            process.join(10)
+        if process.is_alive():
+            process.kill()
+        process.join()
+        self._conn.close()
+        return process.exitcode
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def call_isolated(target, args: tuple, timeout_s: float, gpu: int | None = None) -> dict:
-    """`target(*args)` (a dict) computed in a fresh worker; on any failure, a dict with status and message."""
-    ctx = _mp_context()
-    receive, send = ctx.Pipe(duplex=False)
-    worker = ctx.Process(target=_worker_main, args=(target, args, gpu, send), daemon=True)
-    t0 = time.perf_counter()
-    worker.start()
-    send.close()
-    result = None
-    try:
-        if receive.poll(timeout_s):
-            result = receive.recv()
-    except (EOFError, OSError):
-        result = None  # the worker died before sending: its exit code says how
-    finally:
-        if result is None and worker.is_alive():
-            worker.kill()
-        worker.join(10)
-        if worker.is_alive():
-            worker.kill()
-            worker.join()
-    wall = time.perf_counter() - t0
-    if result is None:
-        if wall >= timeout_s:
-            result = {"status": "timeout", "message": f"no result within the cell timeout of {timeout_s:g} s"}
-        else:
-            result = {"status": "error", "message": _describe_exit(worker.exitcode)}
-    return {**result, "wall_s": wall, "worker_exit_code": worker.exitcode}
+    """`target(*args)` computed in a fresh worker of its own (see `Worker.call`)."""
+    with Worker(gpu) as worker:
+        return worker.call(target, args, timeout_s)
 
 
-def run_isolated(cell: Cell, gpu: int | None = None) -> list[dict]:
-    """The cell's rows (identity + outcome + figures), measured in a fresh worker process.
+def run_cell(cell: Cell, worker: Worker) -> list[dict]:
+    """The cell's rows (identity + outcome + figures), measured in `worker`'s process.
 
     One row for a timed cell; one per task / axis point for a capability cell, each with its own
     cell_id (the cell's id + '/<n>') and `cell` naming the cell they came from.
@@ -163,9 +237,9 @@ def run_isolated(cell: Cell, gpu: int | None = None) -> list[dict]:
         reason = f"backend {cell.backend} has no implementation of {cell.arch}"
     if reason:
         return [{**row, "status": "skipped", "message": reason, "wall_s": 0.0}]
-    result = {**row, **call_isolated(measure_cell, (cell,), cell.settings.timeout_s, gpu)}
-    if gpu is not None:
-        result["gpu"] = gpu
+    result = {**row, **worker.call(measure_cell, (cell,), cell.settings.timeout_s)}
+    if worker.gpu is not None:
+        result["gpu"] = worker.gpu
     points = result.pop("rows", None)
     if not points:
         return [result]
