@@ -18,6 +18,7 @@ from altbench.errors import UserError
 ARCHITECTURES: dict[str, str] = {
     "transformer": "altbench.models.transformer",
     "mamba": "altbench.models.mamba",
+    "mamba-lti": "altbench.models.mamba_lti",
     "rwkv7": "altbench.models.rwkv7",
     "hawk": "altbench.models.hawk",
     "griffin": "altbench.models.griffin",

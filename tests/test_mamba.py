@@ -24,3 +24,15 @@ def test_chunked_scan_and_step_equal_the_loop(T, chunk):
         ys.append(y_t)
     assert_close("step y", y_ref, torch.stack(ys, 1), 1e-5)
     assert_close("step h", h_ref, h, 1e-5)
+
+
+@pytest.mark.parametrize("arch, selective", [("mamba", True), ("mamba-lti", False)])
+def test_mamba_lti_makes_delta_b_c_input_independent(arch, selective):
+    from altbench import registry
+
+    torch.manual_seed(0)
+    mixer = registry.build(arch, "tiny").layers[0].mixer
+    x1, x2 = torch.randn(2, 2, 5, mixer.d_inner).unbind(0)
+    first, second = mixer._ssm_inputs(x1), mixer._ssm_inputs(x2)
+    assert [tuple(t.shape) for t in first] == [(2, 5, mixer.d_inner), (2, 5, 8), (2, 5, 8)]
+    assert all(torch.equal(a, b) for a, b in zip(first, second)) is not selective

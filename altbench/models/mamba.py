@@ -8,7 +8,8 @@ channel d and state index n (A diagonal, Delta, B, C functions of the input, eq.
 
 Three forms compute the same map: `selective_scan_ref` (the loop above), `selective_scan`
 (a parallel prefix scan over time, O(T log T) work, no loop over T) and `selective_scan_step`
-(one token). The state of a block is (conv window, h).
+(one token). The state of a block is (conv window, h). With `selective = False` Delta, B and C
+are learned constants instead (the LTI ablation, registered as `mamba-lti`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class MambaConfig(LMConfig):
     dt_rank: int = 0  # rank of the Delta projection; 0 means ceil(d_model / 16) as in the paper
     dt_min: float = 0.001  # Delta initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
+    selective: bool = True  # False: Delta, B, C are learned constants, not functions of x (an LTI SSM)
 
     def __post_init__(self):
         if self.dt_rank == 0:
@@ -114,17 +116,25 @@ class MambaMixer(nn.Module):
         self.d_inner = di
         self.in_proj = nn.Linear(c.d_model, 2 * di, bias=False)
         self.conv1d = nn.Conv1d(di, di, c.d_conv, groups=di, bias=True)
-        self.x_proj = nn.Linear(di, c.dt_rank + 2 * n, bias=False)
-        self.dt_proj = nn.Linear(c.dt_rank, di, bias=True)
+        if c.selective:
+            self.x_proj = nn.Linear(di, c.dt_rank + 2 * n, bias=False)
+            self.dt_proj = nn.Linear(c.dt_rank, di, bias=True)
+        else:  # the same scan with input-independent parameters: Delta = softplus(dt_bias), B, C constants
+            self.dt_bias = nn.Parameter(torch.empty(di))
+            self.B = nn.Parameter(torch.randn(n) / math.sqrt(n))
+            self.C = nn.Parameter(torch.randn(n) / math.sqrt(n))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(di, 1))  # S4D-real
         self.D = nn.Parameter(torch.ones(di))
         self.out_proj = nn.Linear(di, c.d_model, bias=False)
         with torch.no_grad():  # Delta = softplus(bias) log-uniform in [dt_min, dt_max] (paper, sec. 3.6)
             dt = torch.exp(torch.rand(di) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            (self.dt_proj.bias if c.selective else self.dt_bias).copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def _ssm_inputs(self, x):
         """x: (..., Di) after the conv -> delta (..., Di), B (..., N), C (..., N)."""
+        if not self.c.selective:
+            lead = x.shape[:-1]
+            return F.softplus(self.dt_bias).expand(*lead, -1), self.B.expand(*lead, -1), self.C.expand(*lead, -1)
         dt, B, C = self.x_proj(x).split([self.c.dt_rank, self.c.d_state, self.c.d_state], dim=-1)
         return F.softplus(self.dt_proj(dt)), B, C
 
@@ -170,16 +180,17 @@ class MambaBlock(PreNormMixerBlock):
             c.d_model  # norm
             + c.d_model * 2 * di  # in_proj
             + di * (c.d_conv + 1)  # conv1d weight + bias
-            + di * (c.dt_rank + 2 * n)  # x_proj
-            + c.dt_rank * di + di  # dt_proj
+            + (di * (c.dt_rank + 2 * n) + c.dt_rank * di if c.selective else 2 * n)  # x_proj, dt_proj | B, C
+            + di  # dt_proj.bias | dt_bias
             + di * n + di  # A_log, D
             + di * c.d_model  # out_proj
         )
 
     def flops_per_token(self, context):
         c, di, n = self.c, self.mixer.d_inner, self.c.d_state
-        proj = linear_flops(c.d_model, 2 * di) + linear_flops(di, c.dt_rank + 2 * n)
-        proj += linear_flops(c.dt_rank, di) + linear_flops(di, c.d_model)
+        proj = linear_flops(c.d_model, 2 * di) + linear_flops(di, c.d_model)
+        if c.selective:
+            proj += linear_flops(di, c.dt_rank + 2 * n) + linear_flops(c.dt_rank, di)
         return proj + 2 * di * c.d_conv + 9 * di * n  # conv; scan: exp, 2 mul + add for h, 2 for y
 
 
