@@ -107,7 +107,7 @@ def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: tor
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": s.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=s.lr, betas=(0.9, 0.98),
+        lr=s.lr, betas=(0.9, 0.98), fused=device.type == "cuda",
     )
     warmup_steps = max(1, int(s.warmup * s.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(i, s.steps, warmup_steps))
@@ -126,9 +126,9 @@ def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: tor
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        running.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == s.steps:
-            curve.append((step + 1, sum(running) / len(running)))
+        running.append(loss.detach())
+        if (step + 1) % log_every == 0 or step + 1 == s.steps:  # the only host sync of the loop
+            curve.append((step + 1, torch.stack(running).mean().item()))
             running = []
 
     model.eval()
