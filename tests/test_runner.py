@@ -56,6 +56,31 @@ def test_one_worker_serves_cells_until_one_errors_then_a_fresh_one_takes_over(tm
     assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5]  # an OOM keeps the worker, an error retires it
 
 
+def test_cells_that_cannot_finish_in_time_are_skipped_from_the_shorter_length():
+    from altbench.runner.cells import beyond_timeout
+
+    cell = next(c for c in expand(suites.load("long-context"), "cuda") if c.cell_id.startswith("prefill/mamba/130m/torch/bfloat16/cuda/b1/L1048576"))
+    assert cell.settings.timeout_s == 300
+    shorter = {"status": "ok", "seq_len": 262144, "ms_median": 20_000.0}
+    assert beyond_timeout(cell, shorter) == (
+        "needs >= 320 s (4 calls of >= 80.0 s, linear from 20.0 s at L=262144), over the 300 s cell timeout")
+    assert beyond_timeout(cell, {**shorter, "ms_median": 18_000.0}) is None  # 4 x 72 s = 288 s fits
+    assert beyond_timeout(cell, {**shorter, "ms_median": 900.0}) is None  # too short to extrapolate from
+    assert beyond_timeout(cell, {**shorter, "status": "timeout"}).startswith("timed out at L=262144")
+    assert beyond_timeout(cell, {**shorter, "status": "oom"}) is None
+    decode = next(c for c in expand(suites.load("long-context"), "cuda") if c.series_id == cell.series_id.replace("prefill", "decode"))
+    assert beyond_timeout(decode, {**shorter, "status": "timeout"}) is None  # decode work does not grow with L
+
+
+def test_sweep_skips_the_longer_cell_of_a_series_that_timed_out(tmp_path):
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, FAULTY.replace('"raise", "kill", "hang", "oom"', '').replace("[16]", "[16, 24]"))), None, "cpu", tmp_path / "out")
+    first = cells[0]
+    store.append_row(run_dir, {**first.identity(), "status": "timeout", "message": "no result"})  # as if it hung
+    runner.sweep(run_dir, cells, {first.cell_id})
+    row = {r["seq_len"]: r for r in store.read_rows(run_dir)}[24]
+    assert (row["status"], row["message"]) == ("skipped", "timed out at L=16, so L=24 cannot finish within 8 s")
+
+
 def test_resume_runs_only_unfinished_cells_and_survives_a_torn_line(tmp_path):
     suite = write(tmp_path, FAULTY.replace('"raise", "kill", "hang", "oom"', '"raise"').replace("prefill]", "prefill]\n[measurements.decode]"))
     run_dir, cells, done = runner.prepare(str(suite), None, "cpu", tmp_path / "out")

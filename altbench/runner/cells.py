@@ -9,6 +9,13 @@ from altbench.errors import UserError
 from altbench.runner.suite import Settings, Suite
 
 CAPABILITY = ("probe", "lm_eval")  # trained / evaluated, not timed: seq_len comes from their own axes
+LENGTH_BOUND = ("prefill", "train_step", "kernel")  # measurements whose work grows at least linearly in L
+PREDICT_FROM_S = 1.0  # shorter calls are too close to fixed launch costs to extrapolate from
+
+
+def series_of(cell_id: str) -> str:
+    """A cell id without its length: the cells one curve of a scaling plot is made of."""
+    return cell_id.rsplit("/L", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,10 @@ class Cell:
         task = f"/{self.task}" if self.task else ""
         return f"{self.measurement}{task}/{self.arch}/{self.size}/{self.backend}/{self.dtype}/{self.device}/b{self.batch}/L{self.seq_len}"
 
+    @property
+    def series_id(self) -> str:
+        return series_of(self.cell_id)
+
     def identity(self) -> dict:
         """The row fields that say which cell a result belongs to."""
         fields = ("arch", "size", "backend", "measurement", "dtype", "device", "batch", "seq_len")
@@ -47,6 +58,29 @@ class Cell:
         if s.max_batch and self.batch > s.max_batch:
             return f"suite limits {self.measurement} to batch <= {s.max_batch}"
         return None
+
+
+def beyond_timeout(cell: Cell, shorter: dict | None) -> str | None:
+    """Why `cell` cannot finish within its timeout, judged from `shorter`, the row of the same
+    series at the next shorter length, or None. A timeout there means a timeout here; otherwise the
+    time per call is extrapolated linearly in L (a lower bound for work that grows at least
+    linearly) and the cell needs at least 1 + MIN_REPS calls (the first, then the fewest samples)."""
+    from altbench.measure.timing import MIN_REPS
+
+    if shorter is None or cell.measurement not in LENGTH_BOUND:
+        return None
+    timeout = cell.settings.timeout_s
+    if shorter["status"] == "timeout":
+        return f"timed out at L={shorter['seq_len']}, so L={cell.seq_len} cannot finish within {timeout:g} s"
+    median_s = (shorter.get("ms_median") or 0) / 1e3
+    if shorter["status"] != "ok" or median_s < PREDICT_FROM_S:
+        return None
+    call_s = median_s * cell.seq_len / shorter["seq_len"]
+    need_s = call_s * (1 + MIN_REPS)
+    if need_s <= timeout:
+        return None
+    return (f"needs >= {need_s:.0f} s ({1 + MIN_REPS} calls of >= {call_s:.1f} s, linear from {median_s:.1f} s "
+            f"at L={shorter['seq_len']}), over the {timeout:g} s cell timeout")
 
 
 def _tasks(suite: Suite, measurement: str, extra: dict) -> list[str]:

@@ -22,7 +22,7 @@ from altbench import registry
 from altbench.errors import UserError
 from altbench.measure import ceilings, env as envmod
 from altbench.runner import store, suite as suites
-from altbench.runner.cells import Cell, expand
+from altbench.runner.cells import Cell, expand, series_of
 from altbench.runner.worker import Worker, call_isolated, run_cell
 
 SUITE_FILE = "suite.toml"
@@ -138,14 +138,25 @@ def sweep(
     """
     todo = [c for c in cells if c.cell_id not in done]
     rows, lock = [], threading.Lock()
+    longest: dict[str, dict] = {}  # series -> its row measured at the longest length so far
+
+    def note(row: dict) -> None:
+        if row.get("seq_len") and row.get("status") != "skipped":
+            longest[series_of(row["cell_id"])] = row
+
+    for row in sorted(store.read_rows(run_dir), key=lambda r: r.get("seq_len") or 0):
+        note(row)
 
     def run_one(cell: Cell, worker: Worker) -> None:
         on_start(cell)
-        for row in run_cell(cell, worker):
+        with lock:
+            shorter = longest.get(cell.series_id)
+        for row in run_cell(cell, worker, shorter):
             row["run_id"] = run_dir.name
             with lock:
                 store.append_row(run_dir, row)
                 rows.append(row)
+                note(row)
         on_row(row)
 
     if gpus <= 1:

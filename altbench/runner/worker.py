@@ -19,7 +19,7 @@ import signal
 import time
 import traceback
 
-from altbench.runner.cells import CAPABILITY, Cell
+from altbench.runner.cells import CAPABILITY, Cell, beyond_timeout
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
 
@@ -223,8 +223,10 @@ def call_isolated(target, args: tuple, timeout_s: float, gpu: int | None = None)
         return worker.call(target, args, timeout_s)
 
 
-def run_cell(cell: Cell, worker: Worker) -> list[dict]:
-    """The cell's rows (identity + outcome + figures), measured in `worker`'s process.
+def run_cell(cell: Cell, worker: Worker, shorter: dict | None = None) -> list[dict]:
+    """The cell's rows (identity + outcome + figures), measured in `worker`'s process, or one
+    'skipped' row when the suite excludes the cell or, judged from `shorter` (the same series' row
+    at the next shorter length), it cannot finish within its timeout.
 
     One row for a timed cell; one per task / axis point for a capability cell, each with its own
     cell_id (the cell's id + '/<n>') and `cell` naming the cell they came from.
@@ -232,7 +234,7 @@ def run_cell(cell: Cell, worker: Worker) -> list[dict]:
     from altbench import registry
 
     row = {**cell.identity(), "started_at": time.time()}
-    reason = cell.skip_reason()
+    reason = cell.skip_reason() or beyond_timeout(cell, shorter)
     if reason is None and cell.backend not in registry.backends_of(cell.arch):
         reason = f"backend {cell.backend} has no implementation of {cell.arch}"
     if reason:
