@@ -12,6 +12,8 @@ from altbench.cli import app
 from altbench.errors import UserError
 from altbench.report import render_run
 from altbench.report.compare import compare, read_runs
+from altbench.report.plots import write_plots
+from altbench.report.tables import measurement_markdown, probe_cells
 from altbench.report.scaling import compute_bound_range, fit_exponent, fit_scaling
 from altbench.runner.store import append_row
 
@@ -91,7 +93,7 @@ def run(tmp_path_factory):
     rows += [row("prefill", "mamba", n, ms=0.5 * max(1.0, n / 4096)) for n in L[:2]]
     rows += [row("prefill", "mamba", L[2], status="error"), row("prefill", "mamba", L[3], status="skipped")]
     rows += [row("decode", "mamba", n, ms=0.05, bytes_per_token=3.0e7, bandwidth_gbs=600.0) for n in L]
-    rows += [row("probe", "mamba", 256, task="mqar", metric="accuracy", value=0.875, stderr=0.0125)]
+    rows += [row("probe", "mamba", 256, task="mqar", metric="accuracy", value=0.875, stderr=0.0125, chance=1 / 4096)]
     run_dir = write_run(tmp_path_factory.mktemp("report") / "run", rows)
     return run_dir, render_run(run_dir)
 
@@ -123,7 +125,7 @@ def test_tables_show_statuses_intervals_and_exponents(run):
     bound = markdown_cells(decode, "time over its bandwidth bound")  # 3e7 bytes / 3000 GB/s = 0.01 ms
     assert bound == [["mamba", "5.00x", "5.00x", "5.00x", "5.00x"]]
     probe = (run / "tables" / "probe.md").read_text()
-    assert markdown_cells(probe, "## probe") == [["mamba", "0.875 ± 0.0125"]] and "metric accuracy" in probe
+    assert markdown_cells(probe, "## probe") == [["mqar", "L=256", "0.000244", "0.875 ± 0.0125"]] and "metric accuracy" in probe
 
 
 def test_no_cell_is_blank_or_zero(run):
@@ -222,3 +224,81 @@ def test_cli_compare_reads_runs_under_results(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     numeric = pd.read_csv(tmp_path / "results" / "compare" / "transformer-vs-mamba" / "compare_decode.csv")
     assert numeric["mamba/transformer"].tolist() == pytest.approx([2.0, 0.5, 0.125, 0.03125])
+
+
+# --- probes -----------------------------------------------------------------------------------------
+
+
+def probe(arch: str, task: str, value: float | None = None, stderr: float = 0.0, status: str = "ok", **axes) -> dict:
+    """A probe row as `run_cell` stores it: a failed cell has one row with no axis values or curve."""
+    cell_id = "/".join(["probe", task, arch, *(f"{k}{v}" for k, v in axes.items())])
+    seq_len = axes.pop("seq_len", 0)
+    r = row("probe", arch, seq_len, status=status, task=task, metric="accuracy", value=value, stderr=stderr,
+            chance=1 / 4096 if task == "mqar" else 1 / 16, curve=[[10, 5.0 + len(arch)], [20, 1.0], [30, 0.1]],
+            steps=30, cell_id=cell_id, **axes)
+    if status != "ok":
+        for k in ("value", "stderr", "chance", "curve", "steps"):
+            del r[k]
+    return r
+
+
+PROBE_ROWS = [  # shuffled: the helper orders tasks, points and archs itself
+    probe("mamba", "induction_heads", status="oom"),
+    probe("transformer", "mqar", 0.75, 0.04, seq_len=64, num_kv_pairs=8),
+    probe("mamba", "mqar", 0.25, 0.04, seq_len=64, num_kv_pairs=8),
+    probe("mamba", "selective_copying", status="error"),
+    probe("mamba", "mqar", 0.5, 0.05, seq_len=64, num_kv_pairs=4),
+    probe("transformer", "induction_heads", 0.96, 0.01, seq_len=256),
+    probe("transformer", "mqar", 0.9, 0.03, seq_len=64, num_kv_pairs=4),
+]
+
+
+def test_probe_cells_group_points_and_keep_failures():
+    cells = probe_cells(PROBE_ROWS + [row("prefill", "mamba", 1024, ms=1.0)])  # other measurements are ignored
+    table = [(c.task, c.point, c.series, c.value, c.stderr, c.status) for c in cells.itertuples()]
+    nan = float("nan")
+    expected = [  # kv is the only axis that varies in mqar; a failed cell shows at every point of its task
+        ("mqar", "kv=4", "mamba", 0.5, 0.05, "ok"), ("mqar", "kv=4", "transformer", 0.9, 0.03, "ok"),
+        ("mqar", "kv=8", "mamba", 0.25, 0.04, "ok"), ("mqar", "kv=8", "transformer", 0.75, 0.04, "ok"),
+        ("selective_copying", "all points", "mamba", nan, nan, "error"),
+        ("induction_heads", "L=256", "mamba", nan, nan, "oom"), ("induction_heads", "L=256", "transformer", 0.96, 0.01, "ok"),
+    ]
+    assert [t[:3] + t[5:] for t in table] == [t[:3] + t[5:] for t in expected]
+    assert np.allclose([t[3:5] for t in table], [t[3:5] for t in expected], equal_nan=True)
+    assert cells.chance.tolist()[:2] == [1 / 4096] * 2 and math.isnan(cells.chance[4]) and cells.chance[5] == 1 / 16
+    assert list(cells.series.cat.categories) == ["mamba", "transformer"]
+
+
+def test_probe_table_has_one_line_per_point_with_chance():
+    markdown, frame = measurement_markdown("probe", PROBE_ROWS, ENV)
+    assert markdown_cells(markdown, "## probe") == [
+        ["mqar", "kv=4", "0.000244", "0.5 ± 0.05", "0.9 ± 0.03"],
+        ["mqar", "kv=8", "0.000244", "0.25 ± 0.04", "0.75 ± 0.04"],
+        ["selective_copying", "all points", "n/a", "error", "–"],
+        ["induction_heads", "L=256", "0.0625", "OOM", "0.96 ± 0.01"],
+    ]
+    heading = next(line for line in markdown.splitlines() if line.startswith("| task"))
+    assert [c.strip() for c in heading.strip("|").split("|")] == ["task", "point", "chance", "mamba", "transformer"]
+    assert "`probe/induction_heads/mamba`: OOM" in markdown and "Lines are a task's evaluated points" in markdown
+    mqar = frame[frame.task == "mqar"].sort_values(["arch", "num_kv_pairs"])
+    assert mqar.num_kv_pairs.tolist() == [4, 8, 4, 8] and mqar.chance.tolist() == pytest.approx([1 / 4096] * 4)
+
+
+def test_probe_plots_written_with_every_cell(tmp_path):
+    written = write_plots(PROBE_ROWS, {}, tmp_path)
+    assert [p.name for p in written] == ["probe_accuracy.png", "probe_accuracy.svg", "probe_curves.png", "probe_curves.svg"]
+    for p in written:
+        assert p.stat().st_size > 5000
+    svg = (tmp_path / "probe_accuracy.svg").read_text()  # text stays text in the SVG
+    for words in ("mqar", "selective_copying", "induction_heads", "kv=4", "kv=8", "all points", "L=256", ">OOM<",
+                  ">error<", "chance", "did not run", "transformer"):
+        assert words in svg, words
+    curves = (tmp_path / "probe_curves.svg").read_text()
+    assert "selective_copying" not in curves and "induction_heads" in curves and "mamba" in curves
+
+
+def test_no_probe_rows_no_probe_plots(tmp_path):
+    rows = [row("prefill", "mamba", n, ms=0.5 * n / 1024) for n in L[:2]]
+    written = write_plots(rows, {}, tmp_path)
+    assert sorted(p.name for p in written) == ["memory.png", "memory.svg", "prefill_ms.png", "prefill_ms.svg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.png", "memory.svg", "prefill_ms.png", "prefill_ms.svg"]

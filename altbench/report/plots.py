@@ -6,6 +6,10 @@
     memory             peak memory vs L, one panel per timed measurement
     ceilings           achieved TFLOP/s / bf16 matmul ceiling and GB/s / copy ceiling vs L
                        (only when env.json has ceilings)
+    probe_accuracy     probe accuracy per task: a group of bars per axis point, one bar per model,
+                       stderr as error bars, chance dashed; a cell that did not run is a hatched bar
+                       with its status written at the foot
+    probe_curves       probe training loss vs step, one panel per task, one line per model
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot, so
 rendering touches no global state and needs no display.
@@ -15,13 +19,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
+from altbench.report import status_label
 from altbench.report.tables import (
-    UNITS, ceiling_fractions, decode_bound_ms, fmt_len, is_timed, ordered_measurements, series_fields, series_fits,
-    series_key, shown_fields, sort_key,
+    UNITS, ceiling_fractions, decode_bound_ms, fmt_len, is_timed, ordered_measurements, probe_cells, series_fields,
+    series_fits, series_key, shown_fields, sort_key,
 )
 
 
@@ -156,8 +164,73 @@ def ceilings_plot(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
     return save(fig, out_dir, "ceilings")
 
 
+def probe_plot(rows: list[dict], out_dir: Path) -> list[Path]:
+    cells = probe_cells(rows)
+    if cells.empty:
+        return []
+    series = list(cells["series"].cat.categories)
+    colors = {name: f"C{i % 10}" for i, name in enumerate(series)}
+    tasks = list(dict.fromkeys(cells["task"]))
+    points = {task: list(dict.fromkeys(cells.loc[cells["task"] == task, "point"])) for task in tasks}
+    ratios = [len(points[task]) * len(series) + 1 for task in tasks]
+    fig = Figure(layout="constrained", figsize=(min(30, 2 + 0.45 * sum(ratios)), 4.5))
+    axes = fig.subplots(1, len(tasks), squeeze=False, width_ratios=ratios)[0]
+    width = 0.8 / len(series)
+    for ax, task in zip(axes, tasks):
+        for c in cells[cells["task"] == task].itertuples():
+            x = points[task].index(c.point) - 0.4 + width * (series.index(c.series) + 0.5)
+            if c.status == "ok" and not pd.isna(c.value):
+                stderr = None if pd.isna(c.stderr) else c.stderr
+                ax.bar(x, c.value, width, yerr=stderr, capsize=2, color=colors[c.series])
+            else:
+                ax.bar(x, 1.0, width, fill=False, hatch="//", edgecolor=colors[c.series], linewidth=0.5, alpha=0.5)
+                ax.text(x, 0.02, status_label({"status": c.status}) if c.status != "ok" else "n/a", rotation=90,
+                        ha="center", va="bottom", fontsize=8, fontweight="bold")
+        for chance in sorted(set(cells.loc[cells["task"] == task, "chance"].dropna())):
+            ax.axhline(chance, linestyle="--", color="black", linewidth=0.8)
+        ax.set_xticks(range(len(points[task])), points[task], fontsize=7)
+        ax.set_xlim(-0.5, len(points[task]) - 0.5)
+        ax.set_ylim(0, 1)
+        ax.set_title(task)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("accuracy (± stderr)")
+    handles = [Patch(color=colors[name], label=name) for name in series]
+    handles.append(Line2D([], [], linestyle="--", color="black", linewidth=0.8, label="chance"))
+    if (cells["status"] != "ok").any():
+        handles.append(Patch(fill=False, hatch="//", edgecolor="black", linewidth=0.5, label="did not run"))
+    axes[0].legend(handles=handles, fontsize=7)
+    return save(fig, out_dir, "probe_accuracy")
+
+
+def probe_curves_plot(rows: list[dict], out_dir: Path) -> list[Path]:
+    cells = probe_cells(rows)
+    cells = cells[cells["curve"].map(lambda c: isinstance(c, list) and len(c) > 0)]
+    cells = cells.drop_duplicates(["task", "series"])  # a cell trains once: its points share one curve
+    if cells.empty:
+        return []
+    series = list(cells["series"].cat.categories)
+    tasks = list(dict.fromkeys(cells["task"]))
+    fig = Figure(layout="constrained", figsize=(4 * len(tasks), 3.5))
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, task in zip(axes, tasks):
+        for c in cells[cells["task"] == task].itertuples():
+            steps, losses = zip(*c.curve)
+            ax.plot(steps, losses, color=f"C{series.index(c.series) % 10}")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("training step")
+        ax.set_title(task)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("training loss (scored positions)")
+    names = [name for name in series if name in set(cells["series"])]
+    axes[0].legend(handles=[Line2D([], [], color=f"C{series.index(n) % 10}", label=n) for n in names], fontsize=7)
+    return save(fig, out_dir, "probe_curves")
+
+
 def write_plots(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
-    """Every plot the rows support; a measurement with no ok timed cell gets none."""
+    """Every plot the rows support; a measurement with no ok timed cell gets none, probes get
+    theirs when the rows hold any probe cell."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for measurement in ordered_measurements(rows):
@@ -166,4 +239,6 @@ def write_plots(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
             written += cost_plot(measurement, subset, env, out_dir)
     written += memory_plot(rows, out_dir)
     written += ceilings_plot(rows, env, out_dir)
+    written += probe_plot(rows, out_dir)
+    written += probe_curves_plot(rows, out_dir)
     return written

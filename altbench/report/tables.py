@@ -8,6 +8,8 @@ run shows its status (OOM, error, timeout, skipped), explained under the table, 
 length the suite did not ask for. Timed tables end with the scaling exponent and the lengths it
 was fitted over (scaling.py), and are followed by peak memory and, for decode, time over the
 bandwidth bound (bytes read per token / the device's copy bandwidth) when env.json has ceilings.
+Probe tables are turned around: one line per task and axis point (a task may vary more than L),
+with its chance accuracy, and one column per model.
 
 CSV is for computing: one line per cell with the raw numbers, the derived fractions of the
 device ceilings and the series' exponent.
@@ -29,16 +31,20 @@ UNITS = {
     "train_step": "ms per training step (forward, backward, AdamW) on the batch's L tokens",
     "kernel": "ms per call of the first layer's sequence mixer alone (attention, SSM or recurrence; no norm, MLP or head) over L tokens",
 }
+PROBE_TASKS = ("mqar", "selective_copying", "induction_heads", "copying")  # display order; others follow by name
+PROBE_AXES = {"seq_len": "L", "num_kv_pairs": "kv", "num_tokens": "tokens", "power_a": "a"}  # axis -> short label
+ALL_POINTS = "all points"  # the point of a failed probe cell in a task where no cell ran (its points are unknown)
 CSV_FIELDS = (
     "cell_id", "measurement", *SERIES_FIELDS, "seq_len", "status", "ms_median", "ms_ci_low", "ms_ci_high", "reps",
     "warmup", "first_call_ms", "tokens_per_s", "flops", "tflops", "bandwidth_gbs", "bytes_per_token", "bound_ms",
     "matmul_ceiling_fraction", "copy_ceiling_fraction", "peak_mem_bytes", "mem_source", "predicted_mem_bytes",
-    "state_bytes", "params", "value", "stderr", "exponent", "fit_first_len", "fit_last_len", "message",
+    "state_bytes", "params", "value", "stderr", "chance", "num_kv_pairs", "num_tokens", "exponent", "fit_first_len",
+    "fit_last_len", "message",
 )
 
 INT_FIELDS = (
     "batch", "seq_len", "reps", "warmup", "flops", "bytes_per_token", "peak_mem_bytes", "predicted_mem_bytes",
-    "state_bytes", "params", "fit_first_len", "fit_last_len",
+    "state_bytes", "params", "num_kv_pairs", "num_tokens", "fit_first_len", "fit_last_len",
 )
 
 
@@ -201,6 +207,62 @@ def wide_table(
     return pd.DataFrame.from_records(records)
 
 
+def probe_cells(rows: list[dict]) -> pd.DataFrame:
+    """The probe rows as one line per (task, axis point, series), in display order.
+
+    Columns: task, point (the axis values that vary within the task, e.g. "L=64, kv=4"; all of
+    them when the task has one point), series (arch, plus any identity field that varies, as an
+    ordered Categorical so colours match across tasks), value, stderr, chance, status, text (the
+    table's cell text) and curve. A failed cell has no axis values (`run_cell` adds them only on
+    success), so it appears at every point of its task, or at ALL_POINTS when none ran there.
+    """
+    rows = [r for r in rows if r.get("measurement") == "probe"]
+    fields = [f for f in series_fields(rows) if f not in ("task", "metric")]
+    shown, _ = shown_fields(rows, fields)
+    keys = sorted({series_key(r, fields) for r in rows}, key=sort_key)
+    names = {key: " ".join(str(v) for f, v in zip(fields, key) if f in shown and v is not None) for key in keys}
+    present = {r.get("task") for r in rows}
+    tasks = [t for t in PROBE_TASKS if t in present] + sorted(present - set(PROBE_TASKS), key=str)
+    records = []
+    for task in tasks:
+        subset = [r for r in rows if r.get("task") == task]
+        ok = [r for r in subset if r.get("status") == "ok"]
+        axes = [a for a in PROBE_AXES if any(r.get(a) is not None for r in ok)]
+        varying = [a for a in axes if len({r.get(a) for r in ok}) > 1] or axes
+        labels = {tuple(r.get(a) for a in varying): ", ".join(f"{PROBE_AXES[a]}={r.get(a)}" for a in varying)
+                  for r in ok}
+        points = [labels[k] for k in sorted(labels, key=sort_key)] or [ALL_POINTS]
+        chance = next((r["chance"] for r in ok if r.get("chance") is not None), None)
+        cells = []
+        for r in subset:
+            key = series_key(r, fields)
+            cell = {"task": task, "series": names[key], "value": r.get("value"), "stderr": r.get("stderr"),
+                    "chance": r.get("chance", chance), "status": r.get("status"), "text": value_text(r),
+                    "curve": r.get("curve"), "order": keys.index(key)}
+            if r.get("status") == "ok":
+                cells.append({**cell, "point": labels[tuple(r.get(a) for a in varying)]})
+            else:
+                cells += [{**cell, "point": point} for point in points]
+        records += sorted(cells, key=lambda c: (points.index(c["point"]), c["order"]))
+    columns = ["task", "point", "series", "value", "stderr", "chance", "status", "text", "curve"]
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    frame["series"] = pd.Categorical(frame["series"], categories=list(dict.fromkeys(names.values())), ordered=True)
+    return frame
+
+
+def probe_table(rows: list[dict]) -> pd.DataFrame:
+    """One line per (task, axis point) with its chance accuracy, one column per series."""
+    cells = probe_cells(rows)
+    lines: dict[tuple, dict] = {}
+    for c in cells.to_dict("records"):
+        line = lines.setdefault((c["task"], c["point"]), {"task": c["task"], "point": c["point"], "chance": "n/a"})
+        if c["chance"] is not None and not pd.isna(c["chance"]):
+            line["chance"] = fmt(c["chance"])
+        line[c["series"]] = c["text"]
+    columns = ["task", "point", "chance", *cells["series"].cat.categories]
+    return pd.DataFrame.from_records(list(lines.values()), columns=columns).fillna(NOT_MEASURED)
+
+
 def _range(values) -> str:
     values = sorted({v for v in values if v is not None})
     if not values:
@@ -220,7 +282,12 @@ def header(measurement: str, rows: list[dict], constant: dict, timed: bool) -> l
     elif timed:
         setting += " · no cell ran"
     lines = [f"## {measurement}", "", f"Unit: {unit}.", "", f"Setting: {setting.strip(' ·')}.", ""]
-    lines.append("Columns are sequence lengths L; a cell that did not run shows its status (details below the table); "
+    columns = "Columns are sequence lengths L"
+    if measurement == "probe":
+        axes = ", ".join(f"{short} = {axis}" for axis, short in PROBE_AXES.items())
+        columns = (f"Lines are a task's evaluated points ({axes}) with chance accuracy (1 / possible answers); "
+                   "columns are models")
+    lines.append(f"{columns}; a cell that did not run shows its status (details below the table); "
                  f"{NOT_MEASURED} = no row in the store (not in the suite, or not reached by an interrupted run: `altbench run --resume` finishes it).")
     if timed:
         lines.append("Exponent: log-log slope of ms vs L over the compute-bound lengths in brackets (from the first length "
@@ -300,6 +367,8 @@ def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple
         lines += memory_section(measurement, rows, fields, shown)
         if measurement == "decode":
             lines += bound_section(rows, fields, shown, env)
+    elif measurement == "probe":
+        lines.append(_markdown(probe_table(rows)))
     else:
         lines.append(_markdown(wide_table(rows, fields, shown, value_text)))
     lines += failures(rows)
