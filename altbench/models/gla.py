@@ -150,6 +150,7 @@ class GatedLinearAttention(nn.Module):
 
     def __init__(self, c: GLAConfig):
         super().__init__()
+        self.chunked = gla_chunked  # `use_backend` swaps in a kernel with the same contract
         self.c = c
         self.n_heads = c.n_heads
         dk, dv = int(c.expand_k * c.d_model), int(c.expand_v * c.d_model)
@@ -184,7 +185,7 @@ class GatedLinearAttention(nn.Module):
     def forward(self, x, state):
         """x: (B, T, d_model); state: S (B, H, K, V) fp32 or None."""
         q, k, v = self._qkv(x)  # (B, T, H, K), (B, T, H, K), (B, T, H, V)
-        o, S = gla_chunked(q, k, v, self.log_alpha(x), state, self.c.chunk_size, self.c.sub_chunk_size)
+        o, S = self.chunked(q, k, v, self.log_alpha(x), state, self.c.chunk_size, self.c.sub_chunk_size)
         return self._output(x, o), S
 
     def step(self, x, state):
@@ -265,3 +266,23 @@ MODEL = GLA
 
 # Matched to the altbench 130m baselines (transformer, mamba, mamba2): GPT-NeoX vocabulary, ~130M parameters.
 SIZES["130m"] = dataclasses.replace(SIZES["340m"], vocab_size=50280, d_model=768, n_layers=12, d_hidden=2304)
+
+
+# --- backends: the same chunked op from other implementations (see registry.use_backend) -----------
+
+
+def gla_fla(q, k, v, log_alpha, state=None, chunk_size=64, sub_chunk_size=16):
+    """`gla_chunked`'s contract through fla's `chunk_gla`: g is log alpha, the state keeps our (K, V)
+    layout in fp32, and scale is 1 because q arrives already scaled. fla picks its own chunk size."""
+    from fla.ops.gla import chunk_gla
+
+    S0 = state.float() if state is not None else None  # (B, H, K, V)
+    return chunk_gla(q, k, v, log_alpha, scale=1.0, initial_state=S0, output_final_state=True)  # o in v's dtype
+
+
+def _use_fla(model):
+    for layer in model.layers:
+        layer.attn.chunked = gla_fla
+
+
+BACKENDS = {"fla": _use_fla}

@@ -198,6 +198,7 @@ class RWKV7TimeMix(nn.Module):
     def __init__(self, c: RWKV7Config, layer_idx: int):
         super().__init__()
         self.c, self.layer_idx = c, layer_idx
+        self.chunked = rwkv7_chunked  # `use_backend` swaps in a kernel with the same contract
         d, H, K = c.d_model, c.n_heads, c.head_size
         depth = layer_idx / max(c.n_layers - 1, 1)  # 0 .. 1
         fade = 1.0 - layer_idx / c.n_layers  # 1 .. ~0
@@ -254,7 +255,7 @@ class RWKV7TimeMix(nn.Module):
         shift = state[0] if state is not None else x.new_zeros(x.shape[0], x.shape[2])
         x_prev = torch.cat([shift[:, None], x[:, :-1]], dim=1)  # (B, T, d)
         r, log_w, k, v, a, b, g, v_first = self._inputs(x, x_prev, v_first)
-        o, S = rwkv7_chunked(r, log_w, k, v, a, b, state[1] if state is not None else None, self.c.chunk_size)
+        o, S = self.chunked(r, log_w, k, v, a, b, state[1] if state is not None else None, self.c.chunk_size)
         return self._output(o, r, k, v, g), (x[:, -1], S), v_first
 
     def step(self, x, state, v_first):
@@ -428,3 +429,33 @@ def to_fla_config(c: RWKV7Config):
 
 # Matched to the altbench 130m baselines (transformer, mamba, mamba2): GPT-NeoX vocabulary, ~130M parameters.
 SIZES["130m"] = dataclasses.replace(SIZES["0.1b"], vocab_size=50280, tie_embeddings=True)
+
+
+# --- backends: the same chunked op from other implementations (see registry.use_backend) -----------
+
+
+def rwkv7_fla(r, log_w, k, v, a, b, state=None, chunk_size=64):
+    """`rwkv7_chunked`'s contract through fla's `chunk_rwkv7` (its diagonal-plus-low-rank delta rule kernel).
+
+    fla carries our state's transpose h = S^T (B, H, K, V) and runs our recurrence transposed, term by term:
+    h_t = diag(exp w_t) h_{t-1} + b_t^T (a_t h_{t-1}) + k_t^T v_t, o_t = scale * r_t h_t, with w the log
+    decay. So r, log_w, k, v, a, b pass unchanged, scale is 1, and only the state is transposed in and out.
+    fla takes chunks of 64 with the gate bound log w >= -e^{-0.5} of its own RWKV-7 layer, which the
+    model's decay satisfies; `chunk_size` (the torch form's) does not apply.
+    """
+    from fla.ops.rwkv7 import chunk_rwkv7
+
+    h0 = state.transpose(-1, -2).float().contiguous() if state is not None else None  # (B, H, K, V)
+    o, h = chunk_rwkv7(
+        r, log_w, k, v, a, b, scale=1.0, initial_state=h0, output_final_state=True,
+        chunk_size=64, lower_bound=-LOG_DECAY_SCALE,
+    )
+    return o, h.transpose(-1, -2)  # (B, T, H, V) in r's dtype, (B, H, V, K) fp32
+
+
+def _use_fla(model):
+    for layer in model.layers:
+        layer.attn.chunked = rwkv7_fla
+
+
+BACKENDS = {"fla": _use_fla}
