@@ -1,0 +1,100 @@
+"""Triton forward of Mamba's selective scan against its fp32 loop reference (`selective_scan_ref`).
+
+Runs on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set here when no CUDA GPU is
+present; the interpreter takes 16-channel blocks of 4 tokens, so Di = 32 is two blocks and T = 37
+ends in a partial chunk) and on a GPU as it is. Tolerances: 1e-5 relative in fp32 (the same sums
+in another order; the GPU's exp2 is approximate to a few ulp); bf16 inputs give y rounded to bf16
+(2^-9 relative per element), checked at 1e-2, and the fp32 state at 1e-5.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from altbench.kernels.selective_scan import (  # noqa: E402
+    _segment_length,
+    _selective_scan_fwd,
+    selective_scan,
+    selective_scan_ref,
+)
+from conftest import assert_close  # noqa: E402
+
+pytestmark = pytest.mark.triton
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make_inputs(B, T, Di, N, dtype=torch.float32, with_h0=False, seed=0):
+    """Random u; Delta = softplus(N(-3, 1)) > 0 (about 0.06, Mamba's range); A = -exp(N(0, 1)) < 0;
+    B, C, D; h0 or None. Some state entries decay slowly enough for h0 to reach the last token."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, T, Di, generator=gen)  # (B, T, Di)
+    delta = F.softplus(torch.randn(B, T, Di, generator=gen) - 3)  # (B, T, Di)
+    A = -torch.exp(torch.randn(Di, N, generator=gen))  # (Di, N)
+    Bm = torch.randn(B, T, N, generator=gen)  # (B, T, N)
+    Cm = torch.randn(B, T, N, generator=gen)  # (B, T, N)
+    D = torch.randn(Di, generator=gen)  # (Di,)
+    h0 = torch.randn(B, Di, N, generator=gen) if with_h0 else None  # (B, Di, N)
+    to = lambda x, dt=torch.float32: None if x is None else x.to(DEVICE, dt)  # noqa: E731
+    return to(u, dtype), to(delta, dtype), to(A), to(Bm, dtype), to(Cm, dtype), to(D), to(h0)
+
+
+def check(inputs, out, rtol_y=1e-5, rtol_h=1e-5):
+    ref_y, ref_h = selective_scan_ref(*inputs)
+    y, h = out
+    u, h0 = inputs[0], inputs[-1]
+    assert y.shape == u.shape and y.dtype == u.dtype
+    assert h.shape == ref_h.shape and h.dtype == torch.float32
+    assert_close("y", ref_y, y, rtol_y)
+    assert_close("state", ref_h, h, rtol_h)
+    if h0 is not None:  # h0 must still weigh on the end state, or the case checks no more than h0 = 0
+        assert (ref_h - selective_scan_ref(*inputs[:-1])[1]).norm() > 0.1 * ref_h.norm()
+
+
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "h0"])
+@pytest.mark.parametrize("N", [8, 16], ids=["N8", "N16"])
+def test_one_segment_matches_reference(N, with_h0):
+    inputs = make_inputs(2, 37, 32, N, with_h0=with_h0)
+    check(inputs, selective_scan(*inputs))
+
+
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "h0"])
+def test_segments_carry_the_state(with_h0):
+    """Segments of 16 tokens (the public op takes one at this size): pass 1 writes the end states of
+    the first two, the carry kernel turns them into entering states, pass 3 finishes the partial third."""
+    inputs = make_inputs(2, 37, 32, 16, with_h0=with_h0, seed=1)
+    check(inputs, _selective_scan_fwd(*inputs, segment_length=16))
+
+
+def test_bf16_inputs():
+    inputs = make_inputs(2, 37, 32, 16, dtype=torch.bfloat16, with_h0=True, seed=2)
+    check(inputs, _selective_scan_fwd(*inputs, segment_length=16), rtol_y=1e-2)
+
+
+def test_segment_length():
+    assert _segment_length(1536, 1 << 20) == 32768  # batch 1, Di = 1536, 1M tokens: 32 segments
+    assert _segment_length(1536, 4096) == 512  # short sequences: 512-token segments, 8 of them
+    assert _segment_length(1536, 300) == 300  # shorter than one segment
+    assert _segment_length(64 * 1536, 1 << 20) == 1 << 20  # a batch that fills the GPU: one segment
+
+
+def test_autograd_is_refused():
+    u, delta, A, Bm, Cm, D, _ = make_inputs(1, 8, 16, 8)
+    with pytest.raises(NotImplementedError, match="forward-only"):
+        selective_scan(u.requires_grad_(), delta, A, Bm, Cm, D)
+    with torch.no_grad():
+        y, _ = selective_scan(u, delta, A, Bm, Cm, D)
+    assert_close("y under no_grad", selective_scan_ref(u.detach(), delta, A, Bm, Cm, D)[0], y, 1e-5)
+
+
+def test_launcher_rejects_bad_shapes():
+    u, delta, A, Bm, Cm, D, _ = make_inputs(1, 8, 16, 8)
+    with pytest.raises(AssertionError, match="A"):
+        selective_scan(u, delta, A[:8], Bm, Cm, D)
+    with pytest.raises(AssertionError, match="h0"):
+        selective_scan(u, delta, A, Bm, Cm, D, h0=torch.zeros(1, 8, 16, device=DEVICE))
