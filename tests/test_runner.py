@@ -160,6 +160,14 @@ def test_env_json_records_versions_and_command(tmp_path):
     assert "command" in env and "git_commit" in env and env["gpu"] is None or isinstance(env["gpu"], dict)
 
 
+def test_a_commit_named_in_the_environment_wins_over_the_checkouts_git(monkeypatch):
+    from altbench.measure import env as envmod
+
+    monkeypatch.setenv("ALTBENCH_GIT_COMMIT", "c" * 40)  # a copied tree whose .git (if any) is stale
+    env = envmod.capture(["altbench"], "smoke")
+    assert (env["git_commit"], env["git_dirty"]) == ("c" * 40, False)
+
+
 def test_time_budget_cuts_reps_of_slow_calls_but_keeps_three():
     import time
 

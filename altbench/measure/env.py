@@ -67,9 +67,11 @@ def gpu_processes() -> list[str]:
 
 def capture(command: list[str], suite: str) -> dict:
     repo = Path(__file__).resolve().parents[2]
-    # A checkout copied without .git (e.g. onto a GPU machine) can name its commit in ALTBENCH_GIT_COMMIT.
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=repo) or os.environ.get("ALTBENCH_GIT_COMMIT")
-    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+    # A copied checkout (e.g. on a GPU machine, with no .git or a stale one) names its commit in
+    # ALTBENCH_GIT_COMMIT; the copier vouches for it, so it wins and the tree counts as clean.
+    commit = os.environ.get("ALTBENCH_GIT_COMMIT")
+    dirty = None if commit else _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+    commit = commit or _run(["git", "rev-parse", "HEAD"], cwd=repo)
     import torch
 
     return {
