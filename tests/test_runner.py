@@ -242,3 +242,19 @@ def test_lm_eval_cells_store_one_row_per_task_metric(tmp_path, monkeypatch):
     rows = runner.sweep(run_dir, cells, done)
     assert [(r["status"], r["task"], r["metric"]) for r in rows] == [("ok", "altbench_tiny_mc", "acc")], rows[0].get("message")
     assert 0 <= rows[0]["value"] <= 1 and rows[0]["cell"] == cells[0].cell_id
+
+
+def test_summary_counts_the_cells_an_interrupted_run_has_not_reached(tmp_path):
+    from altbench.report import render_run
+
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', '').replace("[16]", "[16, 24]")
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    runner.sweep(run_dir, cells[:1], done)  # interrupted after one of two cells
+    render_run(run_dir)
+    summary = (run_dir / "summary.md").read_text()
+    assert "| prefill | 1 | 0 | 0 | 0 | 0 | 1 |" in summary
+    assert f"**Incomplete run**: 1 cells of the suite have no row yet; `altbench run --resume {run_dir}`" in summary
+    runner.sweep(*runner.prepare(None, str(run_dir), None, tmp_path / "out"))
+    render_run(run_dir)
+    summary = (run_dir / "summary.md").read_text()
+    assert "| prefill | 2 | 0 | 0 | 0 | 0 | 0 |" in summary and "Incomplete" not in summary

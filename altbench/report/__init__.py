@@ -131,16 +131,40 @@ def _env_headline(run_dir: Path, env: dict) -> list[str]:
     return lines
 
 
+def not_reached(run_dir: Path, env: dict) -> dict[str, int]:
+    """Per measurement, the cells of the run's suite that have no row yet ({} when its suite.toml is
+    missing or no longer loads)."""
+    from altbench.runner import run
+
+    if not (Path(run_dir) / run.SUITE_FILE).is_file():
+        return {}
+    try:
+        cells = run.run_cells(Path(run_dir), env)
+    except UserError:
+        return {}
+    done = run.finished(Path(run_dir))
+    counts: dict[str, int] = {}
+    for cell in cells:
+        if cell.cell_id not in done:
+            counts[cell.measurement] = counts.get(cell.measurement, 0) + 1
+    return counts
+
+
 def write_summary(run_dir: Path, rows: list[dict], env: dict, written: list[Path]) -> Path:
     """<run>/summary.md: the environment, cell counts by status, links to every table and plot."""
     from altbench.report.tables import ordered_measurements
 
     lines = _env_headline(run_dir, env)
-    lines += ["", "## Cells", "", "| measurement | " + " | ".join(STATUS_LABELS.values()) + " |",
-              "|---|" + "---:|" * len(STATUS_LABELS)]
-    for measurement in ordered_measurements(rows):
+    missing = not_reached(run_dir, env)
+    lines += ["", "## Cells", "", "| measurement | " + " | ".join(STATUS_LABELS.values()) + " | not reached |",
+              "|---|" + "---:|" * (len(STATUS_LABELS) + 1)]
+    for measurement in dict.fromkeys([*ordered_measurements(rows), *missing]):
         statuses = [r.get("status") for r in rows if r.get("measurement") == measurement]
-        lines.append(f"| {measurement} | " + " | ".join(str(statuses.count(s)) for s in STATUS_LABELS) + " |")
+        counts = [statuses.count(s) for s in STATUS_LABELS] + [missing.get(measurement, 0)]
+        lines.append(f"| {measurement} | " + " | ".join(map(str, counts)) + " |")
+    if missing:
+        lines += ["", f"**Incomplete run**: {sum(missing.values())} cells of the suite have no row yet; "
+                  f"`altbench run --resume {run_dir}` runs them."]
     lines += ["", "## Tables", ""]
     for path in written:
         if path.suffix == ".md" and path.parent.name == "tables":

@@ -86,6 +86,18 @@ def _apply_overrides(suite: suites.Suite, overrides: dict) -> suites.Suite:
     return suite
 
 
+def run_cells(run_dir: Path, env: dict, device: str | None = None) -> list[Cell]:
+    """Every cell of an existing run: its own suite.toml with the overrides its env.json keeps."""
+    overrides = env.get("overrides", {})
+    suite = _apply_overrides(suites.load(str(run_dir / SUITE_FILE)), overrides)
+    return expand(suite, device or env.get("device") or suite.device, overrides.get("weights", ""))
+
+
+def finished(run_dir: Path) -> set[str]:
+    """Ids of the run's cells that have a row (a capability cell's rows name it in `cell`)."""
+    return {row.get("cell", row["cell_id"]) for row in store.read_rows(run_dir)}
+
+
 def prepare(
     suite_ref: str | None, resume: str | None, device: str | None, out: Path,
     archs: list[str] | None = None, weights: str | None = None,
@@ -98,12 +110,9 @@ def prepare(
     if resume:
         run_dir = find_run(resume, out)
         env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
-        overrides = env.get("overrides", {})
-        suite = _apply_overrides(suites.load(str(run_dir / SUITE_FILE)), overrides)
-        device = device or env.get("device") or suite.device
+        device = device or env.get("device") or suites.load(str(run_dir / SUITE_FILE)).device
         check_device(device)
-        done = {row.get("cell", row["cell_id"]) for row in store.read_rows(run_dir)}
-        return run_dir, expand(suite, device, overrides.get("weights", "")), done
+        return run_dir, run_cells(run_dir, env, device), finished(run_dir)
     if not suite_ref:
         raise UserError("give --suite NAME|PATH.toml (known: " + ", ".join(suites.known_suites()) + ") or --resume RUN")
     overrides = {k: v for k, v in (("archs", archs), ("weights", weights)) if v}
