@@ -49,6 +49,20 @@ def label(key: tuple, fields: list[str], shown: list[str]) -> str:
     return " ".join(parts)
 
 
+BACKEND_STYLES = {"torch": ("-", "o"), "triton": ("--", "s"), "fla": (":", "^"), "mamba_ssm": ("-.", "D")}
+
+
+def series_styles(keys: list[tuple], fields: list[str]) -> dict[tuple, dict]:
+    """Colour by architecture, line and marker by backend: an architecture's backends share a hue."""
+    values = [dict(zip(fields, key)) for key in keys]
+    archs = list(dict.fromkeys(v.get("arch") for v in values))
+    return {
+        key: {"color": f"C{archs.index(v.get('arch')) % 10}",
+              **dict(zip(("linestyle", "marker"), BACKEND_STYLES.get(v.get("backend"), ("-", "o"))))}
+        for key, v in zip(keys, values)
+    }
+
+
 def _series(rows: list[dict], fields: list[str]) -> dict[tuple, list[dict]]:
     """ok rows with a length and a time, per series, sorted by length."""
     out: dict[tuple, list[dict]] = {}
@@ -82,21 +96,20 @@ def cost_plot(measurement: str, rows: list[dict], env: dict, out_dir: Path) -> l
     if not series:
         return []
     fits = series_fits(rows, fields)
+    styles = series_styles(list(series), fields)
     fig = Figure(layout="constrained", figsize=(7, 4.5))
     ax = fig.subplots()
-    for i, (key, points) in enumerate(series.items()):
-        color = f"C{i % 10}"
+    for key, points in series.items():
         lengths = [r["seq_len"] for r in points]
         ms = [r["ms_median"] for r in points]
         low = [m - (r.get("ms_ci_low") if r.get("ms_ci_low") is not None else m) for m, r in zip(ms, points)]
         high = [(r.get("ms_ci_high") if r.get("ms_ci_high") is not None else m) - m for m, r in zip(ms, points)]
         fit = fits.get(key)
         exponent = f" (exponent {fit.exponent:.2f})" if fit is not None else ""
-        ax.errorbar(lengths, ms, yerr=[low, high], marker="o", capsize=3, color=color,
-                    label=label(key, fields, shown) + exponent)
+        ax.errorbar(lengths, ms, yerr=[low, high], capsize=3, label=label(key, fields, shown) + exponent, **styles[key])
         bounds = [decode_bound_ms(r, env) for r in points]
         if measurement == "decode" and all(b is not None for b in bounds):
-            ax.plot(lengths, bounds, linestyle="--", color=color, alpha=0.6,
+            ax.plot(lengths, bounds, linestyle=(0, (1, 3)), color=styles[key]["color"], alpha=0.6,
                     label=f"{label(key, fields, shown)} bandwidth bound")
     xlabel = "context length (tokens)" if measurement == "decode" else "sequence length L (tokens)"
     log_axes(ax, xlabel, "ms (median, 95% interval)")
@@ -118,11 +131,13 @@ def memory_plot(rows: list[dict], out_dir: Path) -> list[Path]:
     for ax, (measurement, subset) in zip(axes, panels):
         fields = series_fields(subset)
         shown, _ = shown_fields(subset, fields)
-        for key, points in _series(subset, fields).items():
+        series = _series(subset, fields)
+        styles = series_styles(list(series), fields)
+        for key, points in series.items():
             points = [r for r in points if r.get("peak_mem_bytes")]
             if points:
-                ax.plot([r["seq_len"] for r in points], [r["peak_mem_bytes"] / 2**20 for r in points], marker="o",
-                        label=label(key, fields, shown))
+                ax.plot([r["seq_len"] for r in points], [r["peak_mem_bytes"] / 2**20 for r in points],
+                        label=label(key, fields, shown), **styles[key])
         log_axes(ax, "sequence length L (tokens)", "peak memory (MiB)")
         ax.set_title(measurement)
         ax.legend(fontsize=7)
@@ -130,37 +145,49 @@ def memory_plot(rows: list[dict], out_dir: Path) -> list[Path]:
 
 
 def ceilings_plot(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
+    """One panel per (timed measurement, ceiling) with data, in two columns; one legend beside them."""
     if not env.get("ceilings"):
         return []
     kinds = (("matmul_ceiling_fraction", "achieved TFLOP/s / bf16 matmul ceiling"),
              ("copy_ceiling_fraction", "achieved GB/s / copy ceiling"))
-    curves: dict[str, dict[str, list]] = {kind: {} for kind, _ in kinds}
+    panels = {}  # (measurement, kind) -> {series label: [(L, fraction)]}
+    styles, names = {}, {}
     for measurement in ordered_measurements(rows):
         subset = [r for r in rows if r.get("measurement") == measurement]
         fields = series_fields(subset)
         shown, _ = shown_fields(subset, fields)
-        for key, points in _series(subset, fields).items():
+        series = _series(subset, fields)
+        for key, style in series_styles(list(series), fields).items():
+            name = label(key, fields, shown)
+            styles.setdefault(name, style)
             for kind, _ in kinds:
-                xy = [(r["seq_len"], ceiling_fractions(r, env).get(kind)) for r in points]
+                xy = [(r["seq_len"], ceiling_fractions(r, env).get(kind)) for r in series[key]]
                 xy = [(x, y) for x, y in xy if y is not None]
                 if xy:
-                    curves[kind][f"{measurement}: {label(key, fields, shown)}"] = xy
-    kinds = [(kind, title) for kind, title in kinds if curves[kind]]
-    if not kinds:
+                    panels.setdefault((measurement, kind), {})[name] = xy
+                    names[name] = None
+    if not panels:
         return []
-    fig = Figure(layout="constrained", figsize=(6 * len(kinds), 4))
-    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
-    for ax, (kind, title) in zip(axes, kinds):
-        for name, xy in curves[kind].items():
-            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=name)
+    titles = dict(kinds)
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(layout="constrained", figsize=(5.5 * ncols + 1.5, 3.2 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, ((measurement, kind), curves) in zip(axes, panels.items()):
+        for name, xy in curves.items():
+            ax.plot([x for x, _ in xy], [y for _, y in xy], **styles[name])
         length_axis(ax)
-        ax.set_ylim(0, max(1.0, max(y for xy in curves[kind].values() for _, y in xy) * 1.05))
+        top = max(y for xy in curves.values() for _, y in xy)
+        ax.set_ylim(0, max(1.0, top * 1.05))
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xlabel("sequence length L (tokens)")
-        ax.set_ylabel("fraction of the device ceiling")
-        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("fraction of ceiling")
+        ax.set_title(f"{measurement}: {titles[kind]}", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+    handles = [Line2D([], [], label=name, **styles[name]) for name in names]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7)
     return save(fig, out_dir, "ceilings")
 
 
