@@ -17,6 +17,7 @@ prefill can run in segments with memory that does not grow with its length (recu
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -118,6 +119,18 @@ class LanguageModel(nn.Module):
         Exact for costs linear in the position (attention); constant costs are just length x cost.
         """
         return length * self.flops_per_token(length // 2)
+
+
+def swap_layer_op(path: str, op):
+    """A `BACKENDS` entry: sets `layer.<path>` (e.g. "mixer.scan") to `op` in every layer, where
+    `op` has the contract of the PyTorch op it replaces (see `registry.use_backend`)."""
+    owner, name = path.rsplit(".", 1)
+
+    def apply(model: "LanguageModel") -> None:
+        for layer in model.layers:
+            setattr(operator.attrgetter(owner)(layer), name, op)
+
+    return apply
 
 
 def state_nbytes(state) -> int:

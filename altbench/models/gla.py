@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 from altbench.models.blocks import SwiGLU
 
 
@@ -280,9 +280,4 @@ def gla_fla(q, k, v, log_alpha, state=None, chunk_size=64, sub_chunk_size=16):
     return chunk_gla(q, k, v, log_alpha, scale=1.0, initial_state=S0, output_final_state=True)  # o in v's dtype
 
 
-def _use_fla(model):
-    for layer in model.layers:
-        layer.attn.chunked = gla_fla
-
-
-BACKENDS = {"fla": _use_fla}
+BACKENDS = {"fla": swap_layer_op("attn.chunked", gla_fla)}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 from altbench.models.blocks import PreNormMixerBlock
 
 
@@ -288,12 +288,7 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D, h0=None):
     return y.transpose(1, 2), h.contiguous()  # contiguous: h is a view into the kernel's per-chunk states
 
 
-def _set_scan(op):
-    def apply(model):
-        for layer in model.layers:
-            layer.mixer.scan = op
-
-    return apply
-
-
-BACKENDS = {"triton": _set_scan(selective_scan_triton), "mamba_ssm": _set_scan(selective_scan_mamba_ssm)}
+BACKENDS = {
+    "triton": swap_layer_op("mixer.scan", selective_scan_triton),
+    "mamba_ssm": swap_layer_op("mixer.scan", selective_scan_mamba_ssm),
+}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 from altbench.models.blocks import PreNormMixerBlock
 
 
@@ -324,12 +324,4 @@ def ssd_mamba_ssm(x, dt, A, B, C, D, h0=None, chunk_size=256):
     return y, h.float()
 
 
-def _set_ssd(op):
-    def apply(model):
-        for layer in model.layers:
-            layer.mixer.ssd = op
-
-    return apply
-
-
-BACKENDS = {"triton": _set_ssd(ssd_triton), "mamba_ssm": _set_ssd(ssd_mamba_ssm)}
+BACKENDS = {"triton": swap_layer_op("mixer.ssd", ssd_triton), "mamba_ssm": swap_layer_op("mixer.ssd", ssd_mamba_ssm)}

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.errors import UserError
-from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 from altbench.models.blocks import RotaryEmbedding, apply_rotary
 
 
@@ -316,9 +316,4 @@ def retention_triton(q, k, v, gamma, state=None, chunk_size=64):
     return o.to(v.dtype), S
 
 
-def _use_triton(model):
-    for layer in model.layers:
-        layer.retention.chunkwise = retention_triton
-
-
-BACKENDS = {"triton": _use_triton}
+BACKENDS = {"triton": swap_layer_op("retention.chunkwise", retention_triton)}

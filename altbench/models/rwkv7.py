@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 
 LOG_DECAY_SCALE = math.exp(-0.5)  # w = exp(-e^{-0.5} sigmoid(d)) keeps w in (exp(-e^{-0.5}), 1)
 
@@ -453,9 +453,4 @@ def rwkv7_fla(r, log_w, k, v, a, b, state=None, chunk_size=64):
     return o, h.transpose(-1, -2)  # (B, T, H, V) in r's dtype, (B, H, V, K) fp32
 
 
-def _use_fla(model):
-    for layer in model.layers:
-        layer.attn.chunked = rwkv7_fla
-
-
-BACKENDS = {"fla": _use_fla}
+BACKENDS = {"fla": swap_layer_op("attn.chunked", rwkv7_fla)}
