@@ -258,3 +258,23 @@ def test_summary_counts_the_cells_an_interrupted_run_has_not_reached(tmp_path):
     render_run(run_dir)
     summary = (run_dir / "summary.md").read_text()
     assert "| prefill | 2 | 0 | 0 | 0 | 0 | 0 |" in summary and "Incomplete" not in summary
+
+
+def test_cpu_peak_memory_is_the_cells_own_after_a_reset():
+    import torch
+
+    from altbench.measure import memory
+
+    cpu = torch.device("cpu")
+    big = torch.ones(64 << 20)  # 256 MiB, touched: it counts in RSS ...
+    big.add_(1)
+    del big  # ... and is gone before the next cell
+    memory.reset_peak(cpu)
+    if not memory._rss_mark_reset:
+        pytest.skip("this kernel does not let a process reset its peak-RSS mark")
+    small = memory.peak(cpu)
+    assert small["mem_source"] == "process_rss"
+    keep = torch.ones(32 << 20)
+    keep.add_(1)  # 128 MiB during this "cell"
+    grown = memory.peak(cpu)["peak_mem_bytes"] - small["peak_mem_bytes"]
+    assert 100 << 20 < grown < 200 << 20  # the 128 MiB of this cell, not the 256 MiB of the last

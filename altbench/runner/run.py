@@ -1,4 +1,4 @@
-"""A sweep: expand the suite, run each unfinished cell in its own worker, append each row as it lands.
+"""A sweep: expand the suite, run each unfinished cell in an isolated worker, append each row as it lands.
 
     <out>/<run-id>/suite.toml    the suite exactly as run (a resumed run re-reads it from here)
     <out>/<run-id>/env.json      environment (measure/env.py), written before the first cell
