@@ -84,7 +84,7 @@ def _summary_table(rows: list[dict]) -> Table:
     return table
 
 
-def _sweep_with_progress(run_dir: Path, cells: list, done: set[str], gpus: int = 1) -> None:
+def _sweep_with_progress(run_dir: Path, cells: list, done: set[str], gpus: int = 1, workers_per_gpu: int = 1) -> None:
     """The runner's sweep under a rich progress bar naming the cell in flight."""
     from altbench.runner import run as runner
 
@@ -96,7 +96,7 @@ def _sweep_with_progress(run_dir: Path, cells: list, done: set[str], gpus: int =
         runner.sweep(
             run_dir, cells, done,
             on_start=lambda c: progress.update(task, description=f"{c.measurement} {c.arch}/{c.size} L={c.seq_len}"),
-            on_row=lambda row: progress.advance(task), gpus=gpus,
+            on_row=lambda row: progress.advance(task), gpus=gpus, workers_per_gpu=workers_per_gpu,
         )
 
 
@@ -107,6 +107,7 @@ def run(
     out: OutDir = Path("results"),
     resume: Annotated[Optional[str], typer.Option("--resume", help="Run id or directory to finish; done cells are skipped.")] = None,
     gpus: Annotated[int, typer.Option("--gpus", min=1, help="Run cells in parallel, one worker per GPU.")] = 1,
+    workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing each GPU; probe and lm_eval suites only (untimed).")] = 1,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Local Hugging Face checkpoint to load instead of random weights (suite with one arch and size).")] = None,
 ) -> None:
     """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots."""
@@ -117,10 +118,11 @@ def run(
     run_dir, cells, done = runner.prepare(suite, resume, device, out, weights=str(weights) if weights else None)
     if gpus > 1:
         runner.check_gpus(gpus)
+    runner.check_workers_per_gpu(workers_per_gpu, cells, done)
     env = report.load_env(run_dir)
     for process in env.get("gpu_busy") or []:
         console.print(f"[yellow]warning:[/] another process is using the GPU ({process}); timings may be distorted")
-    _sweep_with_progress(run_dir, cells, done, gpus)
+    _sweep_with_progress(run_dir, cells, done, gpus, workers_per_gpu)
     rows = store.latest_rows(run_dir)
     console.print(_summary_table(rows))
     failed = [r for r in rows if r["status"] not in ("ok", "skipped")]

@@ -105,6 +105,25 @@ def test_settings_grid_budget_and_typos():
         mqar(64, 32, batch=1, seed=0, num_kv_pairs=20)
 
 
+def test_test_seq_len_adds_untrained_lengths_per_trained_point():
+    s = ProbeSettings.from_dict("mqar", {"seq_len": [32, 64], "num_kv_pairs": [2, 4], "test_seq_len": [64, 128]})
+    assert s.test_points() == [
+        ({"seq_len": 32, "num_kv_pairs": 2}, 32), ({"seq_len": 32, "num_kv_pairs": 4}, 32),
+        ({"seq_len": 64, "num_kv_pairs": 2}, 64), ({"seq_len": 64, "num_kv_pairs": 4}, 64),
+        ({"seq_len": 128, "num_kv_pairs": 2}, 64), ({"seq_len": 128, "num_kv_pairs": 4}, 64),
+    ]
+    with pytest.raises(UserError, match="test_seq_len must be a list of positive lengths"):
+        ProbeSettings.from_dict("induction_heads", {"test_seq_len": 1024})
+
+
+def test_untrained_lengths_are_scored_but_never_trained_on(one_thread):
+    settings = dict(seq_len=16, vocab=10, steps=3, batch=4, test_examples=8, test_seq_len=[64])
+    rows = run_probe("transformer", "tiny", "induction_heads", "cpu", settings)
+    assert [(r["seq_len"], r["train_seq_len"], r["n_scored"]) for r in rows] == [(16, 16, 8), (64, 16, 8)]
+    plain = run_probe("transformer", "tiny", "induction_heads", "cpu", dict(settings, test_seq_len=[]))
+    assert plain[0]["curve"] == rows[0]["curve"] and plain[0]["value"] == rows[0]["value"]
+
+
 # Copying 4 tokens across a gap of 4 (seq_len 8) from 8 content tokens: chance is 1/8. Both tiny
 # models reach > 0.85 in 60 steps (the gap is beyond Mamba's width-4 convolution: its SSM carries it).
 EASY = dict(seq_len=8, num_tokens=4, vocab=10, steps=60, batch=16, lr=1e-2, test_examples=256)

@@ -269,6 +269,12 @@ def test_probe_cells_group_points_and_keep_failures():
     assert list(cells.series.cat.categories) == ["mamba", "transformer"]
 
 
+def test_untrained_lengths_are_labelled_with_the_length_trained_at():
+    rows = [probe("mamba", "induction_heads", 0.2, 0.01, seq_len=1024, train_seq_len=256),
+            probe("mamba", "induction_heads", 0.96, 0.01, seq_len=256, train_seq_len=256)]
+    assert probe_cells(rows).point.tolist() == ["L=256", "L=1024 (trained at L=256)"]
+
+
 def test_probe_table_has_one_line_per_point_with_chance():
     markdown, frame = measurement_markdown("probe", PROBE_ROWS, ENV)
     assert markdown_cells(markdown, "## probe") == [

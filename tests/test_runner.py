@@ -278,3 +278,28 @@ def test_cpu_peak_memory_is_the_cells_own_after_a_reset():
     keep.add_(1)  # 128 MiB during this "cell"
     grown = memory.peak(cpu)["peak_mem_bytes"] - small["peak_mem_bytes"]
     assert 100 << 20 < grown < 200 << 20  # the 128 MiB of this cell, not the 256 MiB of the last
+
+
+def test_workers_share_a_gpu_for_untrained_cells_only(tmp_path):
+    text = """
+archs = ["transformer", "mamba"]
+sizes = ["tiny"]
+seq_lens = [1]
+[measurements.probe]
+tasks = ["copying"]
+steps = 2
+batch = 4
+test_examples = 8
+[measurements.probe.copying]
+seq_len = 8
+num_tokens = 2
+"""
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    runner.check_workers_per_gpu(2, cells, done)
+    rows = runner.sweep(run_dir, cells, done, workers_per_gpu=2)
+    assert sorted(r["arch"] for r in rows) == ["mamba", "transformer"] and {r["status"] for r in rows} == {"ok"}
+    assert len({r["worker_pid"] for r in rows}) == 2  # each cell found the other worker busy
+    _, timed, _ = runner.prepare(str(write(tmp_path, FAULTY)), None, "cpu", tmp_path / "out")
+    with pytest.raises(UserError, match="--workers-per-gpu 2: .* timed cells \\(prefill\\)"):
+        runner.check_workers_per_gpu(2, timed, set())
+    runner.check_workers_per_gpu(1, timed, set())

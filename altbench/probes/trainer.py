@@ -3,9 +3,11 @@
 Recipe (as in Zoology's MQAR sweeps, arXiv:2312.04927, app. E): AdamW, linear warm-up then cosine
 decay to zero, gradient clipping at 1, a fixed number of steps (or a token budget that sets it),
 loss only on the scored positions, bf16 autocast on CUDA (fp32 weights). Training batch i uses seed
-`seed * 2**20 + i`; the test set of axis point j uses seed `2**40 + seed * 2**10 + j`, so train and
-test data never share a seed. When several axis points are given, training cycles through them
-step by step and accuracy is reported per point.
+`seed * 2**20 + i`; the test set of evaluated point j uses seed `2**40 + seed * 2**10 + j`, so train and test data never
+share a seed. When several axis points are given, training cycles through them step by step and
+accuracy is reported per point. `test_seq_len` adds points that are scored but never trained on:
+each trained point again at those lengths (length extrapolation, as in the Mamba paper's induction
+heads, sec. 4.1.2).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class ProbeSettings:
     test_examples: int = 1000  # held-out sequences per point
     seed: int = 0  # model initialisation and data seeds
     log_every: int = 0  # training-curve resolution in steps; 0 means steps // 100 (at least 1)
+    test_seq_len: list[int] = field(default_factory=list)  # untrained lengths every point is also scored at
     overrides: dict = field(default_factory=dict)  # model config overrides, e.g. {"d_model": 128}
 
     @classmethod
@@ -66,6 +69,21 @@ class ProbeSettings:
             out.steps = max(1, math.ceil(settings["tokens"] / (out.batch * mean_len)))
         if out.steps >= 2**20:
             raise UserError(f"probe {task}: at most {2**20 - 1} steps (training seeds would overlap)")
+        if not isinstance(out.test_seq_len, list) or not all(isinstance(n, int) and n > 0 for n in out.test_seq_len):
+            raise UserError(f"probe {task}: test_seq_len must be a list of positive lengths, got {out.test_seq_len!r}")
+        return out
+
+    def test_points(self) -> list[tuple[dict, int]]:
+        """(point, train_seq_len) for every scored point: the trained points, then each trained point
+        at the `test_seq_len` lengths it was not trained at, with the longest length trained at
+        under the point's other axis values."""
+        out = [(p, p["seq_len"]) for p in self.points]
+        for p in self.points:
+            trained = [q["seq_len"] for q in self.points if {**q, "seq_len": 0} == {**p, "seq_len": 0}]
+            for n in self.test_seq_len:
+                extra = ({**p, "seq_len": n}, max(trained))
+                if n not in trained and extra not in out:
+                    out.append(extra)
         return out
 
 
@@ -134,7 +152,7 @@ def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: tor
     model.eval()
     correct, total = [], []
     with torch.no_grad(), torch.autocast(**autocast):
-        for j, point in enumerate(s.points):
+        for j, (point, _) in enumerate(s.test_points()):
             seed = TEST_SEED_BASE + s.seed * 2**10 + j
             x, y, m = (t.to(device) for t in probe.make(s.vocab, batch=s.test_examples, seed=seed, **point))
             hits = 0
@@ -148,8 +166,9 @@ def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: tor
 
 def run_probe(arch: str, size: str, task: str, device: str, settings: dict) -> list[dict]:
     """Train `arch` at `size` from scratch on probe `task` and return one store-row fragment per
-    axis point: task, metric ("accuracy"), value, stderr (binomial), curve, seed, steps, chance,
-    n_scored, lr, vocab, train_batch and the point's axis values (seq_len, num_kv_pairs, ...)."""
+    scored point: task, metric ("accuracy"), value, stderr (binomial), curve, seed, steps, chance,
+    n_scored, lr, vocab, train_batch, train_seq_len and the point's axis values (seq_len,
+    num_kv_pairs, ...)."""
     s = ProbeSettings.from_dict(task, settings)
     dev = torch.device(device)
     torch.manual_seed(s.seed)
@@ -159,12 +178,12 @@ def run_probe(arch: str, size: str, task: str, device: str, settings: dict) -> l
     result = train_probe(model, task, s, dev)
     chance = 1 / probe_task(task).answers(s.vocab)
     rows = []
-    for j, point in enumerate(s.points):
+    for j, (point, train_seq_len) in enumerate(s.test_points()):
         value, stderr = result.accuracy(j)
         rows.append({
             "task": task, "metric": "accuracy", "value": value, "stderr": stderr,
             "curve": [list(c) for c in result.curve], "seed": s.seed, "steps": s.steps,
             "chance": chance, "n_scored": result.total[j], "lr": s.lr, "vocab": s.vocab, "train_batch": s.batch,
-            **point,
+            "train_seq_len": train_seq_len, **point,
         })
     return rows

@@ -211,7 +211,8 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
     """The probe rows as one line per (task, axis point, series), in display order.
 
     Columns: task, point (the axis values that vary within the task, e.g. "L=64, kv=4"; all of
-    them when the task has one point), series (arch, plus any identity field that varies, as an
+    them when the task has one point; a point scored at a length it was not trained at adds
+    "(trained at L=256)"), series (arch, plus any identity field that varies, as an
     ordered Categorical so colours match across tasks), value, stderr, chance, status, text (the
     table's cell text) and curve. A failed cell has no axis values (`run_cell` adds them only on
     success), so it appears at every point of its task, or at ALL_POINTS when none ran there.
@@ -229,8 +230,13 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
         ok = [r for r in subset if r.get("status") == "ok"]
         axes = [a for a in PROBE_AXES if any(r.get(a) is not None for r in ok)]
         varying = [a for a in axes if len({r.get(a) for r in ok}) > 1] or axes
-        labels = {tuple(r.get(a) for a in varying): ", ".join(f"{PROBE_AXES[a]}={r.get(a)}" for a in varying)
-                  for r in ok}
+
+        def point_key(r: dict) -> tuple:  # the varying axes, then the trained length of an untrained point
+            untrained = r.get("train_seq_len") not in (None, r.get("seq_len"))
+            return (*(r.get(a) for a in varying), r["train_seq_len"] if untrained else None)
+
+        labels = {point_key(r): ", ".join(f"{PROBE_AXES[a]}={r.get(a)}" for a in varying)
+                  + (f" (trained at L={point_key(r)[-1]})" if point_key(r)[-1] else "") for r in ok}
         points = [labels[k] for k in sorted(labels, key=sort_key)] or [ALL_POINTS]
         chance = next((r["chance"] for r in ok if r.get("chance") is not None), None)
         cells = []
@@ -240,7 +246,7 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
                     "chance": r.get("chance", chance), "status": r.get("status"), "text": value_text(r),
                     "curve": r.get("curve"), "order": keys.index(key)}
             if r.get("status") == "ok":
-                cells.append({**cell, "point": labels[tuple(r.get(a) for a in varying)]})
+                cells.append({**cell, "point": labels[point_key(r)]})
             else:
                 cells += [{**cell, "point": point} for point in points]
         records += sorted(cells, key=lambda c: (points.index(c["point"]), c["order"]))

@@ -22,7 +22,7 @@ from altbench import registry
 from altbench.errors import UserError
 from altbench.measure import ceilings, env as envmod
 from altbench.runner import store, suite as suites
-from altbench.runner.cells import Cell, expand, series_of
+from altbench.runner.cells import CAPABILITY, Cell, expand, series_of
 from altbench.runner.worker import Worker, call_isolated, run_cell
 
 SUITE_FILE = "suite.toml"
@@ -71,6 +71,16 @@ def check_gpus(n: int) -> None:
     have = torch.cuda.device_count()
     if n > have:
         raise UserError(f"--gpus {n}: this machine has {have} visible CUDA GPU(s); pass --gpus {max(have, 1)}")
+
+
+def check_workers_per_gpu(n: int, cells: list[Cell], done: set[str]) -> None:
+    """Cells may share a GPU only when none of them is timed: a neighbour's kernels would be in
+    every timing. Probes and lm-eval only train and score, so several can share one GPU, which
+    a tiny model's launch-bound training leaves mostly idle."""
+    timed = sorted({c.measurement for c in cells if c.cell_id not in done and c.measurement not in CAPABILITY})
+    if n > 1 and timed:
+        raise UserError(f"--workers-per-gpu {n}: cells sharing a GPU would distort each other's timings, and this "
+                        f"run has timed cells ({', '.join(timed)}); use it only for probe and lm_eval suites")
 
 
 def _apply_overrides(suite: suites.Suite, overrides: dict) -> suites.Suite:
@@ -138,12 +148,13 @@ def prepare(
 def sweep(
     run_dir: Path, cells: list[Cell], done: set[str],
     on_start: Callable[[Cell], None] = lambda cell: None, on_row: Callable[[dict], None] = lambda row: None,
-    gpus: int = 1,
+    gpus: int = 1, workers_per_gpu: int = 1,
 ) -> list[dict]:
     """Run every cell not in `done`, appending each row to the store as soon as it exists.
 
     One worker process serves the cells in turn; with gpus > 1, cells run in parallel, one worker
-    per GPU (each sees only its own device).
+    per GPU (each sees only its own device), and `workers_per_gpu` workers share each GPU
+    (untimed cells only: `check_workers_per_gpu`).
     """
     todo = [c for c in cells if c.cell_id not in done]
     rows, lock = [], threading.Lock()
@@ -168,14 +179,15 @@ def sweep(
                 note(row)
         on_row(row)
 
-    if gpus <= 1:
-        with Worker() as worker:
+    workers = [Worker(gpu) for gpu in ([None] if gpus <= 1 else range(gpus)) for _ in range(workers_per_gpu)]
+    if len(workers) == 1:
+        with workers[0] as worker:
             for cell in todo:
                 run_one(cell, worker)
         return rows
     free: queue.Queue[Worker] = queue.Queue()
-    for gpu in range(gpus):
-        free.put(Worker(gpu))
+    for worker in workers:
+        free.put(worker)
 
     def on_gpu(cell: Cell) -> None:
         worker = free.get()
@@ -185,7 +197,7 @@ def sweep(
             free.put(worker)
 
     try:
-        with ThreadPoolExecutor(max_workers=gpus) as pool:
+        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
             list(pool.map(on_gpu, todo))
     finally:
         while not free.empty():
