@@ -122,7 +122,12 @@ def run(
     env = report.load_env(run_dir)
     for process in env.get("gpu_busy") or []:
         console.print(f"[yellow]warning:[/] another process is using the GPU ({process}); timings may be distorted")
-    _sweep_with_progress(run_dir, cells, done, gpus, workers_per_gpu)
+    try:
+        _sweep_with_progress(run_dir, cells, done, gpus, workers_per_gpu)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished cells are stored in {run_dir}; finish with: altbench run --resume {run_dir}",
+              file=sys.stderr)
+        raise typer.Exit(130)
     rows = store.latest_rows(run_dir)
     console.print(_summary_table(rows))
     failed = [r for r in rows if r["status"] not in ("ok", "skipped")]

@@ -1,6 +1,7 @@
 """Runner: suites validate, cells expand, workers isolate failures, the store keeps every row, runs resume."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,19 @@ num_tokens = 2
     with pytest.raises(UserError, match="--workers-per-gpu 2: .* timed cells \\(prefill\\)"):
         runner.check_workers_per_gpu(2, timed, set())
     runner.check_workers_per_gpu(1, timed, set())
+
+
+def test_an_interrupt_kills_cells_in_flight_and_stores_no_row_for_them(tmp_path):
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', '"hang"').replace("timeout_s = 8", "timeout_s = 60")
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+
+    def ctrl_c(row: dict) -> None:  # Ctrl-C lands once the tiny cell is stored, the hanging one in flight
+        raise KeyboardInterrupt
+
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        runner.sweep(run_dir, cells, done, on_row=ctrl_c, gpus=2)
+    assert time.perf_counter() - t0 < 30  # not the hanging cell's 60 s timeout
+    assert [r["size"] for r in store.read_rows(run_dir)] == ["tiny"]
+    _, _, done = runner.prepare(None, str(run_dir), None, tmp_path / "out")
+    assert done == {cells[0].cell_id}  # resume runs the hanging cell again

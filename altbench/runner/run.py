@@ -157,7 +157,7 @@ def sweep(
     (untimed cells only: `check_workers_per_gpu`).
     """
     todo = [c for c in cells if c.cell_id not in done]
-    rows, lock = [], threading.Lock()
+    rows, lock, interrupted = [], threading.Lock(), threading.Event()
     longest: dict[str, dict] = {}  # series -> its row measured at the longest length so far
 
     def note(row: dict) -> None:
@@ -172,6 +172,8 @@ def sweep(
         with lock:
             shorter = longest.get(cell.series_id)
         for row in run_cell(cell, worker, shorter):
+            if interrupted.is_set():  # its worker was killed by the interrupt: not a result, resume reruns it
+                return
             row["run_id"] = run_dir.name
             with lock:
                 store.append_row(run_dir, row)
@@ -180,26 +182,26 @@ def sweep(
         on_row(row)
 
     workers = [Worker(gpu) for gpu in ([None] if gpus <= 1 else range(gpus)) for _ in range(workers_per_gpu)]
-    if len(workers) == 1:
-        with workers[0] as worker:
-            for cell in todo:
-                run_one(cell, worker)
-        return rows
     free: queue.Queue[Worker] = queue.Queue()
     for worker in workers:
         free.put(worker)
 
-    def on_gpu(cell: Cell) -> None:
+    def on_free_worker(cell: Cell) -> None:
         worker = free.get()
         try:
             run_one(cell, worker)
         finally:
             free.put(worker)
 
+    pool = ThreadPoolExecutor(max_workers=len(workers))
     try:
-        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-            list(pool.map(on_gpu, todo))
+        list(pool.map(on_free_worker, todo))
+    except KeyboardInterrupt:  # Ctrl-C: stop now, keep every row already stored
+        interrupted.set()
+        raise
     finally:
-        while not free.empty():
-            free.get().close()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:  # killing a busy worker ends its cell's wait at once
+            worker.close(kill=interrupted.is_set())
+        pool.shutdown()
     return rows
