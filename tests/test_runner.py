@@ -1,6 +1,7 @@
 """Runner: suites validate, cells expand, workers isolate failures, the store keeps every row, runs resume."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from altbench.errors import UserError
 from altbench.runner import run as runner
 from altbench.runner import store, suite as suites
 from altbench.runner.cells import expand
+from altbench.runner.worker import Worker
 
 FAULTY = """
 name = "faults"
@@ -219,6 +221,14 @@ def test_parallel_sweep_assigns_one_worker_per_gpu_and_keeps_every_row(tmp_path)
     rows = runner.sweep(run_dir, cells, done, gpus=2)  # CUDA_VISIBLE_DEVICES is set per worker; CPU cells ignore it
     assert sorted(r["cell_id"] for r in store.read_rows(run_dir)) == sorted(c.cell_id for c in cells)
     assert {r["gpu"] for r in rows} <= {0, 1} and {r["status"] for r in rows} == {"ok", "error"}
+    assert {r["cpu_threads"] for r in rows} == {max(1, os.cpu_count() // 2)}  # the two workers split the cores
+
+
+def test_a_worker_runs_with_the_cpu_threads_it_was_given():
+    from plugins.faulty_arch import worker_threads
+
+    with Worker(threads=1) as worker:
+        assert worker.call(worker_threads, (), timeout_s=60)["threads"] == 1
 
 
 def test_more_gpus_than_the_machine_has_is_a_user_error():

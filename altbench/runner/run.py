@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import queue
 import shutil
 import sys
@@ -154,7 +155,8 @@ def sweep(
 
     One worker process serves the cells in turn; with gpus > 1, cells run in parallel, one worker
     per GPU (each sees only its own device), and `workers_per_gpu` workers share each GPU
-    (untimed cells only: `check_workers_per_gpu`).
+    (untimed cells only: `check_workers_per_gpu`). Workers side by side split the CPU cores
+    between them instead of each starting torch's default of one thread per core.
     """
     todo = [c for c in cells if c.cell_id not in done]
     rows, lock, interrupted = [], threading.Lock(), threading.Event()
@@ -181,7 +183,9 @@ def sweep(
                 note(row)
         on_row(row)
 
-    workers = [Worker(gpu) for gpu in ([None] if gpus <= 1 else range(gpus)) for _ in range(workers_per_gpu)]
+    n = max(gpus, 1) * workers_per_gpu
+    threads = max(1, (os.cpu_count() or 1) // n) if n > 1 else None  # side by side, they share the cores
+    workers = [Worker(gpu, threads) for gpu in ([None] if gpus <= 1 else range(gpus)) for _ in range(workers_per_gpu)]
     free: queue.Queue[Worker] = queue.Queue()
     for worker in workers:
         free.put(worker)

@@ -108,11 +108,15 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _serve(gpu: int | None, conn) -> None:
+def _serve(gpu: int | None, threads: int | None, conn) -> None:
     """The worker's loop: receive (target, args), send back its row, until told to stop. An 'error'
     ends the process: a CUDA fault poisons its context, so the next call gets a fresh worker."""
     if gpu is not None:  # before anything initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     while True:
         try:
             job = conn.recv()
@@ -157,15 +161,16 @@ class Worker:
     cell, after whatever earlier cells of the same worker already compiled.
     """
 
-    def __init__(self, gpu: int | None = None):
-        self.gpu = gpu
+    def __init__(self, gpu: int | None = None, threads: int | None = None):
+        self.gpu = gpu  # the one GPU the process sees (None: all)
+        self.threads = threads  # its intra-op CPU threads (None: torch's default, every core)
         self._process = None
         self._conn = None
 
     def _start(self) -> None:
         ctx = _mp_context()
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(self.gpu, child), daemon=True)
+        self._process = ctx.Process(target=_serve, args=(self.gpu, self.threads, child), daemon=True)
         self._process.start()
         child.close()
 
@@ -242,6 +247,8 @@ def run_cell(cell: Cell, worker: Worker, shorter: dict | None = None) -> list[di
     result = {**row, **worker.call(measure_cell, (cell,), cell.settings.timeout_s)}
     if worker.gpu is not None:
         result["gpu"] = worker.gpu
+    if worker.threads is not None:
+        result["cpu_threads"] = worker.threads
     points = result.pop("rows", None)
     if not points:
         return [result]

@@ -1,6 +1,6 @@
 """An architecture plugin for failure-path tests: size 'tiny' works; the others misbehave inside
 the worker exactly as named ('raise', 'kill' = SIGKILL itself, 'hang' = sleep past any timeout,
-'oom' = an allocation failure)."""
+'oom' = an allocation failure), and `worker_threads`, a call that reports the worker's CPU threads."""
 
 import dataclasses
 import os
@@ -33,3 +33,9 @@ class MODEL(transformer.Transformer):
         if fault == "oom":
             raise MemoryError("injected out of memory")
         return super().forward(input_ids, state, last_only)
+
+
+def worker_threads() -> dict:
+    import torch
+
+    return {"status": "ok", "threads": torch.get_num_threads()}
