@@ -62,7 +62,7 @@ def test_one_worker_serves_cells_until_one_errors_then_a_fresh_one_takes_over(tm
 def test_cells_that_cannot_finish_in_time_are_skipped_from_the_shorter_length():
     from altbench.runner.cells import beyond_timeout
 
-    cell = next(c for c in expand(suites.load("long-context"), "cuda") if c.cell_id.startswith("prefill/mamba/130m/torch/bfloat16/cuda/b1/L1048576"))
+    cell = next(c for c in expand(suites.load("long-context-backends"), "cuda") if c.cell_id.startswith("prefill/mamba/130m/torch/bfloat16/cuda/b1/L1048576"))
     assert cell.settings.timeout_s == 300
     shorter = {"status": "ok", "seq_len": 262144, "ms_median": 20_000.0}
     assert beyond_timeout(cell, shorter) == (
@@ -71,7 +71,7 @@ def test_cells_that_cannot_finish_in_time_are_skipped_from_the_shorter_length():
     assert beyond_timeout(cell, {**shorter, "ms_median": 900.0}) is None  # too short to extrapolate from
     assert beyond_timeout(cell, {**shorter, "status": "timeout"}).startswith("timed out at L=262144")
     assert beyond_timeout(cell, {**shorter, "status": "oom"}) is None
-    decode = next(c for c in expand(suites.load("long-context"), "cuda") if c.series_id == cell.series_id.replace("prefill", "decode"))
+    decode = next(c for c in expand(suites.load("long-context-backends"), "cuda") if c.series_id == cell.series_id.replace("prefill", "decode"))
     assert beyond_timeout(decode, {**shorter, "status": "timeout"}) is None  # decode work does not grow with L
 
 
@@ -330,3 +330,32 @@ def test_an_interrupt_kills_cells_in_flight_and_stores_no_row_for_them(tmp_path)
     assert [r["size"] for r in store.read_rows(run_dir)] == ["tiny"]
     _, _, done = runner.prepare(None, str(run_dir), None, tmp_path / "out")
     assert done == {cells[0].cell_id}  # resume runs the hanging cell again
+
+
+FIRST = """
+archs = ["mamba", "rwkv7", "transformer"]
+backends = ["triton", "fla", "torch"]
+backend_choice = "first"
+seq_lens = [16]
+[measurements.prefill]
+[measurements.train_step]
+"""
+
+
+@pytest.mark.parametrize("fla_installed", [False, True], ids=["fla-missing", "fla-installed"])
+def test_first_backend_choice_measures_each_arch_once(tmp_path, monkeypatch, fla_installed):
+    monkeypatch.setattr(suites.registry, "backend_installed", lambda b: b != "fla" or fla_installed)
+    cells = expand(suites.load(str(write(tmp_path, FIRST))), "cpu")
+    rwkv7 = "fla" if fla_installed else "torch"
+    assert sorted((c.measurement, c.arch, c.backend) for c in cells) == [
+        ("prefill", "mamba", "triton"), ("prefill", "rwkv7", rwkv7), ("prefill", "transformer", "torch"),
+        ("train_step", "mamba", "torch"),  # altbench's Triton kernels have no backward yet
+        ("train_step", "rwkv7", rwkv7), ("train_step", "transformer", "torch"),
+    ]
+    each = expand(suites.load(str(write(tmp_path, FIRST.replace('"first"', '"each"')))), "cpu")
+    assert len(each) == 3 * 3 * 2
+
+
+def test_unknown_backend_choice_names_the_choices(tmp_path):
+    with pytest.raises(UserError, match=r"suite.toml: key 'backend_choice' must be one of each, first, got 'best'"):
+        suites.load(str(write(tmp_path, FIRST.replace('"first"', '"best"'))))

@@ -97,7 +97,7 @@ def expand(suite: Suite, device: str, weights: str = "") -> list[Cell]:
     for measurement, settings in suite.measurements.items():
         extra = dict(suite.extra.get(measurement, {}))
         for arch in suite.archs:
-            for size, backend, dtype in itertools.product(suite.sizes_of(arch), suite.backends, suite.dtypes):
+            for size, backend, dtype in itertools.product(suite.sizes_of(arch), suite.backends_of(arch, measurement), suite.dtypes):
                 common = dict(arch=arch, size=size, backend=backend, measurement=measurement, dtype=dtype, device=device,
                               weights=weights)
                 if measurement == "probe":  # options for every task, then [measurements.probe.<task>]

@@ -75,15 +75,29 @@ class Suite:
     device: str = "cpu"
     extra: dict = field(default_factory=dict)  # measurement-specific tables (probe tasks, lm-eval tasks)
     arch_sizes: dict = field(default_factory=dict)  # arch -> sizes, overriding `sizes` for that arch
+    backend_choice: str = "each"  # "each": every backend its own cells; "first": see `backends_of`
 
     def sizes_of(self, arch: str) -> list[str]:
         return self.arch_sizes.get(arch, self.sizes)
+
+    def backends_of(self, arch: str, measurement: str) -> list[str]:
+        """The backends `arch` runs `measurement` on. "each": all of `backends` (one that does not
+        implement the arch gives `skipped` rows). "first": only the first of `backends` that
+        implements the arch, can run the measurement (a train step needs a backward) and is
+        installed here, so each architecture is measured once, on its fastest listed form."""
+        if self.backend_choice == "each":
+            return self.backends
+        usable = [b for b in self.backends if b in registry.backends_of(arch)
+                  and not (measurement == "train_step" and b in registry.FORWARD_ONLY)]
+        return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or self.backends[:1])
 
 
 _TOP = {
     "name": str, "description": str, "archs": list, "sizes": list, "backends": list, "dtypes": list,
     "batches": list, "seq_lens": list, "device": str, "settings": dict, "measurements": dict, "arch_sizes": dict,
+    "backend_choice": str,
 }
+BACKEND_CHOICES = ("each", "first")
 _SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
 _PY = {"int": int, "float": (int, float), "bool": bool}
 
@@ -165,6 +179,9 @@ def load(name_or_path: str) -> Suite:
             if size not in registry.size_names(arch):  # also imports plugins: a bad one fails here
                 raise UserError(f"{where}: size '{size}' is not defined for {arch}; known: {', '.join(registry.size_names(arch))}")
     backends = _names(where, "backends", data.get("backends", ["torch"]), list(registry.BACKENDS))
+    backend_choice = data.get("backend_choice", "each")
+    if backend_choice not in BACKEND_CHOICES:
+        raise UserError(f"{where}: key 'backend_choice' must be one of {', '.join(BACKEND_CHOICES)}, got {backend_choice!r}")
     dtypes = _names(where, "dtypes", data.get("dtypes", ["float32"]), list(DTYPES))
     for key in ("batches", "seq_lens"):
         for v in data.get(key, []):
@@ -191,4 +208,5 @@ def load(name_or_path: str) -> Suite:
         name=data.get("name", path.stem), path=path, archs=archs, sizes=sizes, backends=backends, dtypes=dtypes,
         batches=data.get("batches", [1]), seq_lens=data["seq_lens"], measurements=measurements,
         description=data.get("description", ""), device=device, extra=extra, arch_sizes=arch_sizes,
+        backend_choice=backend_choice,
     )
