@@ -10,7 +10,7 @@ import torch
 from altbench.errors import UserError
 from altbench.probes import TASKS, ProbeSettings, run_probe
 from altbench.probes.tasks import BLANK, FIRST_CONTENT, SEP, copying, induction_heads, mqar, selective_copying
-from altbench.probes.trainer import lr_factor
+from altbench.probes.trainer import lr_factor, training_batches
 
 
 @pytest.fixture
@@ -20,6 +20,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def test_distinct_draws_are_the_first_k_of_a_random_permutation():
+    from altbench.probes.tasks import _distinct
+
+    fast = _distinct(64, 1, 4096, 16, torch.Generator().manual_seed(5))
+    by_sort = torch.rand(64, 4095, generator=torch.Generator().manual_seed(5)).argsort(dim=1)[:, :16] + 1
+    assert torch.equal(fast, by_sort)  # the same batches as the full argsort earlier runs used
 
 
 def test_mqar_recalls_each_key_once_from_disjoint_halves():
@@ -122,6 +130,15 @@ def test_untrained_lengths_are_scored_but_never_trained_on(one_thread):
     assert [(r["seq_len"], r["train_seq_len"], r["n_scored"]) for r in rows] == [(16, 16, 8), (64, 16, 8)]
     plain = run_probe("transformer", "tiny", "induction_heads", "cpu", dict(settings, test_seq_len=[]))
     assert plain[0]["curve"] == rows[0]["curve"] and plain[0]["value"] == rows[0]["value"]
+
+
+def test_training_batches_cycle_the_points_in_step_order():
+    s = ProbeSettings.from_dict("copying", {"seq_len": [8, 12], "num_tokens": 2, "steps": 3, "batch": 2, "vocab": 10})
+    got = list(training_batches("copying", s, torch.device("cpu")))
+    assert len(got) == 3
+    for step, batch in enumerate(got):  # made a step ahead in a thread, still the seed's batch
+        want = copying(10, [8, 12][step % 2], batch=2, seed=step, num_tokens=2)
+        assert all(torch.equal(a, b) for a, b in zip(batch, want))
 
 
 # Copying 4 tokens across a gap of 4 (seq_len 8) from 8 content tokens: chance is 1/8. Both tiny

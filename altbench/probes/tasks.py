@@ -35,8 +35,10 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def _distinct(batch: int, low: int, high: int, k: int, g: torch.Generator) -> torch.Tensor:
-    """k distinct integers from [low, high) per row, in random order: (batch, k)."""
-    return torch.rand(batch, high - low, generator=g).argsort(dim=1)[:, :k] + low
+    """k distinct integers from [low, high) per row, in random order: (batch, k). They are the
+    positions of the k smallest of (high - low) uniform draws; topk finds them in O(n), where a
+    full argsort took most of an MQAR training step's time (26 ms against 3 for 64 x 4095)."""
+    return torch.rand(batch, high - low, generator=g).topk(k, dim=1, largest=False).indices + low
 
 
 def mqar(vocab: int, seq_len: int, batch: int, seed: int, num_kv_pairs: int = 4, power_a: float = 0.01):
@@ -84,7 +86,7 @@ def _copy_batch(vocab: int, seq_len: int, batch: int, seed: int, num_tokens: int
     g = _generator(seed)
     data = torch.randint(FIRST_CONTENT, vocab, (batch, M), generator=g)  # (B, M)
     if scattered:
-        positions = torch.rand(batch, C, generator=g).argsort(dim=1)[:, :M].sort(dim=1).values  # (B, M) ordered
+        positions = _distinct(batch, 0, C, M, g).sort(dim=1).values  # (B, M) ordered
     else:
         positions = torch.arange(M).expand(batch, M)
     context = torch.full((batch, C), BLANK, dtype=torch.long).scatter_(1, positions, data)  # (B, C)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -118,6 +119,24 @@ def masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     return F.cross_entropy(logits[mask].float(), targets[mask])
 
 
+def training_batches(task: str, s: ProbeSettings, device: torch.device):
+    """(inputs, targets, loss_mask) of every training step on `device`, each generated on the CPU in
+    a thread while the previous step computes (MQAR's batches cost as much as a tiny model's step)."""
+    probe = probe_task(task)
+
+    def make(step: int) -> tuple:
+        point = s.points[step % len(s.points)]
+        return probe.make(s.vocab, batch=s.batch, seed=s.seed * 2**20 + step, **point)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(make, 0)
+        for step in range(s.steps):
+            batch = ahead.result()
+            if step + 1 < s.steps:
+                ahead = pool.submit(make, step + 1)
+            yield tuple(t.to(device) for t in batch)
+
+
 def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: torch.device) -> ProbeResult:
     probe = probe_task(task)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -133,9 +152,7 @@ def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: tor
 
     model.train()
     curve, running = [], []
-    for step in range(s.steps):
-        point = s.points[step % len(s.points)]
-        x, y, m = (t.to(device) for t in probe.make(s.vocab, batch=s.batch, seed=s.seed * 2**20 + step, **point))
+    for step, (x, y, m) in enumerate(training_batches(task, s, device)):
         with torch.autocast(**autocast):
             logits, _ = model(x)  # (B, T, V)
         loss = masked_loss(logits, y, m)
