@@ -1,0 +1,69 @@
+"""Does a worker kept between cells change what a cell measures? An A/B of the same cells.
+
+The runner keeps one worker process per GPU from cell to cell. Two H100 runs of the same 4K
+prefill cells disagree by up to 2x (results/README.md): the earlier one gave each cell a fresh
+worker, the later one a worker that had served every shorter cell first, while from 64K up the
+two agree within 1%. This script measures the target cells three ways in one process tree:
+
+    fresh         each cell in a new worker of its own
+    after history in one worker that first ran every cell of the suite shorter than --length
+                  (what `altbench run` does)
+    fresh again   new workers once more, so drift of the device over the run shows apart
+
+and prints the medians and the ratio after-history / fresh. Run on the GPU machine:
+
+    python benchmarks/worker_reuse.py [--suite long-context] [--length 4096] [--measurements prefill]
+                                      [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from altbench.runner import suite as suites
+from altbench.runner.cells import expand
+from altbench.runner.worker import Worker, call_isolated, measure_cell, run_cell
+
+
+def fresh(cells) -> list[dict]:
+    return [call_isolated(measure_cell, (c,), c.settings.timeout_s) for c in cells]
+
+
+def after_history(history, cells) -> list[dict]:
+    with Worker() as worker:
+        for cell in history:
+            run_cell(cell, worker)
+        return [worker.call(measure_cell, (c,), c.settings.timeout_s) for c in cells]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="long-context")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--measurements", default="prefill", help="comma-separated measurements to compare")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+
+    cells = expand(suites.load(args.suite), args.device)
+    history = [c for c in cells if c.seq_len < args.length]
+    targets = [c for c in cells if c.seq_len == args.length and c.measurement in args.measurements.split(",")]
+    runs = {"fresh": fresh(targets), "after history": after_history(history, targets), "fresh again": fresh(targets)}
+
+    print(f"| cell | {' | '.join(runs)} | after history / fresh |")
+    print("|---|" + "---:|" * (len(runs) + 1))
+    rows = []
+    for i, cell in enumerate(targets):
+        ms = {name: r[i].get("ms_median") for name, r in runs.items()}
+        ratio = ms["after history"] / ms["fresh"] if ms["fresh"] and ms["after history"] else None
+        cols = [f"{v:.3g}" if v else runs[name][i].get("status", "?") for name, v in ms.items()]
+        print(f"| `{cell.cell_id}` | {' | '.join(cols)} | {f'{ratio:.2f}x' if ratio else 'n/a'} |")
+        rows.append({"cell_id": cell.cell_id, **{name: r[i] for name, r in runs.items()}})
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"history_cells": len(history), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
