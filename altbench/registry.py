@@ -26,6 +26,7 @@ ARCHITECTURES: dict[str, str] = {
     "retnet": "altbench.models.retnet",
     "gla": "altbench.models.gla",
     "mamba2": "altbench.models.mamba2",
+    "hyena": "altbench.models.hyena",
 }
 
 # backend -> (module that must be importable, what it is)
