@@ -3,9 +3,9 @@
 Recipe (as in Zoology's MQAR sweeps, arXiv:2312.04927, app. E): AdamW, linear warm-up then cosine
 decay to zero, gradient clipping at 1, a fixed number of steps (or a token budget that sets it),
 loss only on the scored positions, bf16 autocast on CUDA (fp32 weights). Training batch i uses seed
-`seed * 2**20 + i`; the test set of evaluated point j uses seed `2**40 + seed * 2**10 + j`, so train and test data never
-share a seed. When several axis points are given, training cycles through them step by step and
-accuracy is reported per point. `test_seq_len` adds points that are scored but never trained on:
+`seed * 2**20 + i`; the test set of scored point j uses seed `2**40 + seed * 2**10 + j`, so train
+and test data never share a seed. When several axis points are given, training cycles through them
+step by step and accuracy is reported per point. `test_seq_len` adds points that are scored but never trained on:
 each trained point again at those lengths (length extrapolation, as in the Mamba paper's induction
 heads, sec. 4.1.2).
 """

@@ -235,8 +235,11 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
             untrained = r.get("train_seq_len") not in (None, r.get("seq_len"))
             return (*(r.get(a) for a in varying), r["train_seq_len"] if untrained else None)
 
-        labels = {point_key(r): ", ".join(f"{PROBE_AXES[a]}={r.get(a)}" for a in varying)
-                  + (f" (trained at L={point_key(r)[-1]})" if point_key(r)[-1] else "") for r in ok}
+        labels = {}
+        for r in ok:
+            key = point_key(r)
+            labels[key] = ", ".join(f"{PROBE_AXES[a]}={r.get(a)}" for a in varying)
+            labels[key] += f" (trained at L={key[-1]})" if key[-1] else ""
         points = [labels[k] for k in sorted(labels, key=sort_key)] or [ALL_POINTS]
         chance = next((r["chance"] for r in ok if r.get("chance") is not None), None)
         cells = []
