@@ -224,11 +224,13 @@ def test_parallel_sweep_assigns_one_worker_per_gpu_and_keeps_every_row(tmp_path)
     assert {r["cpu_threads"] for r in rows} == {max(1, os.cpu_count() // 2)}  # the two workers split the cores
 
 
-def test_a_worker_runs_with_the_cpu_threads_it_was_given():
-    from plugins.faulty_arch import worker_threads
+def test_a_worker_runs_with_its_cpu_threads_and_keeps_triton_autotuning_on_disk():
+    from plugins.faulty_arch import worker_facts
 
     with Worker(threads=1) as worker:
-        assert worker.call(worker_threads, (), timeout_s=60)["threads"] == 1
+        facts = worker.call(worker_facts, (), timeout_s=60)
+    assert facts["threads"] == 1
+    assert facts["autotune_cache"] == os.environ.get("TRITON_CACHE_AUTOTUNING") == "1"
 
 
 def test_more_gpus_than_the_machine_has_is_a_user_error():

@@ -137,6 +137,11 @@ _context = None
 def _mp_context():
     global _context
     if _context is None:
+        # Triton keeps compiled kernels on disk; with this it keeps autotuning results there too, so
+        # a kernel is tuned once per shape on a machine instead of once per worker process (fla's
+        # kernels took 30-195 s per new shape on an H100). Set before the forkserver starts, as its
+        # preloaded modules build their autotuners at import. A user's own setting wins.
+        os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
         _context = mp.get_context("forkserver")
         _context.set_forkserver_preload(["torch", "altbench.runner.worker", "altbench.measure.scenarios", "altbench.measure.ceilings"])
     return _context

@@ -1,6 +1,6 @@
 """An architecture plugin for failure-path tests: size 'tiny' works; the others misbehave inside
 the worker exactly as named ('raise', 'kill' = SIGKILL itself, 'hang' = sleep past any timeout,
-'oom' = an allocation failure), and `worker_threads`, a call that reports the worker's CPU threads."""
+'oom' = an allocation failure), and `worker_facts`, a call that reports the worker's CPU threads and Triton autotune caching."""
 
 import dataclasses
 import os
@@ -35,7 +35,7 @@ class MODEL(transformer.Transformer):
         return super().forward(input_ids, state, last_only)
 
 
-def worker_threads() -> dict:
+def worker_facts() -> dict:
     import torch
 
-    return {"status": "ok", "threads": torch.get_num_threads()}
+    return {"status": "ok", "threads": torch.get_num_threads(), "autotune_cache": os.environ.get("TRITON_CACHE_AUTOTUNING")}
