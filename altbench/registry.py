@@ -42,7 +42,7 @@ FORWARD_ONLY = ("triton",)  # backends with no backward kernels yet: a train ste
 
 def family(arch: str) -> ModuleType:
     """The module of a registered architecture, or of a plugin given as an importable dotted path
-    (e.g. `my_project.models.hyena`) that defines MODEL and SIZES the same way."""
+    (e.g. `my_project.models.my_mixer`) that defines MODEL and SIZES the same way."""
     if arch in ARCHITECTURES:
         return importlib.import_module(ARCHITECTURES[arch])
     if "." in arch:
