@@ -117,8 +117,8 @@ def test_tables_show_statuses_intervals_and_exponents(run):
         assert words in text
     cells = {r[0]: r[1:] for r in markdown_cells(text, "## prefill")}
     # columns: 1K 4K 16K 64K exponent
-    assert cells["transformer"] == ["0.1 [0.099, 0.101]", "0.1 [0.099, 0.101]", "1.60 [1.58, 1.62]", "OOM", "2.00 (4K–16K)"]
-    assert cells["mamba"] == ["0.5 [0.495, 0.505]", "0.5 [0.495, 0.505]", "error", "skipped", "0.00 (1K–4K)"]
+    assert cells["transformer"] == ["0.100 [0.0990, 0.101]", "0.100 [0.0990, 0.101]", "1.60 [1.58, 1.62]", "OOM", "2.00 (4K–16K)"]
+    assert cells["mamba"] == ["0.500 [0.495, 0.505]", "0.500 [0.495, 0.505]", "error", "skipped", "0.00 (1K–4K)"]
     assert "`prefill/mamba/130m/torch/bfloat16/cuda/b1/L16384`: error — error: synthetic reason" in text
 
     decode = (run / "tables" / "decode.md").read_text()
@@ -278,10 +278,10 @@ def test_untrained_lengths_are_labelled_with_the_length_trained_at():
 def test_probe_table_has_one_line_per_point_with_chance():
     markdown, frame = measurement_markdown("probe", PROBE_ROWS, ENV)
     assert markdown_cells(markdown, "## probe") == [
-        ["mqar", "kv=4", "0.000244", "0.5 ± 0.05", "0.9 ± 0.03"],
-        ["mqar", "kv=8", "0.000244", "0.25 ± 0.04", "0.75 ± 0.04"],
+        ["mqar", "kv=4", "0.000244", "0.500 ± 0.0500", "0.900 ± 0.0300"],
+        ["mqar", "kv=8", "0.000244", "0.250 ± 0.0400", "0.750 ± 0.0400"],
         ["selective_copying", "all points", "n/a", "error", "–"],
-        ["induction_heads", "L=256", "0.0625", "OOM", "0.96 ± 0.01"],
+        ["induction_heads", "L=256", "0.0625", "OOM", "0.960 ± 0.0100"],
     ]
     heading = next(line for line in markdown.splitlines() if line.startswith("| task"))
     assert [c.strip() for c in heading.strip("|").split("|")] == ["task", "point", "chance", "mamba", "transformer"]

@@ -60,7 +60,7 @@ def fmt(x: float) -> str:
         return f"{x:.1f}"
     if a >= 1:
         return f"{x:.2f}"
-    return f"{x:.3g}"
+    return f"{x:#.3g}"
 
 
 def fmt_len(length: int | None) -> str:
