@@ -10,7 +10,9 @@ two agree within 1%. This script measures the target cells three ways in one pro
                   (what `altbench run` does)
     fresh again   new workers once more, so drift of the device over the run shows apart
 
-and prints the medians and the ratio after-history / fresh. Run on the GPU machine:
+and prints the medians and the ratio after-history / fresh, and beside them the host's cost of one
+eager kernel launch in each kind of worker (`launch_us` of `ceilings.measure`): if only launch-bound cells move,
+that figure says whether the worker's host side got slower. Run on the GPU machine:
 
     python benchmarks/worker_reuse.py [--suite long-context] [--length 4096] [--measurements prefill]
                                       [--out FILE.json]
@@ -21,20 +23,30 @@ from __future__ import annotations
 import argparse
 import json
 
+from altbench.measure import ceilings
 from altbench.runner import suite as suites
 from altbench.runner.cells import expand
 from altbench.runner.worker import Worker, call_isolated, measure_cell, run_cell
 
 
-def fresh(cells) -> list[dict]:
-    return [call_isolated(measure_cell, (c,), c.settings.timeout_s) for c in cells]
+def _launch(call, device: str) -> float | str:
+    if not device.startswith("cuda"):
+        return "n/a (GPU only)"
+    row = call(ceilings.measure, (device,), 120)
+    return row.get("launch_us") or row.get("message", "?")
 
 
-def after_history(history, cells) -> list[dict]:
+def fresh(cells, device: str) -> tuple[list[dict], float]:
+    rows = [call_isolated(measure_cell, (c,), c.settings.timeout_s) for c in cells]
+    return rows, _launch(call_isolated, device)
+
+
+def after_history(history, cells, device: str) -> tuple[list[dict], float]:
     with Worker() as worker:
         for cell in history:
             run_cell(cell, worker)
-        return [worker.call(measure_cell, (c,), c.settings.timeout_s) for c in cells]
+        rows = [worker.call(measure_cell, (c,), c.settings.timeout_s) for c in cells]
+        return rows, _launch(worker.call, device)
 
 
 def main() -> None:
@@ -49,7 +61,10 @@ def main() -> None:
     cells = expand(suites.load(args.suite), args.device)
     history = [c for c in cells if c.seq_len < args.length]
     targets = [c for c in cells if c.seq_len == args.length and c.measurement in args.measurements.split(",")]
-    runs = {"fresh": fresh(targets), "after history": after_history(history, targets), "fresh again": fresh(targets)}
+    measured = {"fresh": fresh(targets, args.device), "after history": after_history(history, targets, args.device),
+                "fresh again": fresh(targets, args.device)}
+    runs = {name: rows for name, (rows, _) in measured.items()}
+    launches = {name: us for name, (_, us) in measured.items()}
 
     print(f"| cell | {' | '.join(runs)} | after history / fresh |")
     print("|---|" + "---:|" * (len(runs) + 1))
@@ -60,9 +75,10 @@ def main() -> None:
         cols = [f"{v:.3g}" if v else runs[name][i].get("status", "?") for name, v in ms.items()]
         print(f"| `{cell.cell_id}` | {' | '.join(cols)} | {f'{ratio:.2f}x' if ratio else 'n/a'} |")
         rows.append({"cell_id": cell.cell_id, **{name: r[i] for name, r in runs.items()}})
+    print("launch_us: " + ", ".join(f"{name} {us if isinstance(us, str) else f'{us:.2f}'}" for name, us in launches.items()))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"history_cells": len(history), "rows": rows}, f, indent=1)
+            json.dump({"history_cells": len(history), "launch_us": launches, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -163,6 +163,16 @@ def test_env_json_records_versions_and_command(tmp_path):
     assert "command" in env and "git_commit" in env and env["gpu"] is None or isinstance(env["gpu"], dict)
 
 
+def test_env_names_the_cpu_model_from_proc_cpuinfo(monkeypatch, tmp_path):
+    from altbench.measure import env as envmod
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    real_path = envmod.Path
+    monkeypatch.setattr(envmod, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    assert envmod.cpu_model() == "AMD EPYC 9654 96-Core Processor"
+
+
 def test_a_commit_named_in_the_environment_wins_over_the_checkouts_git(monkeypatch):
     from altbench.measure import env as envmod
 

@@ -38,6 +38,17 @@ def _version(name: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The host CPU's model name: launch-bound cells (short sequences, eager decode) run at its speed."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def gpu_info() -> dict | None:
     """GPU facts from nvidia-smi (None where there is no NVIDIA GPU)."""
     if not shutil.which("nvidia-smi"):
@@ -80,7 +91,7 @@ def capture(command: list[str], suite: str) -> dict:
         "command": " ".join(command),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
