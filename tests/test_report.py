@@ -22,7 +22,7 @@ ENV = {
     "torch": "2.11.0+cu130", "triton": "3.6.0", "python": "3.12.3", "packages": {"torch": "2.11.0"},
     "git_commit": "0123456789abcdef", "git_dirty": False, "command": "altbench run --suite long-context",
     "hostname": "gpu-1", "cpu": "x86_64", "platform": "Linux", "created_at": "2026-11-20T10:00:00+00:00",
-    "ceilings": {"copy_gbs": 3000.0, "matmul_bf16_tflops": 745.0}, "suite": "long-context",
+    "ceilings": {"copy_gbs": 3000.0, "matmul_bf16_tflops": 745.0, "launch_us": 8.97}, "suite": "long-context",
 }
 LENGTHS = 2 ** np.arange(8, 21)  # 256 .. 1M
 
@@ -166,7 +166,7 @@ def test_plots_parquet_and_summary_written(run):
     summary = (run / "summary.md").read_text()
     for words in ("NVIDIA H100 80GB HBM3", "driver 560.35.03", "torch 2.11.0+cu130", "git 0123456789ab",
                   "[prefill](tables/prefill.md)", "[probe](tables/probe.md)", "![ceilings](plots/ceilings.png)",
-                  "| prefill | 5 | 1 | 1 | 0 | 1 |"):
+                  "| prefill | 5 | 1 | 1 | 0 | 1 |", "host 9.0 us per eager kernel launch"):
         assert words in summary
 
 

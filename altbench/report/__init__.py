@@ -112,6 +112,8 @@ def _env_headline(run_dir: Path, env: dict) -> list[str]:
     ceilings = env.get("ceilings")
     ceiling = (f"copy {ceilings['copy_gbs']:,.0f} GB/s, bf16 matmul {ceilings['matmul_bf16_tflops']:,.0f} TFLOP/s"
                if ceilings else "not measured")
+    if ceilings and ceilings.get("launch_us"):
+        ceiling += f"; host {ceilings['launch_us']:.1f} us per eager kernel launch (CPU {env.get('cpu', '?')})"
     commit = env.get("git_commit")
     code = f"git {commit[:12]}{' (uncommitted changes)' if env.get('git_dirty') else ''}" if commit else "not a git checkout"
     lines = [
