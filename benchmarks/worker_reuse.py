@@ -61,25 +61,26 @@ def main() -> None:
     cells = expand(suites.load(args.suite), args.device)
     history = [c for c in cells if c.seq_len < args.length]
     targets = [c for c in cells if c.seq_len == args.length and c.measurement in args.measurements.split(",")]
-    measured = {"fresh": fresh(targets, args.device), "after history": after_history(history, targets, args.device),
-                "fresh again": fresh(targets, args.device)}
-    runs = {name: rows for name, (rows, _) in measured.items()}
-    launches = {name: us for name, (_, us) in measured.items()}
+    modes = {"fresh": lambda: fresh(targets, args.device),
+             "after history": lambda: after_history(history, targets, args.device),
+             "fresh again": lambda: fresh(targets, args.device)}
+    runs, launches = {}, {}
+    for name, measure in modes.items():  # each mode is printed and saved as it ends: a cut-off call keeps them
+        runs[name], launches[name] = measure()
+        medians = ", ".join(f"{r.get('ms_median') or r.get('status')}" for r in runs[name])
+        print(f"{name}: launch_us {launches[name]}; ms per cell: {medians}", flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"history_cells": len(history), "targets": [c.cell_id for c in targets],
+                           "launch_us": launches, "runs": runs}, f, indent=1)
 
     print(f"| cell | {' | '.join(runs)} | after history / fresh |")
     print("|---|" + "---:|" * (len(runs) + 1))
-    rows = []
     for i, cell in enumerate(targets):
         ms = {name: r[i].get("ms_median") for name, r in runs.items()}
         ratio = ms["after history"] / ms["fresh"] if ms["fresh"] and ms["after history"] else None
         cols = [f"{v:.3g}" if v else runs[name][i].get("status", "?") for name, v in ms.items()]
         print(f"| `{cell.cell_id}` | {' | '.join(cols)} | {f'{ratio:.2f}x' if ratio else 'n/a'} |")
-        rows.append({"cell_id": cell.cell_id, **{name: r[i] for name, r in runs.items()}})
-    print("launch_us: " + ", ".join(f"{name} {us if isinstance(us, str) else f'{us:.2f}'}" for name, us in launches.items()))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"history_cells": len(history), "launch_us": launches, "rows": rows}, f, indent=1)
-
 
 if __name__ == "__main__":
     main()
