@@ -242,6 +242,9 @@ def gate_(
     threshold: Annotated[float, typer.Option("--threshold", help="Slowdown that counts, as a fraction of the baseline median.")] = 0.05,
     allow_env_mismatch: Annotated[bool, typer.Option(
         "--allow-env-mismatch", help="Judge even when GPU, driver, torch or triton differ from the baseline's.")] = False,
+    eager_min_len: Annotated[int, typer.Option(
+        "--eager-min-len", min=0,
+        help="Leave out eager cells shorter than this many tokens (host-bound); CUDA-graph decode is always judged.")] = 0,
     update_baseline: Annotated[bool, typer.Option(
         "--update-baseline", help="After printing the verdict, copy the candidate over the baseline and exit 0.")] = False,
 ) -> None:
@@ -260,6 +263,6 @@ def gate_(
         for path in gate.update_baseline(candidate, baseline):
             print(path)
         return
-    result = gate.judge(baseline, candidate, threshold, allow_env_mismatch=allow_env_mismatch)
+    result = gate.judge(baseline, candidate, threshold, allow_env_mismatch=allow_env_mismatch, eager_min_len=eager_min_len)
     print(result.markdown())
     raise typer.Exit(result.exit_code)

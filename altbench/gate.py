@@ -20,7 +20,10 @@ Where neither samples nor intervals were recorded, the threshold alone decides.
 The gate fails (`exit_code` 1) when a cell regressed, when a cell that ran in the baseline did
 not run in the candidate (a breakage, the worst slowdown), or when it refuses to judge: timings
 are only comparable on the same GPU, driver, torch and triton, so a mismatch there refuses unless
-`allow_env_mismatch`. Cells missing from the candidate, new cells and improvements are reported
+`allow_env_mismatch`. With `eager_min_len` N, eagerly launched cells shorter than N tokens are
+left out: on one GPU model their time follows the host's kernel-launch rate, which differs by more
+than 15% between machines of one kind (results/README.md); CUDA-graph decode is judged at every
+length. Cells missing from the candidate, new cells and improvements are reported
 and do not fail it; capability measurements (probe, lm_eval) are not judged. Usage mistakes (a
 directory without a store, runs sharing no cell) raise `UserError`, which the CLI turns into
 exit code 2.
@@ -92,6 +95,8 @@ class GateResult:
     env: list[EnvItem]
     refused: bool
     cells: list[CellVerdict] = field(default_factory=list)
+    eager_min_len: int = 0
+    host_bound: int = 0  # cells left out by eager_min_len
 
     @property
     def env_mismatch(self) -> list[EnvItem]:
@@ -135,6 +140,9 @@ class GateResult:
         if self.env_mismatch:
             lines += ["", "The environments differ; judged anyway (--allow-env-mismatch).", ""]
         counts = self.counts()
+        if self.host_bound:
+            lines += ["", f"{self.host_bound} eager cells shorter than {self.eager_min_len} tokens were not judged "
+                      "(host-bound: --eager-min-len).", ""]
         lines += ["", "### Cells", "", " · ".join(f"{v}: {n}" for v, n in counts.items() if n), "",
                   "| verdict | cell | baseline ms | candidate ms | change | p | decided by | note |",
                   "|---|---|---:|---:|---:|---:|---|---|"]
@@ -209,9 +217,13 @@ def _timed(rows: list[dict]) -> dict[str, dict]:
     return {r["cell_id"]: r for r in rows if r.get("measurement") not in CAPABILITY}
 
 
+def _host_bound(row: dict, eager_min_len: int) -> bool:
+    return (row.get("seq_len") or 0) < eager_min_len and not row.get("cuda_graphs")
+
+
 def judge(
     baseline_dir: Path, candidate_dir: Path, threshold: float = 0.05, alpha: float = 0.002,
-    allow_env_mismatch: bool = False,
+    allow_env_mismatch: bool = False, eager_min_len: int = 0,
 ) -> GateResult:
     """Verdicts for every timed cell of the two runs (see the module docstring)."""
     if not threshold > 0:
@@ -224,11 +236,14 @@ def judge(
         raise UserError(f"{baseline_dir} and {candidate_dir} share no timed cell; run the candidate with the "
                         "baseline's suite (its suite.toml) on the same device")
     env = compare_env(load_env(baseline_dir), load_env(candidate_dir))
-    result = GateResult(baseline_dir, candidate_dir, threshold, alpha, env, refused=False)
+    result = GateResult(baseline_dir, candidate_dir, threshold, alpha, env, refused=False, eager_min_len=eager_min_len)
     if result.env_mismatch and not allow_env_mismatch:
         result.refused = True
         return result
     for cell_id in sorted(base.keys() | cand.keys()):
+        if _host_bound(base.get(cell_id) or cand[cell_id], eager_min_len):
+            result.host_bound += 1
+            continue
         result.cells.append(judge_cell(cell_id, base.get(cell_id), cand.get(cell_id), threshold, alpha))
     return result
 

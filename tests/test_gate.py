@@ -197,6 +197,19 @@ def test_cli_gate_exit_codes(tmp_path, monkeypatch):
     assert updated.exit_code == 0 and read_rows(base) == read_rows(cand)
 
 
+def test_eager_min_len_leaves_out_short_eager_cells_but_not_graph_decode(tmp_path):
+    base, cand = pair(tmp_path, slowdown=1.10, spread=0.005, at=2048)  # the slow cell is eager, at 2048
+    graph = lambda n, ms: timed_row(n, ms, cuda_graphs=True) | {"cell_id": f"decode/mamba/tiny/torch/bfloat16/cuda/b1/L{n}",
+                                                                 "measurement": "decode"}
+    append_row(base, graph(1024, samples(0.5, 0.005, seed=7)))
+    append_row(cand, graph(1024, samples(0.6, 0.005, seed=8)))
+    result = gate.judge(base, cand, eager_min_len=4096)
+    assert verdicts(result) == {"L1024": "regressed", "L4096": "unchanged"}  # the graph decode and the long cell
+    assert result.host_bound == 2 and "2 eager cells shorter than 4096 tokens were not judged" in result.markdown()
+    out = CliRunner().invoke(app, ["gate", "--baseline", str(base), "--candidate", str(cand), "--eager-min-len", "2048"])
+    assert out.exit_code == 1 and "L1024" in out.output and "1 eager cells shorter than 2048" in out.output and "+10.0%" in out.output
+
+
 def test_newest_run_skips_baselines(tmp_path):
     old = write_run(tmp_path / "results" / "smoke-1", [timed_row(1024, [1.0])], created_at="2026-11-20T10:00:00+00:00")
     new = write_run(tmp_path / "results" / "smoke-2", [timed_row(1024, [1.0])], created_at="2026-11-21T10:00:00+00:00")
