@@ -6,7 +6,8 @@
                         1000 in-place adds on one element): a cell of n kernels launched eagerly
                         cannot take less than n x launch_us, whatever the GPU
 
-Measured with the same timing protocol as every cell (measure/timing.py) on random data.
+Copy and matmul are timed with the same protocol as every cell (measure/timing.py) on random data;
+the launch cost with the host clock alone.
 """
 
 from __future__ import annotations
