@@ -98,6 +98,25 @@ def test_resume_runs_only_unfinished_cells_and_survives_a_torn_line(tmp_path):
     assert [r["cell_id"] for r in new] == [c.cell_id for c in cells[2:]]
     rows = store.read_rows(run_dir)
     assert rows[:2] == first and len(rows) == 4  # earlier rows untouched
+    env = json.loads((run_dir / "env.json").read_text())
+    assert len(env["resumes"]) == 1 and env["resumes"][0]["git_commit"] == env["git_commit"]
+    runner.prepare(None, run_dir.name, None, tmp_path / "out")  # nothing left to run: no new session
+    assert len(json.loads((run_dir / "env.json").read_text())["resumes"]) == 1
+
+
+def test_summary_names_each_resumed_session_and_warns_when_its_setup_differs(tmp_path):
+    from altbench.report import _env_headline
+
+    env = {"torch": "2.11.0", "git_commit": "a" * 40, "cpu": "Xeon", "gpu": {"name": "H100", "driver": "580"}}
+    same = dict(env, command="altbench run --resume r", hostname="vm", created_at="2026-11-23T12:00:00+00:00",
+                ceilings={"launch_us": 9.04})
+    lines = _env_headline(tmp_path, dict(env, resumes=[same]))
+    assert "- resumed: `altbench run --resume r` on vm, 2026-11-23T12:00:00+00:00, host 9.0 us per eager launch" in lines
+    assert not any("warning" in line for line in lines)
+    other = dict(same, torch="2.12.0", gpu={"name": "H200", "driver": "580"})
+    warning = [line for line in _env_headline(tmp_path, dict(env, resumes=[other])) if "warning" in line]
+    assert warning == ["- **warning**: that session ran on a different setup (GPU H100 -> H200; torch 2.11.0 -> 2.12.0); "
+                       "cells started after it are not comparable one-to-one with earlier ones"]
 
 
 def test_suite_limits_become_skipped_rows(tmp_path):

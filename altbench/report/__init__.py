@@ -126,10 +126,35 @@ def _env_headline(run_dir: Path, env: dict) -> list[str]:
         f"- device ceilings: {ceiling}",
         f"- command: `{env.get('command', '?')}` on {env.get('hostname', '?')}, {env.get('created_at', '?')}",
     ]
+    lines += _resumed_lines(env)
     if env.get("gpu_busy"):
         lines.append(f"- **warning**: other processes were using the GPU: {'; '.join(env['gpu_busy'])}")
     if not env:
         lines.append(f"- {ENV_FILE} is missing: the environment of these results is unknown")
+    return lines
+
+
+def _setup(env: dict) -> dict:
+    """The facts that make timings comparable across the sessions of one run."""
+    gpu = env.get("gpu") or {}
+    return {"GPU": gpu.get("name"), "driver": gpu.get("driver"), "torch": env.get("torch"),
+            "triton": env.get("triton"), "commit": (env.get("git_commit") or "")[:12], "CPU": env.get("cpu")}
+
+
+def _resumed_lines(env: dict) -> list[str]:
+    """One line per `--resume` session (cells started after its time ran there), and a warning when
+    one ran on a different setup than the first."""
+    lines = []
+    first = _setup(env)
+    for session in env.get("resumes", []):
+        launch = (session.get("ceilings") or {}).get("launch_us")
+        launch = f", host {launch:.1f} us per eager launch" if launch else ""
+        lines.append(f"- resumed: `{session.get('command', '?')}` on {session.get('hostname', '?')}, "
+                     f"{session.get('created_at', '?')}{launch}")
+        changed = [f"{k} {first[k]} -> {v}" for k, v in _setup(session).items() if v != first[k]]
+        if changed:
+            lines.append(f"- **warning**: that session ran on a different setup ({'; '.join(changed)}); "
+                         "cells started after it are not comparable one-to-one with earlier ones")
     return lines
 
 

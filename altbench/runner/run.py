@@ -109,6 +109,19 @@ def finished(run_dir: Path) -> set[str]:
     return {row.get("cell", row["cell_id"]) for row in store.read_rows(run_dir)}
 
 
+SESSION_KEYS = ("created_at", "command", "hostname", "cpu", "torch", "triton", "git_commit", "git_dirty", "gpu")
+
+
+def _record_session(run_dir: Path, env: dict, device: str) -> None:
+    """Append this resumed session's machine and versions to env.json's `resumes`: cells that start
+    after its created_at ran there, which may be another host (with its own launch cost) or commit."""
+    session = {k: v for k, v in envmod.capture(sys.argv, env.get("suite", "")).items() if k in SESSION_KEYS}
+    if device == "cuda":
+        session["ceilings"] = call_isolated(ceilings.measure, ("cuda",), timeout_s=300)
+    env.setdefault("resumes", []).append(session)
+    (run_dir / "env.json").write_text(json.dumps(env, indent=2))
+
+
 def prepare(
     suite_ref: str | None, resume: str | None, device: str | None, out: Path,
     archs: list[str] | None = None, weights: str | None = None,
@@ -123,7 +136,10 @@ def prepare(
         env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
         device = device or env.get("device") or suites.load(str(run_dir / SUITE_FILE)).device
         check_device(device)
-        return run_dir, run_cells(run_dir, env, device), finished(run_dir)
+        cells, done = run_cells(run_dir, env, device), finished(run_dir)
+        if any(cell.cell_id not in done for cell in cells):
+            _record_session(run_dir, env, device)
+        return run_dir, cells, done
     if not suite_ref:
         raise UserError("give --suite NAME|PATH.toml (known: " + ", ".join(suites.known_suites()) + ") or --resume RUN")
     overrides = {k: v for k, v in (("archs", archs), ("weights", weights)) if v}
