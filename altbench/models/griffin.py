@@ -77,6 +77,30 @@ class GriffinConfig(LMConfig):
 # --- the RG-LRU in three forms ------------------------------------------------------------------
 
 
+MAX_SQRT_GRAD = 1000.0  # the cap on d sqrt(u) / du of the official RecurrentGemma code
+
+
+class _SqrtCappedGrad(torch.autograd.Function):
+    """sqrt(u), with the derivative 1 / (2 sqrt(u)) capped at MAX_SQRT_GRAD so that it stays finite at u = 0."""
+
+    @staticmethod
+    def forward(ctx, u):
+        ctx.save_for_backward(u)
+        return u.sqrt()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        return grad * 0.5 / u.clamp_min(0.25 / MAX_SQRT_GRAD**2).sqrt()
+
+
+def input_norm(log_a_t):
+    """sqrt(1 - a_t^2) of eq. 4 from log a_t. A closed recurrence gate (r_t -> 0) gives a_t = 1 in
+    floating point and 1 - a_t^2 = 0, where the plain sqrt's gradient is infinite and training turns
+    to NaN (Griffin and Hawk did on MQAR on an H100); hence the capped derivative."""
+    return _SqrtCappedGrad.apply(-torch.expm1(2 * log_a_t))
+
+
 def rglru_ref(x, gate_a, gate_x, log_a, h0=None):
     """The RG-LRU recurrence (eqs. 1-4), one step at a time, in fp32; the ground truth for the other forms.
 
@@ -100,7 +124,7 @@ def rglru_ref(x, gate_a, gate_x, log_a, h0=None):
         if h is None:
             h = i * x[:, t]
         else:
-            h = torch.exp(log_a_t) * h + torch.sqrt(1 - torch.exp(2 * log_a_t)) * (i * x[:, t])  # eq. 4
+            h = torch.exp(log_a_t) * h + input_norm(log_a_t) * (i * x[:, t])  # eq. 4
         ys.append(h)
     return torch.stack(ys, dim=1).to(dtype), h
 
@@ -111,7 +135,7 @@ def rglru_scan(x, gate_a, gate_x, log_a, h0=None):
     x, gate_a, gate_x = x.float(), gate_a.float(), gate_x.float()
     log_a_t = C * torch.sigmoid(gate_a) * log_a  # (B, T, W)
     a = torch.exp(log_a_t)
-    norm = torch.sqrt(1 - torch.exp(2 * log_a_t))  # (B, T, W)
+    norm = input_norm(log_a_t)  # (B, T, W)
     if h0 is None:  # sequence start: h_0 = i_0 x_0
         norm = torch.cat([torch.ones_like(norm[:, :1]), norm[:, 1:]], dim=1)
     b = norm * (torch.sigmoid(gate_x) * x)  # (B, T, W)
@@ -125,7 +149,7 @@ def rglru_step(x, gate_a, gate_x, log_a, h):
     """One token: x, gate_a, gate_x: (B, W); h: (B, W) fp32, or None at a sequence start -> y (B, W), h."""
     log_a_t = C * torch.sigmoid(gate_a.float()) * log_a
     ix = torch.sigmoid(gate_x.float()) * x.float()
-    h = ix if h is None else torch.exp(log_a_t) * h + torch.sqrt(1 - torch.exp(2 * log_a_t)) * ix
+    h = ix if h is None else torch.exp(log_a_t) * h + input_norm(log_a_t) * ix
     return h.to(x.dtype), h
 
 
