@@ -10,7 +10,7 @@ import torch
 from altbench.errors import UserError
 from altbench.probes import TASKS, ProbeSettings, run_probe
 from altbench.probes.tasks import BLANK, FIRST_CONTENT, SEP, copying, induction_heads, mqar, selective_copying
-from altbench.probes.trainer import lr_factor, training_batches
+from altbench.probes.trainer import TrainingDiverged, lr_factor, training_batches
 
 
 @pytest.fixture
@@ -169,3 +169,10 @@ def test_training_is_deterministic_per_seed(one_thread):
     other = run_probe("transformer", "tiny", "copying", "cpu", dict(settings, seed=1))
     assert first == again
     assert first[0]["curve"] != other[0]["curve"]
+
+
+def test_training_that_turns_nan_stops_with_the_step_and_lr(one_thread):
+    settings = dict(EASY, steps=40, log_every=1, lr=1e9)  # an absurd rate blows the weights up within steps
+    with pytest.raises(TrainingDiverged) as failure:
+        run_probe("transformer", "tiny", "copying", "cpu", settings)
+    assert str(failure.value) == "training loss nan at step 3 (last finite 2.3 at step 2; lr 1e+09): lower the probe's lr in the suite"

@@ -290,6 +290,16 @@ def test_probe_table_has_one_line_per_point_with_chance():
     assert mqar.num_kv_pairs.tolist() == [4, 8, 4, 8] and mqar.chance.tolist() == pytest.approx([1 / 4096] * 4)
 
 
+def test_a_probe_whose_training_loss_turned_nan_shows_as_diverged_not_as_its_accuracy(tmp_path):
+    broken = probe("hawk", "mqar", 0.0, 0.0, seq_len=64, num_kv_pairs=4)
+    broken["curve"] = [[10, 9.0], [20, None], [30, None]]  # the store writes NaN as null
+    rows = [broken, probe("mamba", "mqar", 0.5, 0.05, seq_len=64, num_kv_pairs=4)]
+    markdown, _ = measurement_markdown("probe", rows, ENV)
+    assert markdown_cells(markdown, "## probe") == [["mqar", "L=64, kv=4", "0.000244", "diverged (step 20)", "0.500 ± 0.0500"]]
+    write_plots(rows, {}, tmp_path)
+    assert ">diverged<" in (tmp_path / "probe_accuracy.svg").read_text()
+
+
 def test_probe_plots_written_with_every_cell(tmp_path):
     written = write_plots(PROBE_ROWS, {}, tmp_path)
     assert [p.name for p in written] == ["probe_accuracy.png", "probe_accuracy.svg", "probe_curves.png", "probe_curves.svg"]
@@ -297,7 +307,7 @@ def test_probe_plots_written_with_every_cell(tmp_path):
         assert p.stat().st_size > 5000
     svg = (tmp_path / "probe_accuracy.svg").read_text()  # text stays text in the SVG
     for words in ("mqar", "selective_copying", "induction_heads", "kv=4", "kv=8", "all points", "L=256", ">OOM<",
-                  ">error<", "chance", "did not run", "transformer"):
+                  ">error<", "chance", "did not run or diverged", "transformer"):
         assert words in svg, words
     curves = (tmp_path / "probe_curves.svg").read_text()
     assert "selective_copying" not in curves and "induction_heads" in curves and "mamba" in curves

@@ -137,6 +137,17 @@ def training_batches(task: str, s: ProbeSettings, device: torch.device):
             yield tuple(t.to(device) for t in batch)
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the cell's accuracy would measure a broken model."""
+
+
+def diverged_message(curve: list[tuple[int, float]], lr: float) -> str:
+    step, loss = curve[-1]
+    finite = [(n, value) for n, value in curve if math.isfinite(value)]
+    last = f"last finite {finite[-1][1]:.3g} at step {finite[-1][0]}" if finite else "never finite"
+    return f"training loss {loss} at step {step} ({last}; lr {lr:g}): lower the probe's lr in the suite"
+
+
 def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: torch.device) -> ProbeResult:
     probe = probe_task(task)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -165,6 +176,8 @@ def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: tor
         if (step + 1) % log_every == 0 or step + 1 == s.steps:  # the only host sync of the loop
             curve.append((step + 1, torch.stack(running).mean().item()))
             running = []
+            if not math.isfinite(curve[-1][1]):
+                raise TrainingDiverged(diverged_message(curve, s.lr))
 
     model.eval()
     correct, total = [], []

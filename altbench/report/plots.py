@@ -224,7 +224,7 @@ def probe_plot(rows: list[dict], out_dir: Path) -> list[Path]:
     handles = [Patch(color=colors[name], label=name) for name in series]
     handles.append(Line2D([], [], linestyle="--", color="black", linewidth=0.8, label="chance"))
     if (cells["status"] != "ok").any():
-        handles.append(Patch(fill=False, hatch="//", edgecolor="black", linewidth=0.5, label="did not run"))
+        handles.append(Patch(fill=False, hatch="//", edgecolor="black", linewidth=0.5, label="did not run or diverged"))
     axes[0].legend(handles=handles, fontsize=7)
     return save(fig, out_dir, "probe_accuracy")
 

@@ -17,6 +17,7 @@ device ceilings and the series' exponent.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -207,14 +208,23 @@ def wide_table(
     return pd.DataFrame.from_records(records)
 
 
+def diverged_at(row: dict) -> int | None:
+    """The first step of a probe's training curve whose loss is not finite (NaN is stored as null):
+    its accuracy scores a broken model. None when training stayed finite."""
+    for step, loss in row.get("curve") or []:
+        if loss is None or not math.isfinite(loss):
+            return step
+    return None
+
+
 def probe_cells(rows: list[dict]) -> pd.DataFrame:
     """The probe rows as one line per (task, axis point, series), in display order.
 
     Columns: task, point (the axis values that vary within the task, e.g. "L=64, kv=4"; all of
     them when the task has one point; a point scored at a length it was not trained at adds
     "(trained at L=256)"), series (arch, plus any identity field that varies, as an
-    ordered Categorical so colours match across tasks), value, stderr, chance, status, text (the
-    table's cell text) and curve. A failed cell has no axis values (`run_cell` adds them only on
+    ordered Categorical so colours match across tasks), value, stderr, chance, status ("diverged"
+    for a cell whose training loss turned NaN), text (the table's cell text) and curve. A failed cell has no axis values (`run_cell` adds them only on
     success), so it appears at every point of its task, or at ALL_POINTS when none ran there.
     """
     rows = [r for r in rows if r.get("measurement") == "probe"]
@@ -248,6 +258,8 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
             cell = {"task": task, "series": names[key], "value": r.get("value"), "stderr": r.get("stderr"),
                     "chance": r.get("chance", chance), "status": r.get("status"), "text": value_text(r),
                     "curve": r.get("curve"), "order": keys.index(key)}
+            if r.get("status") == "ok" and (step := diverged_at(r)):
+                cell.update(status="diverged", text=f"diverged (step {step})")
             if r.get("status") == "ok":
                 cells.append({**cell, "point": labels[point_key(r)]})
             else:
