@@ -56,8 +56,9 @@ def test_fla_is_a_backend_that_swaps_every_mixer_op(arch):
     assert "fla" in registry.backends_of(arch)
     ref = registry.build(arch, "tiny", device="meta", **overrides)
     fast = registry.build(arch, "tiny", device="meta", backend="fla", **overrides)  # fla imported only when run
-    assert [layer.attn.chunked for layer in ref.layers] == [torch_op] * len(ref.layers)
-    assert [layer.attn.chunked for layer in fast.layers] == [fla_op] * len(fast.layers)
+    mixer = "attn" if arch == "rwkv7" else "mixer"  # the block attribute that holds the chunked op
+    assert [getattr(layer, mixer).chunked for layer in ref.layers] == [torch_op] * len(ref.layers)
+    assert [getattr(layer, mixer).chunked for layer in fast.layers] == [fla_op] * len(fast.layers)
 
 
 @pytest.mark.gpu

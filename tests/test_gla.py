@@ -118,7 +118,7 @@ def test_param_count_and_widths_match_the_paper(size, paper):
     model = registry.build("gla", size, device="meta")
     assert model.params() == sum(p.numel() for p in model.parameters())
     assert abs(model.params() / paper - 1) < 0.02, f"{size}: {model.params() / 1e6:.1f}M"
-    d, mixer = model.config.d_model, model.layers[0].attn
+    d, mixer = model.config.d_model, model.layers[0].mixer
     assert mixer.n_heads == 4
     assert mixer.q_proj.weight.shape == mixer.k_proj.weight.shape == (d // 2, d)  # key width d/2
     assert mixer.v_proj.weight.shape == mixer.g_proj.weight.shape == (d, d)  # value width d

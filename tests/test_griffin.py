@@ -129,17 +129,17 @@ def test_kv_cache_is_bounded_by_the_window():
             sizes[T] = state_nbytes(state)
             assert model.state_bytes(2, T, torch.float32) == sizes[T]
             keys = state[2][0]  # layer 2 is the attention block
-            assert keys.shape == (2, min(T, W - 1), 1, model.layers[2].temporal_block.head_dim)
+            assert keys.shape == (2, min(T, W - 1), 1, model.layers[2].mixer.head_dim)
     assert sizes[3] < sizes[W - 1] == sizes[W] == sizes[3 * W]
     assert model.state_bytes(2, 10**6, torch.bfloat16) == model.state_bytes(2, W - 1, torch.bfloat16)
 
 
 def test_layer_pattern():
     griffin = registry.build("griffin", "tiny", device="meta", n_layers=7)
-    kinds = [type(layer.temporal_block).__name__[0] for layer in griffin.layers]
+    kinds = [type(layer.mixer).__name__[0] for layer in griffin.layers]
     assert "".join(kinds) == "RRLRRLR"  # recurrent, recurrent, local attention, ...
     hawk = registry.build("hawk", "tiny", device="meta")
-    assert all(isinstance(layer.temporal_block, g.RecurrentBlock) for layer in hawk.layers)
+    assert all(isinstance(layer.mixer, g.RecurrentBlock) for layer in hawk.layers)
     with pytest.raises(ValueError, match="unknown block types"):
         g.GriffinConfig(block_types=("recurrent", "global"))
 

@@ -118,10 +118,10 @@ def test_param_count_matches_the_paper(size, paper, tolerance):
     model = registry.build("retnet", size, device="meta")
     assert model.params() == sum(p.numel() for p in model.parameters())
     assert abs(model.params() / paper - 1) < tolerance, f"{size}: {model.params() / 1e9:.3f}B"
-    c, mixer = model.config, model.layers[0].retention
+    c, mixer = model.config, model.layers[0].mixer
     assert mixer.key_dim == 256  # d / heads in all three sizes
     assert mixer.v_proj.weight.shape == mixer.g_proj.weight.shape == (2 * c.d_model, c.d_model)
-    assert model.layers[0].ffn.fc1.weight.shape == (2 * c.d_model, c.d_model)
+    assert model.layers[0].mlp.fc1.weight.shape == (2 * c.d_model, c.d_model)
 
 
 def test_130m_is_matched_to_the_transformer_130m():

@@ -1,4 +1,4 @@
-"""Pieces shared by several architectures: the SwiGLU MLP and rotary position embedding."""
+"""Pieces shared by several architectures: the SwiGLU MLP, pre-norm residual blocks and rotary position embedding."""
 
 from __future__ import annotations
 
@@ -50,6 +50,41 @@ class PreNormMixerBlock(nn.Module):
     def step(self, x, state):
         y, state = self.mixer.step(self.norm(x), state)
         return x + y, state
+
+
+class PreNormResidualBlock(nn.Module):
+    """A sequence mixer, then an MLP, each on a normalised input and added back (GPT-2, Llama):
+
+        h = x + mixer(mixer_norm(x))
+        y = h + mlp(mlp_norm(h))
+
+    The block of the Transformer, Griffin, GLA, RetNet, xLSTM and Hyena. The mixer maps
+    (x (B, T, d_model), state) -> (y, state) in `forward` and (x (B, d_model), state) -> (y, state)
+    in `step`; both norms are `norm(d_model, norm_eps)`. Subclasses give the mixer and the MLP, and
+    the analytic state / parameter / FLOP counts.
+    """
+
+    def __init__(self, c, mixer: nn.Module, mlp: nn.Module, norm: type[nn.Module] = nn.RMSNorm):
+        super().__init__()
+        self.c = c
+        self.mixer_norm = norm(c.d_model, c.norm_eps)
+        self.mixer = mixer
+        self.mlp_norm = norm(c.d_model, c.norm_eps)
+        self.mlp = mlp
+
+    def mix(self, x, state):
+        """The sequence mixer alone (no norm, residual or MLP): the `kernel` measurement."""
+        return self.mixer(x, state)
+
+    def forward(self, x, state):
+        y, state = self.mixer(self.mixer_norm(x), state)
+        h = x + y
+        return h + self.mlp(self.mlp_norm(h)), state
+
+    def step(self, x, state):
+        y, state = self.mixer.step(self.mixer_norm(x), state)
+        h = x + y
+        return h + self.mlp(self.mlp_norm(h)), state
 
 
 class RotaryEmbedding(nn.Module):

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import SwiGLU
+from altbench.models.blocks import PreNormResidualBlock, SwiGLU
 
 
 @dataclass
@@ -195,39 +195,20 @@ class GatedLinearAttention(nn.Module):
         return self._output(x, o), S
 
 
-class GLABlock(nn.Module):
+class GLABlock(PreNormResidualBlock):
     def __init__(self, c: GLAConfig):
-        super().__init__()
-        self.c = c
-        self.attn_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.attn = GatedLinearAttention(c)
-        self.mlp_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.mlp = SwiGLU(c.d_model, c.d_hidden)
-
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
-        return self.attn(x, state)
-
-    def forward(self, x, state):
-        y, state = self.attn(self.attn_norm(x), state)
-        x = x + y
-        return x + self.mlp(self.mlp_norm(x)), state
-
-    def step(self, x, state):
-        y, state = self.attn.step(self.attn_norm(x), state)
-        x = x + y
-        return x + self.mlp(self.mlp_norm(x)), state
+        super().__init__(c, GatedLinearAttention(c), SwiGLU(c.d_model, c.d_hidden))
 
     def init_state(self, batch, device, dtype, capacity=0):
-        a = self.attn
+        a = self.mixer
         return torch.zeros(batch, a.n_heads, a.key_dim, a.value_dim, device=device, dtype=torch.float32)
 
     def state_bytes(self, batch, context, dtype):
-        a = self.attn
+        a = self.mixer
         return batch * a.n_heads * a.key_dim * a.value_dim * 4  # fp32 whatever the model's dtype
 
     def params(self):
-        c, a = self.c, self.attn
+        c, a = self.c, self.mixer
         dk, dv = a.n_heads * a.key_dim, a.n_heads * a.value_dim
         return (
             2 * c.d_model  # two RMSNorms
@@ -240,7 +221,7 @@ class GLABlock(nn.Module):
         )
 
     def flops_per_token(self, context):
-        c, a = self.c, self.attn
+        c, a = self.c, self.mixer
         dk, dv = a.n_heads * a.key_dim, a.n_heads * a.value_dim
         proj = linear_flops(c.d_model, 2 * dk + 2 * dv + c.gate_rank) + linear_flops(c.gate_rank, dk)
         proj += linear_flops(dv, c.d_model)
@@ -280,4 +261,4 @@ def gla_fla(q, k, v, log_alpha, state=None, chunk_size=64, sub_chunk_size=16):
     return chunk_gla(q, k, v, log_alpha, scale=1.0, initial_state=S0, output_final_state=True)  # o in v's dtype
 
 
-BACKENDS = {"fla": swap_layer_op("attn.chunked", gla_fla)}
+BACKENDS = {"fla": swap_layer_op("mixer.chunked", gla_fla)}

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
-from altbench.models.blocks import RotaryEmbedding, apply_rotary
+from altbench.models.blocks import PreNormResidualBlock, RotaryEmbedding, apply_rotary
 from altbench.models.mamba import linear_scan
 
 C = 8.0  # the constant c of a_t = a^(c r_t) (sec. 2.4)
@@ -393,42 +393,24 @@ class LocalAttention(nn.Module):
         return proj + 2 * 2 * self.n_heads * hd * min(context + 1, self.window)  # q.k, then p.v
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(PreNormResidualBlock):
     """The residual block (sec. 2.1, fig. 2a): x + Temporal(norm x), then + MLP(norm .)."""
 
     def __init__(self, c: GriffinConfig, kind: str):
-        super().__init__()
-        self.c = c
-        self.temporal_pre_norm = GemmaRMSNorm(c.d_model, c.norm_eps)
-        self.temporal_block = RecurrentBlock(c) if kind == "recurrent" else LocalAttention(c)
-        self.channel_pre_norm = GemmaRMSNorm(c.d_model, c.norm_eps)
-        self.mlp_block = GatedMLP(c.d_model, c.d_hidden)
-
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
-        return self.temporal_block(x, state)
-
-    def forward(self, x, state):
-        y, state = self.temporal_block(self.temporal_pre_norm(x), state)
-        x = x + y
-        return x + self.mlp_block(self.channel_pre_norm(x)), state
-
-    def step(self, x, state):
-        y, state = self.temporal_block.step(self.temporal_pre_norm(x), state)
-        x = x + y
-        return x + self.mlp_block(self.channel_pre_norm(x)), state
+        temporal = RecurrentBlock(c) if kind == "recurrent" else LocalAttention(c)
+        super().__init__(c, temporal, GatedMLP(c.d_model, c.d_hidden), norm=GemmaRMSNorm)
 
     def init_state(self, batch, device, dtype, capacity=0):
-        return self.temporal_block.init_state(batch, device, dtype)
+        return self.mixer.init_state(batch, device, dtype)
 
     def state_bytes(self, batch, context, dtype):
-        return self.temporal_block.state_bytes(batch, context, dtype)
+        return self.mixer.state_bytes(batch, context, dtype)
 
     def params(self):
-        return 2 * self.c.d_model + self.temporal_block.params() + self.mlp_block.params()
+        return 2 * self.c.d_model + self.mixer.params() + self.mlp.params()
 
     def flops_per_token(self, context):
-        return self.temporal_block.flops_per_token(context) + self.mlp_block.flops_per_token()
+        return self.mixer.flops_per_token(context) + self.mlp.flops_per_token()
 
 
 class Griffin(LanguageModel):
@@ -509,6 +491,10 @@ HF_CLASS = "RecurrentGemmaForCausalLM"
 HF_RENAMES = [
     (r"model\.embed_tokens\.(.*)", r"embed.\1"),
     (r"model\.final_norm\.(.*)", r"norm.\1"),
+    (r"model\.layers\.(\d+)\.temporal_pre_norm\.(.*)", r"layers.\1.mixer_norm.\2"),
+    (r"model\.layers\.(\d+)\.temporal_block\.(.*)", r"layers.\1.mixer.\2"),
+    (r"model\.layers\.(\d+)\.channel_pre_norm\.(.*)", r"layers.\1.mlp_norm.\2"),
+    (r"model\.layers\.(\d+)\.mlp_block\.(.*)", r"layers.\1.mlp.\2"),
     (r"model\.(.*)", r"\1"),
 ]
 

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.blocks import PreNormResidualBlock
 
 
 @dataclass
@@ -340,29 +341,11 @@ class HyenaMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-class HyenaBlock(nn.Module):
+class HyenaBlock(PreNormResidualBlock):
     def __init__(self, c: HyenaConfig):
-        super().__init__()
-        self.c = c
-        self.mixer_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.mixer = HyenaOperator(c)
-        self.mlp_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.d_hidden = c.d_hidden or 2 * c.d_model
-        self.mlp = HyenaMLP(c.d_model, self.d_hidden)
-
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or MLP): the `kernel` measurement."""
-        return self.mixer(x, state)
-
-    def forward(self, x, state):
-        y, state = self.mixer(self.mixer_norm(x), state)
-        x = x + y
-        return x + self.mlp(self.mlp_norm(x)), state
-
-    def step(self, x, state):
-        y, state = self.mixer.step(self.mixer_norm(x), state)
-        x = x + y
-        return x + self.mlp(self.mlp_norm(x)), state
+        d_hidden = c.d_hidden or 2 * c.d_model
+        super().__init__(c, HyenaOperator(c), HyenaMLP(c.d_model, d_hidden))
+        self.d_hidden = d_hidden
 
     def init_state(self, batch, device, dtype, capacity=0):
         return HyenaCache.empty(batch, self.c, capacity, device, dtype)

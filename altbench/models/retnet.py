@@ -48,7 +48,7 @@ from torch import nn
 
 from altbench.errors import UserError
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import RotaryEmbedding, apply_rotary
+from altbench.models.blocks import PreNormResidualBlock, RotaryEmbedding, apply_rotary
 
 
 @dataclass
@@ -233,39 +233,20 @@ class FFN(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-class RetNetBlock(nn.Module):
+class RetNetBlock(PreNormResidualBlock):
     def __init__(self, c: RetNetConfig):
-        super().__init__()
-        self.c = c
-        self.retention_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.retention = MultiScaleRetention(c)
-        self.ffn_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.ffn = FFN(c.d_model, c.d_hidden)
-
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
-        return self.retention(x, state)
-
-    def forward(self, x, state):
-        y, state = self.retention(self.retention_norm(x), state)
-        x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
-
-    def step(self, x, state):
-        y, state = self.retention.step(self.retention_norm(x), state)
-        x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
+        super().__init__(c, MultiScaleRetention(c), FFN(c.d_model, c.d_hidden))
 
     def init_state(self, batch, device, dtype, capacity=0):
-        r = self.retention
+        r = self.mixer
         return torch.zeros(batch, r.n_heads, r.key_dim, r.value_dim, device=device, dtype=torch.float32), 0
 
     def state_bytes(self, batch, context, dtype):
-        r = self.retention
+        r = self.mixer
         return batch * r.n_heads * r.key_dim * r.value_dim * 4  # fp32 whatever the model's dtype
 
     def params(self):
-        c, dv = self.c, self.retention.n_heads * self.retention.value_dim
+        c, dv = self.c, self.mixer.n_heads * self.mixer.value_dim
         return (
             2 * c.d_model  # two RMSNorms
             + 2 * c.d_model * c.d_model  # q_proj, k_proj
@@ -276,7 +257,7 @@ class RetNetBlock(nn.Module):
         )
 
     def flops_per_token(self, context):
-        c, r = self.c, self.retention
+        c, r = self.c, self.mixer
         dv = r.n_heads * r.value_dim
         proj = linear_flops(c.d_model, 2 * c.d_model + 2 * dv) + linear_flops(dv, c.d_model)
         recurrence = 5 * r.n_heads * r.key_dim * r.value_dim  # decay S, add k^T v (2), read q S (2)
@@ -316,4 +297,4 @@ def retention_triton(q, k, v, gamma, state=None, chunk_size=64):
     return o.to(v.dtype), S
 
 
-BACKENDS = {"triton": swap_layer_op("retention.chunkwise", retention_triton)}
+BACKENDS = {"triton": swap_layer_op("mixer.chunkwise", retention_triton)}

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
-from altbench.models.blocks import RotaryEmbedding, SwiGLU, apply_rotary
+from altbench.models.blocks import PreNormResidualBlock, RotaryEmbedding, SwiGLU, apply_rotary
 
 
 @dataclass
@@ -109,44 +109,31 @@ class Attention(nn.Module):
         )  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), cache
 
+    def step(self, x: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """x: (B, d_model) -> (B, d_model): `forward` on a sequence of one token."""
+        y, cache = self(x[:, None], cache)
+        return y[:, 0], cache
 
-class TransformerBlock(nn.Module):
+
+class TransformerBlock(PreNormResidualBlock):
     def __init__(self, c: TransformerConfig):
-        super().__init__()
-        self.c = c
-        self.input_layernorm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.self_attn = Attention(c)
-        self.post_attention_layernorm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.mlp = SwiGLU(c.d_model, c.d_hidden)
-
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
-        return self.self_attn(x, state)
-
-    def forward(self, x, state):
-        a, state = self.self_attn(self.input_layernorm(x), state)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), state
-
-    def step(self, x, state):
-        y, state = self(x[:, None], state)
-        return y[:, 0], state
+        super().__init__(c, Attention(c), SwiGLU(c.d_model, c.d_hidden))
 
     def init_state(self, batch, device, dtype, capacity=0):
-        a = self.self_attn
+        a = self.mixer
         return KVCache.empty(batch, a.n_kv_heads, a.head_dim, capacity, device, dtype)
 
     def state_bytes(self, batch, context, dtype):
-        a = self.self_attn
+        a = self.mixer
         return 2 * batch * a.n_kv_heads * context * a.head_dim * torch.finfo(dtype).bits // 8
 
     def params(self):
-        c, a = self.c, self.self_attn
+        c, a = self.c, self.mixer
         attn = c.d_model * a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads)
         return 2 * c.d_model + attn + self.mlp.params()
 
     def flops_per_token(self, context):
-        c, a = self.c, self.self_attn
+        c, a = self.c, self.mixer
         proj = linear_flops(c.d_model, a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads))
         scores_and_mix = 2 * 2 * a.n_heads * a.head_dim * (context + 1)  # q.k over context+1 keys, then p.v
         return proj + scores_and_mix + self.mlp.flops_per_token()
@@ -172,7 +159,13 @@ MODEL = Transformer
 
 # --- Hugging Face mapping (LlamaForCausalLM), see models/hf.py ------------------------------------
 HF_CLASS = "LlamaForCausalLM"
-HF_RENAMES = [(r"model\.embed_tokens\.(.*)", r"embed.\1"), (r"model\.(.*)", r"\1")]
+HF_RENAMES = [
+    (r"model\.embed_tokens\.(.*)", r"embed.\1"),
+    (r"model\.layers\.(\d+)\.input_layernorm\.(.*)", r"layers.\1.mixer_norm.\2"),
+    (r"model\.layers\.(\d+)\.self_attn\.(.*)", r"layers.\1.mixer.\2"),
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.(.*)", r"layers.\1.mlp_norm.\2"),
+    (r"model\.(.*)", r"\1"),
+]
 
 
 def to_hf_config(c: TransformerConfig):

@@ -58,6 +58,7 @@ from torch import nn
 
 from altbench.errors import UserError
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.blocks import PreNormResidualBlock
 
 
 @dataclass
@@ -349,30 +350,12 @@ class SLSTMLayer(nn.Module):
         return self.multihead_norm(h), (xw[:, 1:], cell)
 
 
-class XLSTMBlock(nn.Module):
+class XLSTMBlock(PreNormResidualBlock):
     """x + mixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); the mixer is an mLSTM or an sLSTM layer."""
 
     def __init__(self, c: XLSTMConfig, slstm: bool = False):
-        super().__init__()
-        self.c, self.slstm = c, slstm
-        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.mixer = SLSTMLayer(c) if slstm else MLSTMLayer(c)
-        self.ffn_norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.ffn = SwiGLU(c)
-
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or channel mixing): the `kernel` measurement."""
-        return self.mixer(x, state)
-
-    def forward(self, x, state):
-        y, state = self.mixer(self.norm(x), state)
-        x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
-
-    def step(self, x, state):
-        y, state = self.mixer.step(self.norm(x), state)
-        x = x + y
-        return x + self.ffn(self.ffn_norm(x)), state
+        super().__init__(c, SLSTMLayer(c) if slstm else MLSTMLayer(c), SwiGLU(c))
+        self.slstm = slstm
 
     def init_state(self, batch, device, dtype, capacity=0):
         c, H = self.c, self.c.n_heads
@@ -400,7 +383,7 @@ class XLSTMBlock(nn.Module):
         else:
             qk, v = self.mixer.qk_dim, self.mixer.v_dim
             mixer = d * (2 * qk + 2 * v) + 2 * (d * H + H) + v + v * d  # q k v o, i f gates, head norm, out
-        return 2 * d + mixer + self.ffn.params(d)  # 2 norms
+        return 2 * d + mixer + self.mlp.params(d)  # 2 norms
 
     def flops_per_token(self, context):
         c, d, H = self.c, self.c.d_model, self.c.n_heads
@@ -410,7 +393,7 @@ class XLSTMBlock(nn.Module):
             qk, v = self.mixer.qk_dim, self.mixer.v_dim
             K, V = qk // H, v // H
             mixer = linear_flops(d, 2 * qk + 2 * v + 2 * H) + linear_flops(v, d) + H * (6 * K * V + 6 * K)
-        return mixer + self.ffn.flops(d)
+        return mixer + self.mlp.flops(d)
 
 
 class CappedHead(nn.Linear):
@@ -477,10 +460,10 @@ HF_CLASS = "xLSTMForCausalLM"
 HF_RENAMES = [
     (r"backbone\.embeddings\.(.*)", r"embed.\1"),
     (r"backbone\.out_norm\.(.*)", r"norm.\1"),
-    (r"backbone\.blocks\.(\d+)\.norm_mlstm\.(.*)", r"layers.\1.norm.\2"),
+    (r"backbone\.blocks\.(\d+)\.norm_mlstm\.(.*)", r"layers.\1.mixer_norm.\2"),
     (r"backbone\.blocks\.(\d+)\.mlstm_layer\.(.*)", r"layers.\1.mixer.\2"),
-    (r"backbone\.blocks\.(\d+)\.norm_ffn\.(.*)", r"layers.\1.ffn_norm.\2"),
-    (r"backbone\.blocks\.(\d+)\.ffn\.(.*)", r"layers.\1.ffn.\2"),
+    (r"backbone\.blocks\.(\d+)\.norm_ffn\.(.*)", r"layers.\1.mlp_norm.\2"),
+    (r"backbone\.blocks\.(\d+)\.ffn\.(.*)", r"layers.\1.mlp.\2"),
 ]
 
 
