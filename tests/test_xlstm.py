@@ -38,6 +38,7 @@ MLSTM_CASES = {  # (B, T, H, K, V, chunk, gate scale)
     "B1-T32-H2-K16-V16-L8": (1, 32, 2, 16, 16, 8, 3.0),
     "B2-T5-H2-K4-V8-L16": (2, 5, 2, 4, 8, 16, 3.0),  # shorter than one chunk
     "B1-T23-H2-K8-V8-L4-huge-gates": (1, 23, 2, 8, 8, 4, 40.0),  # exp(i~) overflows fp32 unstabilised
+    "B1-T539-H2-K4-V4-L4-three-groups": (1, 539, 2, 4, 4, 4, 3.0),  # 135 chunks: groups of 64, 64 and 7
 }
 
 

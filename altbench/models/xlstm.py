@@ -121,14 +121,19 @@ def mlstm_ref(q, k, v, i, f, state=None, eps=1e-6):
     return torch.stack(hs, dim=1).to(dtype), (C, n, m)
 
 
+CHUNK_GROUP = 64  # chunks whose entering states one closed-form step computes (`_chunk_entry_states`)
+
+
 def mlstm_chunked(q, k, v, i, f, state=None, chunk_size=64, eps=1e-6):
     """Same contract as `mlstm_ref`, chunkwise-parallel (the form of the xLSTM 7B kernels).
 
     Inside a chunk, with b_t = sum of log f over the chunk up to t, the output is a masked quadratic form
     with log weights D[t, s] = b_t - b_s + i_s (s <= t) plus the state entering the chunk decayed by b_t;
     both share the stabiliser m_t = max(b_t + m_0, max_s D[t, s]), which equals the recurrent m_t.
-    The states entering the chunks come from a short recurrence over chunks. T is padded to a multiple
-    of L with log f = 0 and log i = -inf, steps that leave the state unchanged.
+    The states entering the chunks come from the recurrence over chunks, unrolled in closed form for
+    CHUNK_GROUP chunks at a time (`_chunk_entry_states`): one Python step per group, not per chunk, so
+    a long prefill is not bound by kernel launches. T is padded to a multiple of L with log f = 0 and
+    log i = -inf, steps that leave the state unchanged.
     """
     dtype = q.dtype
     B, T, H, K = q.shape
@@ -148,20 +153,8 @@ def mlstm_chunked(q, k, v, i, f, state=None, chunk_size=64, eps=1e-6):
     i = i.view(B, N, L, H)
     b = log_f.view(B, N, L, H).cumsum(2)  # (B, N, L, H)
 
-    # 1. the state entering each chunk, by the recurrence over chunks
-    g = b[:, :, -1]  # (B, N, H) log decay across a whole chunk
-    a = g[:, :, None] - b + i  # (B, N, L, H) log weight of step s in the state at the chunk's end
-    a_max = a.max(2).values  # (B, N, H)
-    C_in, n_in, m_in = [], [], []
-    for c in range(N):
-        C_in.append(C), n_in.append(n), m_in.append(m)
-        m_new = torch.maximum(g[:, c] + m, a_max[:, c])  # (B, H)
-        w = torch.exp(a[:, c] - m_new[:, None])  # (B, L, H)
-        decay = torch.exp(g[:, c] + m - m_new)  # (B, H)
-        C = decay[..., None, None] * C + torch.einsum("blh,blhk,blhv->bhkv", w, k[:, c], v[:, c])
-        n = decay[..., None] * n + torch.einsum("blh,blhk->bhk", w, k[:, c])
-        m = m_new
-    C_in, n_in, m_in = torch.stack(C_in, 1), torch.stack(n_in, 1), torch.stack(m_in, 1)  # (B, N, H, ...)
+    # 1. the state entering each chunk, by the recurrence over chunks (in closed form per group)
+    C_in, n_in, m_in, (C, n, m) = _chunk_entry_states(k, v, i, b, (C, n, m))
 
     # 2. outputs: intra-chunk quadratic form + the entering state, under one stabiliser per step
     log_D = b[:, :, :, None] - b[:, :, None, :] + i[:, :, None, :]  # (B, N, L_t, L_s, H)
@@ -176,6 +169,45 @@ def mlstm_chunked(q, k, v, i, f, state=None, chunk_size=64, eps=1e-6):
     den = S.sum(3) + inter * torch.einsum("bnthk,bnhk->bnth", q, n_in)  # (B, N, L, H)
     h = num / (torch.maximum(den.abs(), torch.exp(-m_t)) + eps)[..., None]
     return h.reshape(B, N * L, H, -1)[:, :T].to(dtype), (C, n, m)
+
+
+def _chunk_entry_states(k, v, i, b, state, group=CHUNK_GROUP):
+    """The state entering each chunk and the final state, `group` chunks at a time in closed form.
+
+    k: (B, N, L, H, K)  v: (B, N, L, H, V)  i: (B, N, L, H)  b: (B, N, L, H) cumulative log f in a chunk
+    With g_j = b_j[-1] the log decay across chunk j, a chunk adds, relative to its end,
+    dC_j = sum_s exp(g_j - b_j[s] + i_j[s] - u_j) k v^T under its own stabiliser u_j (and dn_j alike).
+    Entering chunk c of a group whose start state is (C, n, m), with G_c = g_0 + ... + g_{c-1}:
+        m_c = max(G_c + m, max_{j<c} G_c - G_{j+1} + u_j)
+        C_c = exp(G_c + m - m_c) C + sum_{j<c} exp(G_c - G_{j+1} + u_j - m_c) dC_j
+    which unrolls the recurrence over chunks exactly (max distributes over +); c = group gives the
+    group's end state. One iteration per group instead of one per chunk.
+    """
+    C, n, m = state
+    N = k.shape[1]
+    g = b[:, :, -1]  # (B, N, H)
+    a = g[:, :, None] - b + i  # (B, N, L, H) log weight of step s at its chunk's end
+    u = a.max(2).values  # (B, N, H)
+    w = torch.exp(a - u[:, :, None])  # (B, N, L, H)
+    C_in, n_in, m_in = [], [], []
+    for s in range(0, N, group):
+        e = min(s + group, N)
+        dC = torch.einsum("bjlh,bjlhk,bjlhv->bjhkv", w[:, s:e], k[:, s:e], v[:, s:e])  # (B, G, H, K, V)
+        dn = torch.einsum("bjlh,bjlhk->bjhk", w[:, s:e], k[:, s:e])  # (B, G, H, K)
+        G_end = g[:, s:e].cumsum(1)  # (B, G, H) G_{j+1}
+        G_start = F.pad(G_end, (0, 0, 1, 0))  # (B, G + 1, H) G_c for c = 0..G
+        log_w = G_start[:, :, None] - G_end[:, None] + u[:, None, s:e]  # (B, G + 1, G, H)
+        earlier = torch.ones(e - s + 1, e - s, dtype=torch.bool, device=k.device).tril(-1)[:, :, None]
+        log_w = log_w.masked_fill(~earlier, -math.inf)
+        log_0 = G_start + m[:, None]  # (B, G + 1, H)
+        m_c = torch.maximum(log_0, log_w.max(2).values)  # (B, G + 1, H)
+        W = torch.exp(log_w - m_c[:, :, None])  # (B, G + 1, G, H)
+        w_0 = torch.exp(log_0 - m_c)  # (B, G + 1, H)
+        C_c = torch.einsum("bcjh,bjhkv->bchkv", W, dC) + w_0[..., None, None] * C[:, None]
+        n_c = torch.einsum("bcjh,bjhk->bchk", W, dn) + w_0[..., None] * n[:, None]
+        C_in.append(C_c[:, :-1]), n_in.append(n_c[:, :-1]), m_in.append(m_c[:, :-1])
+        C, n, m = C_c[:, -1], n_c[:, -1], m_c[:, -1]
+    return torch.cat(C_in, 1), torch.cat(n_in, 1), torch.cat(m_in, 1), (C, n, m)
 
 
 def mlstm_step(q, k, v, i, f, state, eps=1e-6):
