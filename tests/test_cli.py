@@ -86,6 +86,8 @@ BAD = {
     "report-missing": (["report", "{tmp}/nothing"], "is not a run directory"),
     "no-suite": (["run"], "give --suite"),
     "bad-device": (["run", "--suite", "smoke", "--device", "tpu"], "unknown device 'tpu'"),
+    "retry-without-resume": (["run", "--suite", "smoke", "--retry", "error"], "--retry re-runs cells of an existing run"),
+    "retry-unknown": (["run", "--resume", "r", "--retry", "eror"], "--retry: unknown outcome eror (known: ok, oom,"),
 }
 
 

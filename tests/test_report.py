@@ -298,6 +298,12 @@ def test_a_probe_whose_training_loss_turned_nan_shows_as_diverged_not_as_its_acc
     assert markdown_cells(markdown, "## probe") == [["mqar", "L=64, kv=4", "0.000244", "diverged (step 20)", "0.500 ± 0.0500"]]
     write_plots(rows, {}, tmp_path)
     assert ">diverged<" in (tmp_path / "probe_accuracy.svg").read_text()
+    run_dir = tmp_path / "run"
+    render_run(write_run(run_dir, rows))
+    summary = (run_dir / "summary.md").read_text()
+    assert "| measurement | ok | OOM | error | timeout | skipped | diverged | not reached |" in summary
+    assert "| probe | 1 | 0 | 0 | 0 | 0 | 1 | 0 |" in summary
+    assert f"`altbench run --resume {run_dir} --retry diverged` trains them again" in summary
 
 
 def test_probe_plots_written_with_every_cell(tmp_path):

@@ -104,6 +104,46 @@ def test_resume_runs_only_unfinished_cells_and_survives_a_torn_line(tmp_path):
     assert len(json.loads((run_dir / "env.json").read_text())["resumes"]) == 1
 
 
+def test_retry_runs_a_failed_cell_again_and_reports_keep_only_its_last_attempt(tmp_path):
+    suite = write(tmp_path, FAULTY.replace('"raise", "kill", "hang", "oom"', '"raise"'))
+    run_dir, cells, done = runner.prepare(str(suite), None, "cpu", tmp_path / "out")
+    runner.sweep(run_dir, cells, done)
+    assert runner.prepare(None, str(run_dir), None, tmp_path, retry=("timeout",))[2] == {c.cell_id for c in cells}
+    _, cells2, done2 = runner.prepare(None, str(run_dir), None, tmp_path, retry=("error",))
+    failed = [c.cell_id for c in cells if c.size == "raise"]
+    assert {c.cell_id for c in cells2} - done2 == set(failed)
+    time.sleep(0.01)  # a later started_at
+    runner.sweep(run_dir, cells2, done2)
+    rows = store.read_rows(run_dir)
+    assert len(rows) == 3 and [r["cell_id"] for r in rows].count(failed[0]) == 2  # the first attempt is kept
+    latest = store.latest_rows(run_dir)
+    assert len(latest) == 2 and next(r for r in latest if r["cell_id"] == failed[0]) == rows[-1]
+
+
+def test_a_retried_timeout_is_judged_from_the_shorter_length_not_from_itself(tmp_path):
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', "").replace("[16]", "[16, 32]")
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    runner.sweep(run_dir, cells[:1], done)
+    long_id = cells[1].cell_id
+    store.append_row(run_dir, {"cell_id": long_id, "seq_len": 32, "status": "timeout", "started_at": 1.0})
+    _, cells, done = runner.prepare(None, str(run_dir), None, tmp_path, retry=("timeout",))
+    assert [c.cell_id for c in cells if c.cell_id not in done] == [long_id]
+    (row,) = runner.sweep(run_dir, cells, done)
+    assert row["status"] == "ok", row["message"]
+
+
+def test_latest_rows_keep_every_point_of_a_probe_cells_last_attempt_only(tmp_path):
+    point = lambda i, t, status="ok": {"cell_id": f"probe/mqar/hawk/{i}", "cell": "probe/mqar/hawk", "started_at": t,
+                                       "status": status, "curve": [[10, 9.0], [20, None if t == 1 else 8.0]]}
+    for r in [point(0, 1), point(1, 1), {"cell_id": "prefill/x", "started_at": 1, "status": "ok"}, point(0, 2), point(1, 2)]:
+        store.append_row(tmp_path, r)
+    latest = store.latest_rows(tmp_path)
+    assert [(r["cell_id"], r["started_at"]) for r in latest] == [("prefill/x", 1), ("probe/mqar/hawk/0", 2), ("probe/mqar/hawk/1", 2)]
+    assert [store.outcome(r) for r in store.read_rows(tmp_path)] == ["diverged", "diverged", "ok", "ok", "ok"]
+    store.append_row(tmp_path, {"cell_id": "probe/mqar/hawk", "started_at": 3, "status": "error"})  # a failed retry: one row
+    assert [r["cell_id"] for r in store.latest_rows(tmp_path)] == ["prefill/x", "probe/mqar/hawk"]
+
+
 def test_summary_names_each_resumed_session_and_warns_when_its_setup_differs(tmp_path):
     from altbench.report import _env_headline
 

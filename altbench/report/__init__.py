@@ -183,15 +183,21 @@ def write_summary(run_dir: Path, rows: list[dict], env: dict, written: list[Path
 
     lines = _env_headline(run_dir, env)
     missing = not_reached(run_dir, env)
-    lines += ["", "## Cells", "", "| measurement | " + " | ".join(STATUS_LABELS.values()) + " | not reached |",
-              "|---|" + "---:|" * (len(STATUS_LABELS) + 1)]
+    labels = dict(STATUS_LABELS)
+    if any(store.outcome(r) == "diverged" for r in rows):
+        labels["diverged"] = "diverged"
+    lines += ["", "## Cells", "", "| measurement | " + " | ".join(labels.values()) + " | not reached |",
+              "|---|" + "---:|" * (len(labels) + 1)]
     for measurement in dict.fromkeys([*ordered_measurements(rows), *missing]):
-        statuses = [r.get("status") for r in rows if r.get("measurement") == measurement]
-        counts = [statuses.count(s) for s in STATUS_LABELS] + [missing.get(measurement, 0)]
+        outcomes = [store.outcome(r) for r in rows if r.get("measurement") == measurement]
+        counts = [outcomes.count(s) for s in labels] + [missing.get(measurement, 0)]
         lines.append(f"| {measurement} | " + " | ".join(map(str, counts)) + " |")
     if missing:
         lines += ["", f"**Incomplete run**: {sum(missing.values())} cells of the suite have no row yet; "
                   f"`altbench run --resume {run_dir}` runs them."]
+    if "diverged" in labels:
+        lines += ["", f"Probe rows whose training loss turned NaN count as diverged, not as accuracies; "
+                  f"`altbench run --resume {run_dir} --retry diverged` trains them again."]
     lines += ["", "## Tables", ""]
     for path in written:
         if path.suffix == ".md" and path.parent.name == "tables":

@@ -17,13 +17,13 @@ device ceilings and the series' exponent.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from altbench.report import CAPABILITY, SERIES_FIELDS, TIMED, status_label
 from altbench.report.scaling import GROWTH, Fit, fit_scaling
+from altbench.runner import store
 
 NOT_MEASURED = "–"
 UNITS = {
@@ -208,15 +208,6 @@ def wide_table(
     return pd.DataFrame.from_records(records)
 
 
-def diverged_at(row: dict) -> int | None:
-    """The first step of a probe's training curve whose loss is not finite (NaN is stored as null):
-    its accuracy scores a broken model. None when training stayed finite."""
-    for step, loss in row.get("curve") or []:
-        if loss is None or not math.isfinite(loss):
-            return step
-    return None
-
-
 def probe_cells(rows: list[dict]) -> pd.DataFrame:
     """The probe rows as one line per (task, axis point, series), in display order.
 
@@ -258,7 +249,7 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
             cell = {"task": task, "series": names[key], "value": r.get("value"), "stderr": r.get("stderr"),
                     "chance": r.get("chance", chance), "status": r.get("status"), "text": value_text(r),
                     "curve": r.get("curve"), "order": keys.index(key)}
-            if r.get("status") == "ok" and (step := diverged_at(r)):
+            if r.get("status") == "ok" and (step := store.diverged_at(r)):
                 cell.update(status="diverged", text=f"diverged (step {step})")
             if r.get("status") == "ok":
                 cells.append({**cell, "point": labels[point_key(r)]})

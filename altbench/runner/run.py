@@ -104,9 +104,18 @@ def run_cells(run_dir: Path, env: dict, device: str | None = None) -> list[Cell]
     return expand(suite, device or env.get("device") or suite.device, overrides.get("weights", ""))
 
 
-def finished(run_dir: Path) -> set[str]:
-    """Ids of the run's cells that have a row (a capability cell's rows name it in `cell`)."""
-    return {row.get("cell", row["cell_id"]) for row in store.read_rows(run_dir)}
+def finished(run_dir: Path, retry: tuple[str, ...] = ()) -> set[str]:
+    """Ids of the run's cells that have a row (a capability cell's rows name it in `cell`), less those
+    whose last attempt's outcome is in `retry` (e.g. "timeout", "diverged"): they run again."""
+    return {store.cell_of(row) for row in store.latest_rows(run_dir) if store.outcome(row) not in retry}
+
+
+def check_retry(retry: tuple[str, ...], resume: str | None) -> None:
+    if retry and not resume:
+        raise UserError("--retry re-runs cells of an existing run: give --resume RUN with it")
+    unknown = [r for r in retry if r not in store.OUTCOMES]
+    if unknown:
+        raise UserError(f"--retry: unknown outcome {', '.join(unknown)} (known: {', '.join(store.OUTCOMES)})")
 
 
 SESSION_KEYS = ("created_at", "command", "hostname", "cpu", "torch", "triton", "git_commit", "git_dirty", "gpu")
@@ -124,19 +133,21 @@ def _record_session(run_dir: Path, env: dict, device: str) -> None:
 
 def prepare(
     suite_ref: str | None, resume: str | None, device: str | None, out: Path,
-    archs: list[str] | None = None, weights: str | None = None,
+    archs: list[str] | None = None, weights: str | None = None, retry: tuple[str, ...] = (),
 ) -> tuple[Path, list[Cell], set[str]]:
-    """The run directory, its cells, and the ids of cells already finished (when resuming).
+    """The run directory, its cells, and the ids of cells already finished (when resuming; a cell whose
+    last outcome is in `retry` counts as not finished, and its new rows supersede the old in reports).
 
     `archs` replaces the suite's architectures and `weights` (a local Hugging Face checkpoint)
     replaces random weights; both are kept in env.json so `--resume` runs the same cells.
     """
+    check_retry(retry, resume)
     if resume:
         run_dir = find_run(resume, out)
         env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
         device = device or env.get("device") or suites.load(str(run_dir / SUITE_FILE)).device
         check_device(device)
-        cells, done = run_cells(run_dir, env, device), finished(run_dir)
+        cells, done = run_cells(run_dir, env, device), finished(run_dir, retry)
         if any(cell.cell_id not in done for cell in cells):
             _record_session(run_dir, env, device)
         return run_dir, cells, done
@@ -176,19 +187,20 @@ def sweep(
     """
     todo = [c for c in cells if c.cell_id not in done]
     rows, lock, interrupted = [], threading.Lock(), threading.Event()
-    longest: dict[str, dict] = {}  # series -> its row measured at the longest length so far
+    measured: dict[str, dict[int, dict]] = {}  # series -> length -> its last row there
 
     def note(row: dict) -> None:
         if row.get("seq_len") and row.get("status") != "skipped":
-            longest[series_of(row["cell_id"])] = row
+            measured.setdefault(series_of(row["cell_id"]), {})[row["seq_len"]] = row
 
-    for row in sorted(store.read_rows(run_dir), key=lambda r: r.get("seq_len") or 0):
+    for row in store.latest_rows(run_dir):
         note(row)
 
     def run_one(cell: Cell, worker: Worker) -> None:
         on_start(cell)
-        with lock:
-            shorter = longest.get(cell.series_id)
+        with lock:  # the row at the next shorter length measured (a retried cell's own old row is not one)
+            series = measured.get(cell.series_id, {})
+            shorter = series.get(max((n for n in series if n < cell.seq_len), default=None))
         for row in run_cell(cell, worker, shorter):
             if interrupted.is_set():  # its worker was killed by the interrupt: not a result, resume reruns it
                 return

@@ -6,7 +6,8 @@ partial last line, which `read_rows` ignores. Nothing ever rewrites the file.
 
 Row fields (absent when not applicable):
   identity   cell_id, arch, size, backend, measurement, dtype, device, batch, seq_len
-  outcome    status ('ok' | 'oom' | 'error' | 'timeout' | 'skipped'), message, traceback
+  outcome    status ('ok' | 'oom' | 'error' | 'timeout' | 'skipped'), message, traceback; `outcome()`
+             adds 'diverged' for a probe whose stored training curve holds a NaN
   timing     ms_median, ms_ci_low, ms_ci_high (95% interval of the median), ms_samples, reps,
              warmup, first_call_ms (compile / autotune / first call, never in the steady state)
   derived    tokens_per_s, tflops (achieved, from flops_per_token), flops, bandwidth_gbs
@@ -25,6 +26,7 @@ from pathlib import Path
 
 STORE_FILE = "cells.jsonl"
 STATUSES = ("ok", "oom", "error", "timeout", "skipped")
+OUTCOMES = (*STATUSES, "diverged")  # diverged: an 'ok' probe row whose training loss turned NaN
 
 
 def store_path(run_dir: Path) -> Path:
@@ -72,6 +74,28 @@ def read_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
+def cell_of(row: dict) -> str:
+    """The cell a row belongs to (a probe cell stores one row per scored point, each naming its cell)."""
+    return row.get("cell", row["cell_id"])
+
+
 def latest_rows(run_dir: Path) -> list[dict]:
-    """One row per cell_id, the last one written (a resumed run may have re-run a cell)."""
-    return list({row["cell_id"]: row for row in read_rows(run_dir)}.values())
+    """The rows of each cell's last attempt (`--resume --retry` may have run a cell again; the rows of
+    one attempt share its started_at), in the order written."""
+    rows = read_rows(run_dir)
+    last = {cell_of(row): row.get("started_at") for row in rows}
+    return list({row["cell_id"]: row for row in rows if row.get("started_at") == last[cell_of(row)]}.values())
+
+
+def diverged_at(row: dict) -> int | None:
+    """The first step of a probe's training curve whose loss is not finite (stored as null), or None:
+    such a row's accuracy scores a broken model."""
+    for step, loss in row.get("curve") or []:
+        if loss is None or not math.isfinite(loss):
+            return step
+    return None
+
+
+def outcome(row: dict) -> str:
+    """The row's status, or 'diverged' for an 'ok' row whose training loss turned NaN."""
+    return "diverged" if row.get("status") == "ok" and diverged_at(row) else row.get("status", "unknown")
