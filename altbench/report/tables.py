@@ -215,8 +215,9 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
     them when the task has one point; a point scored at a length it was not trained at adds
     "(trained at L=256)"), series (arch, plus any identity field that varies, as an
     ordered Categorical so colours match across tasks), value, stderr, chance, status ("diverged"
-    for a cell whose training loss turned NaN), text (the table's cell text) and curve. A failed cell has no axis values (`run_cell` adds them only on
-    success), so it appears at every point of its task, or at ALL_POINTS when none ran there.
+    for a cell whose training loss turned NaN), text (the table's cell text) and curve. A failed
+    cell has no axis values (`run_cell` adds them only on success), so it appears at every point
+    of its task, or at ALL_POINTS when none ran there.
     """
     rows = [r for r in rows if r.get("measurement") == "probe"]
     fields = [f for f in series_fields(rows) if f not in ("task", "metric")]
