@@ -109,6 +109,7 @@ def run(
     gpus: Annotated[int, typer.Option("--gpus", min=1, help="Run cells in parallel, one worker per GPU.")] = 1,
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing each GPU; probe and lm_eval suites only (untimed).")] = 1,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Local Hugging Face checkpoint to load instead of random weights (suite with one arch and size).")] = None,
+    archs: Annotated[Optional[str], typer.Option("--archs", help="Run the suite for these architectures only, comma-separated (a new run).")] = None,
     retry: Annotated[Optional[str], typer.Option("--retry", help="With --resume: also re-run cells whose last outcome is one of these, comma-separated (error, timeout, oom, skipped, diverged); earlier rows stay in the store.")] = None,
 ) -> None:
     """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots."""
@@ -117,8 +118,9 @@ def run(
     from altbench.runner import store
 
     retried = tuple(r.strip() for r in retry.split(",") if r.strip()) if retry else ()
-    run_dir, cells, done = runner.prepare(suite, resume, device, out, weights=str(weights) if weights else None,
-                                          retry=retried)
+    chosen = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
+    run_dir, cells, done = runner.prepare(suite, resume, device, out, archs=chosen,
+                                          weights=str(weights) if weights else None, retry=retried)
     if gpus > 1:
         runner.check_gpus(gpus)
     runner.check_workers_per_gpu(workers_per_gpu, cells, done)

@@ -70,6 +70,16 @@ def test_resume_of_a_finished_run_runs_nothing(smoke_run):
     assert store.store_path(run_dir).read_bytes() == before
 
 
+def test_archs_narrows_a_new_run_and_its_resume(tmp_path):
+    result = altbench("run", "--suite", "smoke", "--device", "cpu", "--out", str(tmp_path), "--archs", "mamba")
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    expected = {c.cell_id for c in expand(suites.load("smoke"), "cpu") if c.arch == "mamba"}
+    assert {r["cell_id"] for r in store.read_rows(run_dir)} == expected and expected
+    again = altbench("run", "--resume", str(run_dir))
+    assert again.returncode == 0 and "0 cells to run" in again.stdout, again.stderr
+
+
 def test_list_shows_archs_sizes_backends_suites():
     result = altbench("list")
     assert result.returncode == 0, result.stderr
@@ -87,6 +97,8 @@ BAD = {
     "no-suite": (["run"], "give --suite"),
     "bad-device": (["run", "--suite", "smoke", "--device", "tpu"], "unknown device 'tpu'"),
     "retry-without-resume": (["run", "--suite", "smoke", "--retry", "error"], "--retry re-runs cells of an existing run"),
+    "archs-unknown": (["run", "--suite", "smoke", "--archs", "mamba,gpt5"], "unknown architecture 'gpt5'; known: transformer"),
+    "archs-on-resume": (["run", "--resume", "r", "--archs", "mamba"], "a resumed run keeps its own architectures"),
     "retry-unknown": (["run", "--resume", "r", "--retry", "eror"], "--retry: unknown outcome eror (known: ok, oom,"),
 }
 

@@ -142,6 +142,8 @@ def prepare(
     replaces random weights; both are kept in env.json so `--resume` runs the same cells.
     """
     check_retry(retry, resume)
+    if resume and (archs or weights):
+        raise UserError("a resumed run keeps its own architectures and weights: drop --archs / --weights, or start a new run")
     if resume:
         run_dir = find_run(resume, out)
         env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
