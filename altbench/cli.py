@@ -32,6 +32,11 @@ def _fmt_ms(row: dict) -> str:
     return f"{value:.3g}" if value is not None else "-"
 
 
+def _names(option: str | None) -> list[str] | None:
+    """A comma-separated option as a list of names (None when not given)."""
+    return [n.strip() for n in option.split(",") if n.strip()] if option else None
+
+
 def _fmt_bytes(n) -> str:
     return f"{n / 2**20:.0f} MiB" if n else "-"
 
@@ -110,6 +115,7 @@ def run(
     workers_per_gpu: Annotated[int, typer.Option("--workers-per-gpu", min=1, help="Workers sharing each GPU; probe and lm_eval suites only (untimed).")] = 1,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="Local Hugging Face checkpoint to load instead of random weights (suite with one arch and size).")] = None,
     archs: Annotated[Optional[str], typer.Option("--archs", help="Run the suite for these architectures only, comma-separated (a new run).")] = None,
+    backends: Annotated[Optional[str], typer.Option("--backends", help="Run the suite on these backends only, comma-separated (a new run), e.g. fla,mamba_ssm.")] = None,
     retry: Annotated[Optional[str], typer.Option("--retry", help="With --resume: also re-run cells whose last outcome is one of these, comma-separated (error, timeout, oom, skipped, diverged); earlier rows stay in the store.")] = None,
 ) -> None:
     """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots."""
@@ -117,9 +123,8 @@ def run(
     from altbench.runner import run as runner
     from altbench.runner import store
 
-    retried = tuple(r.strip() for r in retry.split(",") if r.strip()) if retry else ()
-    chosen = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
-    run_dir, cells, done = runner.prepare(suite, resume, device, out, archs=chosen,
+    retried = tuple(_names(retry) or ())
+    run_dir, cells, done = runner.prepare(suite, resume, device, out, archs=_names(archs), backends=_names(backends),
                                           weights=str(weights) if weights else None, retry=retried)
     if gpus > 1:
         runner.check_gpus(gpus)

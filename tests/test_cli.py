@@ -80,6 +80,17 @@ def test_archs_narrows_a_new_run_and_its_resume(tmp_path):
     assert again.returncode == 0 and "0 cells to run" in again.stdout, again.stderr
 
 
+def test_backends_narrows_a_new_run(tmp_path):
+    suite = tmp_path / "two.toml"
+    suite.write_text('name = "two"\narchs = ["mamba2"]\nsizes = ["tiny"]\nbackends = ["torch", "triton"]\n'
+                     'seq_lens = [16]\ndevice = "cpu"\n[measurements.prefill]\n')
+    result = altbench("run", "--suite", str(suite), "--out", str(tmp_path), "--backends", "triton")
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert [r["backend"] for r in store.read_rows(run_dir)] == ["triton"]
+    assert json.loads((run_dir / "env.json").read_text())["overrides"] == {"backends": ["triton"]}
+
+
 def test_list_shows_archs_sizes_backends_suites():
     result = altbench("list")
     assert result.returncode == 0, result.stderr
@@ -99,6 +110,8 @@ BAD = {
     "retry-without-resume": (["run", "--suite", "smoke", "--retry", "error"], "--retry re-runs cells of an existing run"),
     "archs-unknown": (["run", "--suite", "smoke", "--archs", "mamba,gpt5"], "unknown architecture 'gpt5'; known: transformer"),
     "archs-on-resume": (["run", "--resume", "r", "--archs", "mamba"], "a resumed run keeps its own architectures"),
+    "backends-unknown": (["run", "--suite", "smoke", "--backends", "torch,cudnn"], "unknown backend 'cudnn'; known: torch, triton, fla, mamba_ssm"),
+    "backends-on-resume": (["run", "--resume", "r", "--backends", "fla"], "a resumed run keeps its own architectures, backends"),
     "retry-unknown": (["run", "--resume", "r", "--retry", "eror"], "--retry: unknown outcome eror (known: ok, oom,"),
 }
 

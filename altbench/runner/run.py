@@ -85,13 +85,18 @@ def check_workers_per_gpu(n: int, cells: list[Cell], done: set[str]) -> None:
 
 
 def _apply_overrides(suite: suites.Suite, overrides: dict) -> suites.Suite:
-    """Narrow or redirect a suite from the command line (`compare A B --suite`, `--weights`)."""
-    archs = overrides.get("archs")
+    """Narrow or redirect a suite from the command line (`--archs`, `--backends`, `--weights`)."""
+    archs, backends = overrides.get("archs"), overrides.get("backends")
     if archs:
         for arch in archs:
             for size in suite.arch_sizes.get(arch, suite.sizes):
                 registry.config(arch, size)  # unknown arch or size -> one clear line
         suite = dataclasses.replace(suite, archs=list(archs))
+    if backends:
+        unknown = [b for b in backends if b not in registry.BACKENDS]
+        if unknown:
+            raise UserError(f"unknown backend {unknown[0]!r}; known: {', '.join(registry.BACKENDS)}")
+        suite = dataclasses.replace(suite, backends=list(backends))
     if overrides.get("weights") and len(suite.archs) * len(suite.sizes) != 1:
         raise UserError("--weights needs a suite with one architecture and one size (the checkpoint's)")
     return suite
@@ -134,16 +139,19 @@ def _record_session(run_dir: Path, env: dict, device: str) -> None:
 def prepare(
     suite_ref: str | None, resume: str | None, device: str | None, out: Path,
     archs: list[str] | None = None, weights: str | None = None, retry: tuple[str, ...] = (),
+    backends: list[str] | None = None,
 ) -> tuple[Path, list[Cell], set[str]]:
     """The run directory, its cells, and the ids of cells already finished (when resuming; a cell whose
     last outcome is in `retry` counts as not finished, and its new rows supersede the old in reports).
 
-    `archs` replaces the suite's architectures and `weights` (a local Hugging Face checkpoint)
-    replaces random weights; both are kept in env.json so `--resume` runs the same cells.
+    `archs` and `backends` replace the suite's architectures and backends, and `weights` (a local
+    Hugging Face checkpoint) replaces random weights; all are kept in env.json so `--resume` runs
+    the same cells.
     """
     check_retry(retry, resume)
-    if resume and (archs or weights):
-        raise UserError("a resumed run keeps its own architectures and weights: drop --archs / --weights, or start a new run")
+    if resume and (archs or backends or weights):
+        raise UserError("a resumed run keeps its own architectures, backends and weights: "
+                        "drop --archs / --backends / --weights, or start a new run")
     if resume:
         run_dir = find_run(resume, out)
         env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
@@ -155,7 +163,7 @@ def prepare(
         return run_dir, cells, done
     if not suite_ref:
         raise UserError("give --suite NAME|PATH.toml (known: " + ", ".join(suites.known_suites()) + ") or --resume RUN")
-    overrides = {k: v for k, v in (("archs", archs), ("weights", weights)) if v}
+    overrides = {k: v for k, v in (("archs", archs), ("backends", backends), ("weights", weights)) if v}
     suite = _apply_overrides(suites.load(suite_ref), overrides)
     if weights:
         from altbench.models import hf
