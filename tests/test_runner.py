@@ -430,3 +430,19 @@ def test_first_backend_choice_measures_each_arch_once(tmp_path, monkeypatch, fla
 def test_unknown_backend_choice_names_the_choices(tmp_path):
     with pytest.raises(UserError, match=r"suite.toml: key 'backend_choice' must be one of each, first, got 'best'"):
         suites.load(str(write(tmp_path, FIRST.replace('"first"', '"best"'))))
+
+
+def test_env_counts_the_triton_cache_so_first_calls_read_as_compiles_or_cache_loads(monkeypatch, tmp_path):
+    from altbench.measure import env as envmod
+    from altbench.report import _env_headline
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    assert envmod.triton_cache() == {"dir": str(tmp_path / "cache"), "entries": 0}
+    for name in ("abc", "def", "ghi"):
+        (tmp_path / "cache" / name).mkdir(parents=True)
+    cache = envmod.triton_cache()
+    assert cache["entries"] == 3
+    cold = _env_headline(tmp_path, {"triton_cache": {"dir": "/c", "entries": 0}})
+    assert "- Triton cache at start: empty (`/c`): first calls include compiling and autotuning" in cold
+    warm = "\n".join(_env_headline(tmp_path, {"triton_cache": cache, "resumes": [{"triton_cache": cache}]}))
+    assert warm.count("3 entries in") == 2 and "first calls are not compile times" in warm

@@ -70,6 +70,18 @@ def gpu_info() -> dict | None:
     }
 
 
+def triton_cache() -> dict | None:
+    """Where Triton keeps compiled kernels (and, as workers set it, autotuning results) and how many
+    entries it held when the run started: a kernel found there loads instead of compiling, so a
+    cell's `first_call_ms` is a compile-and-autotune time only with an empty cache."""
+    try:
+        from triton import knobs
+    except ImportError:
+        return None
+    path = Path(knobs.cache.dir)
+    return {"dir": str(path), "entries": sum(1 for _ in path.iterdir()) if path.is_dir() else 0}
+
+
 def gpu_processes() -> list[str]:
     """Other processes using the GPU now (they would distort timings)."""
     out = _run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader"])
@@ -102,5 +114,6 @@ def capture(command: list[str], suite: str) -> dict:
         "git_dirty": bool(dirty) if commit else None,
         "gpu": gpu_info(),
         "gpu_busy": gpu_processes(),
+        "triton_cache": triton_cache(),
         "ceilings": None,
     }

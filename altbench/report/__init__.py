@@ -126,12 +126,21 @@ def _env_headline(run_dir: Path, env: dict) -> list[str]:
         f"- device ceilings: {ceiling}",
         f"- command: `{env.get('command', '?')}` on {env.get('hostname', '?')}, {env.get('created_at', '?')}",
     ]
+    if env.get("triton_cache"):
+        lines.append(f"- Triton cache at start: {_cache_state(env['triton_cache'])}")
     lines += _resumed_lines(env)
     if env.get("gpu_busy"):
         lines.append(f"- **warning**: other processes were using the GPU: {'; '.join(env['gpu_busy'])}")
     if not env:
         lines.append(f"- {ENV_FILE} is missing: the environment of these results is unknown")
     return lines
+
+
+def _cache_state(cache: dict) -> str:
+    if not cache.get("entries"):
+        return f"empty (`{cache.get('dir')}`): first calls include compiling and autotuning"
+    return (f"{cache['entries']} entries in `{cache.get('dir')}`: kernels found there load instead of compiling, "
+            "so first calls are not compile times")
 
 
 def _setup(env: dict) -> dict:
@@ -149,8 +158,9 @@ def _resumed_lines(env: dict) -> list[str]:
     for session in env.get("resumes", []):
         launch = (session.get("ceilings") or {}).get("launch_us")
         launch = f", host {launch:.1f} us per eager launch" if launch else ""
+        cache = f"; Triton cache {_cache_state(session['triton_cache'])}" if session.get("triton_cache") else ""
         lines.append(f"- resumed: `{session.get('command', '?')}` on {session.get('hostname', '?')}, "
-                     f"{session.get('created_at', '?')}{launch}")
+                     f"{session.get('created_at', '?')}{launch}{cache}")
         changed = [f"{k} {first[k]} -> {v}" for k, v in _setup(session).items() if v != first[k]]
         if changed:
             lines.append(f"- **warning**: that session ran on a different setup ({'; '.join(changed)}); "

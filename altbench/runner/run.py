@@ -123,7 +123,8 @@ def check_retry(retry: tuple[str, ...], resume: str | None) -> None:
         raise UserError(f"--retry: unknown outcome {', '.join(unknown)} (known: {', '.join(store.OUTCOMES)})")
 
 
-SESSION_KEYS = ("created_at", "command", "hostname", "cpu", "torch", "triton", "git_commit", "git_dirty", "gpu")
+SESSION_KEYS = ("created_at", "command", "hostname", "cpu", "torch", "triton", "git_commit", "git_dirty", "gpu",
+                "triton_cache")
 
 
 def _record_session(run_dir: Path, env: dict, device: str) -> None:
