@@ -59,6 +59,46 @@ replayed from a CUDA graph, 1K tokens take 0.03 ms and 4K 0.08 ms. Error against
 computation: 2.6e-3 relative on o (bf16 rounding of the output), 1.6e-3 on the state, at 4K and at
 1M tokens alike.
 
+Backward (`chunk_scalar_decay` under autograd). With dS_t the gradient of the loss with respect to
+S_t (all later outputs and the final state's gradient dS_T = dh_T included), the reverse-time
+recurrence mirrors the forward's:
+
+    dS_t = scale q_t^T do_t + exp(g_{t+1}) dS_{t+1},           dS_T = scale q_T^T do_T + dh_T
+    dq_t = scale do_t S_t^T      dk_t = v_t dS_t^T      dv_t = k_t dS_t      dh0 = exp(g_1) dS_1
+
+and, since every term of o_t and of S_T is a product of exp(G_t - G_s) factors (G the running sum
+of g), the log-decay's gradient is a reverse cumulative sum:
+
+    dg_t = sum_{s >= t} ( q_s . dq_s - k_s . dk_s ) + <dh_T, S_T>
+
+The token's own term, scale (q_s . k_s)(do_s . v_s), is in both dot products and cancels; the
+kernel leaves it out of both before it forms them, and likewise forms the last token's final-state
+term as <dh_T, exp(g_T) S_{T-1}>, without its k_T^T v_T part that k_T . dk_T would cancel. So under
+strong decay (every other term near 0) dg is not the rounding residue of large equal numbers.
+
+Inside a chunk, with dS_end the gradient at the chunk's end, every exponent again <= 0:
+
+    dq_i = scale ( sum_{j<=i} (do_i . v_j) exp(G_i - G_j) k_j  +  exp(G_i) do_i S_start^T )
+    dk_j = scale sum_{i>=j} (v_j . do_i) exp(G_i - G_j) q_i  +  exp(G_C - G_j) v_j dS_end^T
+    dv_j = scale sum_{i>=j} (k_j . q_i) exp(G_i - G_j) do_i  +  exp(G_C - G_j) k_j dS_end
+    dS_start = exp(G_C) dS_end + scale sum_i exp(G_i) q_i^T do_i
+
+The backward keeps the forward's segments and the states entering them (saved by the forward, the
+only extra memory kept for autograd: B*H*ceil(T/L)*K*V fp32) and runs three kernels:
+
+    4. `_segment_grad_states_kernel`, grid as kernel 1: each segment's own dS at its start, from a
+       zero gradient at its end, walking its chunks backwards; written in reversed segment order,
+       so that
+    5. `_scan_states_kernel`, the forward's scan run over the reversed segments from dh_T, leaves
+       the gradient at each segment's end, and gives dh0 as its "final state";
+    6. `_segment_grads_kernel`, grid as kernel 3: walks the segment's chunks forwards from the
+       entering state for dq, then backwards from the gradient at its end for dk and dv, each in
+       registers; writes dq, dk, dv and the per-token q . dq and k . dk, which the launcher turns
+       into dg with one reverse cumulative sum over (B, T, H) in torch.
+
+dq and dk are computed per value head; with q, k shared by a group of heads (H_k < H), or V split
+into blocks of 64, they are written in fp32 and summed by torch, else written directly.
+
 First call: compiling the three kernels and trying two configs (4 warps, 2 or 3 stages) of kernels
 1 and 3 takes 2.5-4.5 s on the H100 per (K, V, chunk_size, dtype). T and L are run-time arguments,
 so other lengths reuse it (a T that is not a multiple of 16, or a single segment, specialises once
@@ -232,6 +272,149 @@ def _segment_outputs_kernel(
         S = S * tl.exp(G_end) + tl.dot(tl.trans(k_dec), vc, input_precision=PREC)
 
 
+@triton.autotune(configs=_configs(), key=_TUNE_KEY)
+@triton.jit
+def _segment_grad_states_kernel(
+    q, do, g, dstates, dseg_decay,  # q (B, T, HK, K), do (B, T, H, V), g (B, T, H); out (B*H, NS, K, V), (B*H, NS), reversed
+    T, H, HK, NS, L, scale,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
+):
+    """A segment's own gradient at its start, sum_i exp(G_i) scale q_i^T do_i (G from the segment's
+    start), and its total log-decay; stored at segment NS - 1 - s so the forward's scan runs backwards."""
+    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // (H // HK)
+    t0 = i_s * L
+    n = tl.minimum(L, T - t0)
+    tok0 = i_b.to(tl.int64) * T + t0
+    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    q_seg = q + tok0 * HK * K + i_hk * K
+    do_seg = do + tok0 * H * V + i_h * V
+    g_seg = g + tok0 * H + i_h
+    in_k, in_v = ck < K, cv < V
+
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    total = tl.zeros([], dtype=tl.float32)
+    nc = tl.cdiv(n, C)
+    for ci in range(nc):
+        c0 = (nc - 1 - ci) * C  # chunks from the segment's end
+        r = c0 + rows
+        in_seq = r < n
+        qc = tl.load(q_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
+        doc = tl.load(do_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
+        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
+        G = tl.cumsum(gc, 0)
+        G_end = tl.min(G, 0)
+        q_dec = (qc * tl.exp(G)[:, None]).to(qc.dtype)  # q_i exp(G_i), exponent <= 0
+        dS = dS * tl.exp(G_end) + tl.dot(tl.trans(q_dec), doc, input_precision=PREC)
+        total += G_end
+
+    i_r = NS - 1 - i_s
+    out = dstates + (i_bh.to(tl.int64) * NS + i_r) * K * V
+    tl.store(out + ck[:, None] * V + cv[None, :], dS * scale, mask=in_k[:, None] & in_v[None, :])
+    tl.store(dseg_decay + i_bh.to(tl.int64) * NS + i_r, total, mask=i_v == 0)
+
+
+@triton.autotune(configs=_configs(), key=_TUNE_KEY)
+@triton.jit
+def _segment_grads_kernel(
+    q, k, v, g, do, states, dstates, dht,  # as the forward's; do like v; states, dstates (reversed) (B*H, NS, K, V); dht (B*H, K, V)
+    dq, dk, dv, dgq, dgk, dg_last,  # dq, dk (NV, B, T, H, K); dv like v; dgq, dgk (NV, B, T, H), dg_last (NV, B*H) fp32
+    T, H, HK, NS, L, scale, BT,  # BT = B * T
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+):
+    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // (H // HK)
+    t0 = i_s * L
+    n = tl.minimum(L, T - t0)
+    tok0 = i_b.to(tl.int64) * T + t0
+    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    q_seg = q + tok0 * HK * K + i_hk * K
+    k_seg = k + tok0 * HK * K + i_hk * K
+    v_seg = v + tok0 * H * V + i_h * V
+    do_seg = do + tok0 * H * V + i_h * V
+    dv_seg = dv + tok0 * H * V + i_h * V
+    g_seg = g + tok0 * H + i_h
+    part = i_v.to(tl.int64) * BT  # this V block's slice of the per-block partial sums
+    dq_seg = dq + ((part + tok0) * H + i_h) * K
+    dk_seg = dk + ((part + tok0) * H + i_h) * K
+    dgq_seg = dgq + (part + tok0) * H + i_h
+    dgk_seg = dgk + (part + tok0) * H + i_h
+    in_k, in_v = ck < K, cv < V
+    kv_mask = in_k[:, None] & in_v[None, :]
+    causal = rows[:, None] >= rows[None, :]  # i >= j, rows i
+    anticausal = rows[:, None] <= rows[None, :]  # j <= i, rows j
+    diagonal = rows[:, None] == rows[None, :]
+    before, after = causal & ~diagonal, anticausal & ~diagonal  # j < i, rows i; i > j, rows j
+
+    # forwards: dq_i = scale (sum_{j<=i} (do_i . v_j) exp(G_i - G_j) k_j + exp(G_i) do_i S^T)
+    S = tl.load(states + (i_bh.to(tl.int64) * NS + i_s) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)  # (BK, BV)
+    for c0 in range(0, n, C):
+        r = c0 + rows
+        in_seq = r < n
+        qc = tl.load(q_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
+        kc = tl.load(k_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
+        vc = tl.load(v_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
+        doc = tl.load(do_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
+        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
+        G = tl.cumsum(gc, 0)
+        G_end = tl.min(G, 0)
+
+        Ad = tl.dot(doc, tl.trans(vc), input_precision=PREC)  # (C, C): do_i . v_j
+        own = tl.sum(tl.where(diagonal, Ad, 0.0), 1)  # (C,): do_i . v_i
+        Ad = tl.where(before, Ad * tl.exp(tl.where(before, G[:, None] - G[None, :], 0.0)), 0.0)
+        dqc = tl.dot(doc, tl.trans(S.to(doc.dtype)), input_precision=PREC) * tl.exp(G)[:, None]  # (C, BK)
+        dqc = tl.dot(Ad.to(kc.dtype), kc, dqc, input_precision=PREC) * scale  # all but the j = i term
+        tl.store(dgq_seg + r * H, tl.sum(qc.to(tl.float32) * dqc, 1), mask=in_seq)
+        dqc += (scale * own)[:, None] * kc.to(tl.float32)
+        tl.store(dq_seg + r[:, None] * (H * K) + ck[None, :], dqc.to(dq.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
+
+        k_dec = (kc * tl.exp(G_end - G)[:, None]).to(kc.dtype)
+        k_dec = tl.where(((r == n - 1) & (i_s == NS - 1))[:, None], 0.0, k_dec)  # leaves exp(g_T) S_{T-1}, not S_T
+        S = S * tl.exp(G_end) + tl.dot(tl.trans(k_dec), vc, input_precision=PREC)
+    if HAS_DHT:  # the final state's own term of dg_T: <dh_T, exp(g_T) S_{T-1}>
+        dh_T = tl.load(dht + i_bh.to(tl.int64) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)
+        tl.store(dg_last + i_v.to(tl.int64) * (BT // T) * H + i_bh, tl.sum(tl.sum(S * dh_T, 1), 0), mask=i_s == NS - 1)
+
+    # backwards from the gradient at the segment's end: dk, dv; dS becomes the gradient at each chunk's start
+    dS = tl.load(dstates + (i_bh.to(tl.int64) * NS + NS - 1 - i_s) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)
+    nc = tl.cdiv(n, C)
+    for ci in range(nc):
+        c0 = (nc - 1 - ci) * C
+        r = c0 + rows
+        in_seq = r < n
+        qc = tl.load(q_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
+        kc = tl.load(k_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
+        vc = tl.load(v_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
+        doc = tl.load(do_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
+        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
+        G = tl.cumsum(gc, 0)
+        G_end = tl.min(G, 0)
+        decay_to_end = tl.exp(G_end - G)[:, None]  # (C, 1)
+        gap = tl.exp(tl.where(anticausal, G[None, :] - G[:, None], 0.0))  # (C, C): exp(G_i - G_j), rows j
+
+        Pk = tl.dot(kc, tl.trans(qc), input_precision=PREC)  # (C, C): k_j . q_i
+        Pk = tl.where(anticausal, Pk * gap, 0.0) * scale
+        dvc = tl.dot(kc, dS.to(kc.dtype), input_precision=PREC) * decay_to_end  # (C, BV)
+        dvc = tl.dot(Pk.to(doc.dtype), doc, dvc, input_precision=PREC)
+        tl.store(dv_seg + r[:, None] * (H * V) + cv[None, :], dvc.to(dv.dtype.element_ty), mask=in_seq[:, None] & in_v[None, :])
+
+        Pv = tl.dot(vc, tl.trans(doc), input_precision=PREC)  # (C, C): v_j . do_i
+        own = tl.sum(tl.where(diagonal, Pv, 0.0), 1)  # (C,): v_j . do_j
+        Pv = tl.where(after, Pv * gap, 0.0) * scale
+        dk_state = tl.dot(vc, tl.trans(dS.to(vc.dtype)), input_precision=PREC) * decay_to_end  # (C, BK)
+        dkc = tl.dot(Pv.to(qc.dtype), qc, input_precision=PREC)  # all but the i = j term
+        last = ((r == n - 1) & (i_s == NS - 1))[:, None]  # token T: its dh_T term is left out of dg_T (above)
+        tl.store(dgk_seg + r * H, tl.sum(kc.to(tl.float32) * (dkc + tl.where(last, 0.0, dk_state)), 1), mask=in_seq)
+        dkc += dk_state + (scale * own)[:, None] * qc.to(tl.float32)
+        tl.store(dk_seg + r[:, None] * (H * K) + ck[None, :], dkc.to(dk.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
+
+        q_dec = (qc * tl.exp(G)[:, None]).to(qc.dtype)
+        dS = dS * tl.exp(G_end) + tl.dot(tl.trans(q_dec), doc, input_precision=PREC) * scale
+
+
 # --- launchers -----------------------------------------------------------------------------------
 
 
@@ -278,17 +461,91 @@ def _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, segment_length):
         states, seg_decay, h0 if h0 is not None else ht, ht, NS, K=K, V=V, E=E, U=16, HAS_H0=h0 is not None, num_warps=4
     )
     _segment_outputs_kernel[(B * H, NS, NV)](q, k, v, g, states, o, T, H, HK, NS, L, scale, K=K, V=V, BK=BK, BV=BV, C=C, PREC=prec)
-    return o, ht
+    return o, ht, states
+
+
+def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, chunk_size, segment_length):
+    """Gradients (dq, dk, dv, dg, dh0 or None) from the forward's inputs, its entering states
+    (B*H, NS, K, V), and the gradients do (B, T, H, V) and dht (B, H, K, V) or None."""
+    B, T, HK, K = q.shape
+    H, V = v.shape[2], v.shape[3]
+    C, L = chunk_size, segment_length
+    NS = triton.cdiv(T, L)
+    assert k.shape == q.shape and v.shape[:2] == (B, T) and g.shape == (B, T, H), "shapes as in the forward"
+    assert do.shape == v.shape, f"do {tuple(do.shape)} must match v {tuple(v.shape)}"
+    assert states.shape == (B * H, NS, K, V), f"states {tuple(states.shape)} must be (B*H, NS, K, V) = {(B * H, NS, K, V)}"
+    assert dht is None or dht.shape == (B, H, K, V), f"dht {tuple(dht.shape)} must be (B, H, K, V) = {(B, H, K, V)}"
+
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(64, max(16, triton.next_power_of_2(V)))
+    NV = triton.cdiv(V, BV)
+    direct = NV == 1 and HK == H  # dq, dk need no sum over V blocks or over the heads sharing q, k
+    part_dtype = q.dtype if direct else torch.float32
+    dq = torch.empty(NV, B, T, H, K, device=q.device, dtype=part_dtype)  # per value head and V block
+    dk = torch.empty(NV, B, T, H, K, device=q.device, dtype=part_dtype)
+    dv = torch.empty(B, T, H, V, device=q.device, dtype=v.dtype)
+    dgq = torch.empty(NV, B, T, H, device=q.device, dtype=torch.float32)  # q_t . dq_t
+    dgk = torch.empty(NV, B, T, H, device=q.device, dtype=torch.float32)  # k_t . dk_t
+    dg_last = torch.empty(NV, B * H, device=q.device, dtype=torch.float32)  # <dh_T, exp(g_T) S_{T-1}>
+    if _INTERPRET and q.dtype == torch.bfloat16:  # the interpreter's tl.dot reads bf16 as raw uint16 (Triton 3.7)
+        q, k, v = q.float(), k.float(), v.float()
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    do = do.to(q.dtype).contiguous()
+    g = g.float().contiguous()
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+
+    dstates = torch.empty(B * H, NS, K, V, device=q.device, dtype=torch.float32)  # reversed segments
+    dseg_decay = torch.empty(B * H, NS, device=q.device, dtype=torch.float32)
+    dh0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+    _segment_grad_states_kernel[(B * H, NS, NV)](
+        q, do, g, dstates, dseg_decay, T, H, HK, NS, L, scale, K=K, V=V, BK=BK, BV=BV, C=C, PREC=prec
+    )
+    dht = dht.float().contiguous() if dht is not None else None
+    _scan_states_kernel[(B * H, triton.cdiv(K * V, 256))](
+        dstates, dseg_decay, dht if dht is not None else dh0, dh0, NS, K=K, V=V, E=256, U=16, HAS_H0=dht is not None, num_warps=4
+    )
+    _segment_grads_kernel[(B * H, NS, NV)](
+        q, k, v, g, do, states, dstates, dht if dht is not None else dh0, dq, dk, dv, dgq, dgk, dg_last, T, H, HK, NS, L, scale, B * T,
+        K=K, V=V, BK=BK, BV=BV, C=C, PREC=prec, HAS_DHT=dht is not None,
+    )
+
+    dG = (dgq - dgk).sum(0)  # (B, T, H): the gradient of the running log-decay G_t
+    if dht is not None:
+        dG[:, -1] += dg_last.sum(0).view(B, H)
+    dg = dG.flip(1).cumsum(1).flip(1)  # dg_t = sum_{s >= t} dG_s
+    if not direct:
+        dq = dq.sum(0).view(B, T, HK, H // HK, K).sum(3)  # (B, T, HK, K)
+        dk = dk.sum(0).view(B, T, HK, H // HK, K).sum(3)
+    return dq.view(B, T, HK, K), dk.view(B, T, HK, K), dv, dg, dh0 if h0 is not None else None
+
+
+class _ChunkScalarDecay(torch.autograd.Function):
+    """The Triton forward, saving the states entering each segment for the Triton backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, chunk_size, segment_length):
+        o, ht, states = _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, segment_length)
+        ctx.save_for_backward(q, k, v, g, h0, states)
+        ctx.config = (scale, chunk_size, segment_length)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h0, states = ctx.saved_tensors
+        dq, dk, dv, dg, dh0 = _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, *ctx.config)
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), None if h0 is None else dh0.to(h0.dtype), None, None, None
 
 
 def chunk_scalar_decay(q, k, v, g, h0=None, scale=None, chunk_size=64):
-    """Same contract as `chunk_scalar_decay_ref` (see its shape table), on a GPU through Triton.
+    """Same contract as `chunk_scalar_decay_ref` (see its shape table), on a GPU through Triton, with
+    a Triton backward under autograd (gradients to q, k, v, g and h0).
 
     Returns (o (B, T, H, V) in q's dtype, final state (B, H, K, V) fp32). T need not be a multiple of
     `chunk_size` (a power of two >= 16).
     """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0)):
-        raise NotImplementedError("chunk_scalar_decay is forward-only (no backward kernel yet): use the torch backend to train")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     L = _segment_length(v.shape[0] * v.shape[2], v.shape[1], chunk_size)
-    return _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, L)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0)):
+        return _ChunkScalarDecay.apply(q, k, v, g, h0, scale, chunk_size, L)
+    o, ht, _ = _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, L)
+    return o, ht
