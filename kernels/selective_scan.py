@@ -1,4 +1,5 @@
-"""Mamba-1's selective scan (Gu & Dao 2023, arXiv:2312.00752, eq. 2a-2b and Alg. 2), forward only.
+"""Mamba-1's selective scan (Gu & Dao 2023, arXiv:2312.00752, eq. 2a-2b and Alg. 2), forward and
+backward.
 
 Per batch b, channel d and state index n, with A diagonal (A[d, n] <= 0) and Delta, B, C
 functions of the input:
@@ -47,6 +48,38 @@ of a (B, N, Di) buffer.
 
 Offsets: token indices are int64 scalars (B * T * Di may exceed 2^31); within a row, int32.
 
+Backward (`selective_scan` under autograd). With a_t = exp(Delta_t A) and dh_t the gradient with
+respect to h_t (dh_T = C_T dy_T + the final state's gradient), a reverse-time scan mirrors the
+forward's:
+
+    dh_t = C_t dy_t + a_{t+1} dh_{t+1}                    dh0 = a_1 dh_1
+    du_t = sum_n dh_t Delta_t B_t + D dy_t                dD = sum_t dy_t u_t
+    dDelta_t = sum_n dh_t (u_t B_t + A a_t h_{t-1})       dA = sum_t dh_t Delta_t a_t h_{t-1}
+    dB_t = sum_d dh_t Delta_t u_t                         dC_t = sum_d dy_t h_t
+
+It pairs h_{t-1}, running forwards, with dh_t, running backwards; storing h for every token (the
+torch reference's autograd keeps T x Di x N states, which is why Mamba ran out of memory at 4K in a
+16K train step) is avoided by recomputation. The forward saves the states entering its segments;
+the backward, with the forward's segments, runs
+
+    4. `_segment_grad_kernel`, grid (B, Di / BD, S - 1): each segment but the first, backwards from
+       a zero gradient at its end, one thread per channel: the gradient it sends to the state
+       before it, and its sum of Delta; stored in reversed segment order, so that
+    5. `_carry_states_kernel`, the forward's carry over the reversed segments from dh_T, leaves
+       the gradient arriving at each segment's end;
+    6. `_chunk_grads_kernel`, grid (B, Di / BD, S): (A) from the state entering its segment, one
+       thread per channel, stores the state at every chunk start (CT tokens; fp32, B x T/CT x N x
+       Di, transient); (B) walks the chunks backwards, holding (CT, BD) tiles of u, Delta and dy;
+       for each n, a parallel scan over time rebuilds h inside the chunk from its start state, a
+       reverse scan gives dh from the gradient at the chunk's end, and the terms above are summed:
+       du, dDelta per chunk; dB, dC across channel blocks by fp32 atomic adds; dA, dD per (batch,
+       segment) and summed by torch; dh0 by the first segment.
+
+The reverse scan needs a_{t+1} at token t; rather than shift the tile, it scans triples (a_t,
+a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. a_t is computed twice per
+token and state entry in the backward (passes 4 and 6) and once more in 6A, against once in the
+forward's last pass.
+
 Not yet timed on a GPU: written on a CPU machine, checked against the reference in Triton's
 interpreter, and compiled for sm_90 offline (triton 3.7, bf16: 96 registers in pass 1 and 128 in
 pass 3 at BD = 128, CH = 4, 190 at BD = 256; no spills, no shared memory, no shuffles; one
@@ -68,6 +101,7 @@ _INTERPRET = triton.knobs.runtime.interpret  # TRITON_INTERPRET=1: kernels run o
 _MIN_SEGMENT = 512  # tokens; shorter segments would spend more on states than they gain in programs
 _TARGET_CHANNEL_SEGMENTS = 32768  # B * Di * segments kept at least this (about 1024 warps of 32 channels)
 _LOG2E = math.log2(math.e)
+_LN2 = tl.constexpr(math.log(2.0))  # A = a2 ln 2, inside the backward kernel
 
 # One thread per channel: BD = 32 * num_warps. BD = 256 gives a thread two channels, so each load of B
 # and C serves twice the work. The interpreter takes small blocks so tests cover several of them.
@@ -154,6 +188,159 @@ def _carry_states_kernel(
         h = tl.exp2(a2_e * dt_sum) * h + own
 
 
+# --- backward ------------------------------------------------------------------------------------
+
+# Kernel 6 holds (CT, BD) tiles: CT tokens by BD channels, the time axis scanned in parallel.
+_GRAD_CONFIGS = [
+    triton.Config({"BD": 64, "CT": 32}, num_warps=4),
+    triton.Config({"BD": 32, "CT": 64}, num_warps=4),
+    triton.Config({"BD": 128, "CT": 32}, num_warps=8),
+]
+_INTERPRET_GRAD_CONFIGS = [triton.Config({"BD": 16, "CT": 16}, num_warps=1)]
+_CTS = [c.kwargs["CT"] for c in (_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS)]
+_MIN_CT, _MAX_CT = min(_CTS), max(_CTS)  # the buffer of chunk-start states is sized for the smallest; segments hold whole chunks
+
+
+@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N"])
+@triton.jit
+def _segment_grad_kernel(
+    delta, a2, Cm, dy, dstates, dt_sums,  # delta, dy (B, T, Di), a2 (N, Di), C (B, T, N); out (B, NS, N, Di), (B, NS, Di), reversed
+    T, Di, NS, L,
+    N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CH: tl.constexpr,
+):
+    """Pass 4, segments 1 ... NS - 1: the gradient a segment sends to the state before it, from a
+    zero gradient at its end (dh_t = C_t dy_t + exp(Delta_{t+1} A) dh_{t+1}, walked backwards),
+    and its sum of Delta; stored at segment NS - 1 - s, so the carry kernel runs backwards."""
+    i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2) + 1
+    t0 = i_s * L
+    n_tok = tl.minimum(L, T - t0)
+    tok0 = i_b.to(tl.int64) * T + t0
+    cd, cn = i_d * BD + tl.arange(0, BD), tl.arange(0, BN)
+    in_d, in_n = cd < Di, cn < N
+    in_nd = in_n[:, None] & in_d[None, :]
+    nd = cn[:, None] * Di + cd[None, :]
+    a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)
+    e = tl.zeros([BN, BD], dtype=tl.float32)  # the gradient with respect to the state before token t
+    dt_total = tl.zeros([BD], dtype=tl.float32)
+    n_ch = tl.cdiv(n_tok, CH)
+    for ci in range(n_ch):
+        c0 = (n_ch - 1 - ci) * CH
+        for i in tl.static_range(CH):
+            tok = tok0 + c0 + CH - 1 - i
+            live = c0 + CH - 1 - i < n_tok
+            dt_t = tl.load(delta + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
+            dy_t = tl.load(dy + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
+            c_t = tl.load(Cm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)  # (BN,)
+            e = tl.exp2(dt_t[None, :] * a2_nd) * (c_t[:, None] * dy_t[None, :] + e)
+            dt_total += dt_t
+    i_r = NS - 1 - i_s
+    tl.store(dstates + (i_b.to(tl.int64) * NS + i_r) * N * Di + nd, e, mask=in_nd)
+    tl.store(dt_sums + (i_b.to(tl.int64) * NS + i_r) * Di + cd, dt_total, mask=in_d)
+
+
+@triton.jit
+def _scan_pair(a_l, b_l, a_r, b_r):
+    """(a_l, b_l) then (a_r, b_r) for h_t = a_t h_{t-1} + b_t."""
+    return a_l * a_r, a_r * b_l + b_r
+
+
+@triton.jit
+def _reverse_scan_triple(first_r, rest_r, x_r, first_l, rest_l, x_l):
+    """Reverse scan (the later range r comes first) of dh_t = x_t + a_{t+1} dh_{t+1}: a range
+    t ... s holds (a_t, a_{t+1} ... a_s, its dh_t from its own x only)."""
+    bridge = rest_l * first_r  # a_{t+1} ... a_{m+1}: from the earlier range's start into the later one
+    return first_l, bridge * rest_r, x_l + bridge * x_r
+
+
+@triton.autotune(configs=_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS, key=["Di", "N"], reset_to_zero=["dBm", "dCm"])
+@triton.jit
+def _chunk_grads_kernel(
+    u, delta, a2, Bm, Cm, Dv, dy, states, dstates, chunk_states,  # see `_selective_scan_bwd` for shapes
+    du, ddelta, dBm, dCm, dA_part, dD_part, dh0,
+    T, Di, NS, L, NCH,
+    N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
+):
+    """Pass 6: one segment's gradients. A: forwards from the state entering the segment, one thread
+    per channel, storing the state at every chunk start. B: the chunks backwards, CT tokens at a time;
+    for each n the states inside the chunk by a parallel scan over time, dh by a reverse scan from the
+    gradient at the chunk's end, then the gradients of the chunk."""
+    i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0 = i_s * L
+    n_tok = tl.minimum(L, T - t0)
+    tok0 = i_b.to(tl.int64) * T + t0
+    cd, cn = i_d * BD + tl.arange(0, BD), tl.arange(0, BN)
+    in_d, in_n = cd < Di, cn < N
+    in_nd = in_n[:, None] & in_d[None, :]
+    nd = cn[:, None] * Di + cd[None, :]  # (BN, BD) offsets into an (N, Di) matrix
+    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // CT) * N * Di  # the segment's first chunk
+
+    # A: h at every chunk start
+    a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)
+    h = tl.load(states + (i_b.to(tl.int64) * NS + i_s) * N * Di + nd, mask=in_nd, other=0.0)  # (BN, BD)
+    for c0 in range(0, n_tok, CT):
+        tl.store(chunk0 + (c0 // CT) * N * Di + nd, h, mask=in_nd)
+        for i0 in range(0, CT, CH):
+            for i in tl.static_range(CH):
+                tok = tok0 + c0 + i0 + i
+                live = c0 + i0 + i < n_tok
+                u_t = tl.load(u + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)
+                dt_t = tl.load(delta + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)
+                b_t = tl.load(Bm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)
+                h = tl.exp2(dt_t[None, :] * a2_nd) * h + b_t[:, None] * (dt_t * u_t)[None, :]
+    tl.debug_barrier()  # the chunk-start states are read back below by other threads
+
+    # B: the chunks backwards
+    rows = tl.arange(0, CT)
+    first, last = (rows == 0)[:, None], (rows == CT - 1)[:, None]
+    d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)  # (BD,)
+    dh_end = tl.load(dstates + (i_b.to(tl.int64) * NS + NS - 1 - i_s) * N * Di + nd, mask=in_nd, other=0.0)  # (BN, BD)
+    dA_acc = tl.zeros([BN, BD], dtype=tl.float32)
+    dD_acc = tl.zeros([BD], dtype=tl.float32)
+    n_ct = tl.cdiv(n_tok, CT)
+    for ci in range(n_ct):
+        c0 = (n_ct - 1 - ci) * CT
+        r = c0 + rows
+        live = r < n_tok  # past the end: Delta = u = dy = 0, a step that passes gradients through unchanged
+        td = (tok0 + r)[:, None] * Di + cd[None, :]  # (CT, BD)
+        m = live[:, None] & in_d[None, :]
+        u_c = tl.load(u + td, mask=m, other=0.0).to(tl.float32)  # (CT, BD)
+        dt_c = tl.load(delta + td, mask=m, other=0.0).to(tl.float32)
+        dy_c = tl.load(dy + td, mask=m, other=0.0).to(tl.float32)
+        du_c = dy_c * d_skip[None, :]
+        ddt_c = tl.zeros([CT, BD], dtype=tl.float32)
+        dtu = dt_c * u_c
+        start = chunk0 + (c0 // CT) * N * Di
+        for n in range(N):
+            a2_n = tl.load(a2 + n * Di + cd, mask=in_d, other=0.0)  # (BD,)
+            b_n = tl.load(Bm + (tok0 + r) * N + n, mask=live, other=0.0).to(tl.float32)  # (CT,)
+            c_n = tl.load(Cm + (tok0 + r) * N + n, mask=live, other=0.0).to(tl.float32)  # (CT,)
+            h_start = tl.load(start + n * Di + cd, mask=in_d, other=0.0)  # (BD,)
+            pick = (cn == n)[:, None]
+            dh_in = tl.sum(tl.where(pick, dh_end, 0.0), 0)  # (BD,): gradient from after the chunk
+
+            a = tl.exp2(dt_c * a2_n[None, :])  # (CT, BD)
+            b = dtu * b_n[:, None]
+            _, h_c = tl.associative_scan((a, tl.where(first, b + a * h_start[None, :], b)), 0, _scan_pair)  # (CT, BD)
+            x = c_n[:, None] * dy_c + tl.where(last, dh_in[None, :], 0.0)
+            _, _, dh = tl.associative_scan((a, tl.full([CT, BD], 1.0, tl.float32), x), 0, _reverse_scan_triple, reverse=True)
+
+            decayed = h_c - b  # exp(Delta_t A) h_{t-1}
+            ddt_c += dh * (u_c * b_n[:, None] + decayed * (a2_n * _LN2)[None, :])
+            du_c += dh * dt_c * b_n[:, None]
+            tl.atomic_add(dBm + (tok0 + r) * N + n, tl.sum(dh * dtu, 1), mask=live)
+            tl.atomic_add(dCm + (tok0 + r) * N + n, tl.sum(dy_c * h_c, 1), mask=live)
+            dA_acc += tl.where(pick, tl.sum(dh * decayed * dt_c, 0)[None, :], 0.0)
+            dh_end = tl.where(pick, tl.sum(tl.where(first, a * dh, 0.0), 0)[None, :], dh_end)  # to the state before the chunk
+        tl.store(du + td, du_c.to(du.dtype.element_ty), mask=m)
+        tl.store(ddelta + td, ddt_c.to(ddelta.dtype.element_ty), mask=m)
+        dD_acc += tl.sum(dy_c * u_c, 0)
+
+    part = i_b.to(tl.int64) * NS + i_s
+    tl.store(dA_part + part * N * Di + nd, dA_acc, mask=in_nd)
+    tl.store(dD_part + part * Di + cd, dD_acc, mask=in_d)
+    tl.store(dh0 + i_b.to(tl.int64) * N * Di + nd, dh_end, mask=in_nd & (i_s == 0))
+
+
 # --- launchers -----------------------------------------------------------------------------------
 
 
@@ -204,16 +391,84 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
         u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=True,
         LOAD_STATE=NS > 1 or h0 is not None,
     )
-    return y, ht.transpose(1, 2)
+    entering = states if NS > 1 else h0[:, None] if h0 is not None else None  # (B, NS, N, Di) or None: zeros
+    return y, ht.transpose(1, 2), entering
+
+
+def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_length):
+    """Gradients (du, ddelta, dA, dB, dC, dD, dh0 or None) from the forward's inputs, the states
+    entering its segments (B, NS, N, Di) (None: one segment from zeros), dy (B, T, Di) and dht
+    (B, Di, N) or None."""
+    Bsz, T, Di = u.shape
+    N = A.shape[1]
+    L = segment_length
+    NS = triton.cdiv(T, L)
+    assert delta.shape == u.shape and dy.shape == u.shape, f"delta {tuple(delta.shape)}, dy {tuple(dy.shape)} must match u {tuple(u.shape)}"
+    assert A.shape == (Di, N) and D.shape == (Di,), f"A {tuple(A.shape)}, D {tuple(D.shape)} must be (Di, N), (Di,) = {(Di, N)}, {(Di,)}"
+    assert B.shape == (Bsz, T, N) and C.shape == (Bsz, T, N), f"B {tuple(B.shape)}, C {tuple(C.shape)} must be (B, T, N) = {(Bsz, T, N)}"
+    assert states is None or states.shape == (Bsz, NS, N, Di), f"states {tuple(states.shape)} must be (B, NS, N, Di) = {(Bsz, NS, N, Di)}"
+    assert dht is None or dht.shape == (Bsz, Di, N), f"dht {tuple(dht.shape)} must be (B, Di, N) = {(Bsz, Di, N)}"
+    assert NS == 1 or L % _MAX_CT == 0, f"segment_length {L}: a multiple of {_MAX_CT} (of every chunk size) when T = {T} spans several"
+
+    u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
+    dy = dy.to(u.dtype).contiguous()
+    a2 = (A.float() * _LOG2E).t().contiguous()  # (N, Di)
+    D = D.float().contiguous()
+    BN = triton.next_power_of_2(N)
+    f32 = dict(device=u.device, dtype=torch.float32)
+    if states is None:
+        states = torch.zeros(Bsz, 1, N, Di, **f32)
+    dht = dht.float().transpose(1, 2).contiguous() if dht is not None else None  # (B, N, Di)
+    if NS == 1:  # the gradient at the only segment's end is dh_T
+        dstates = dht[:, None] if dht is not None else torch.zeros(Bsz, 1, N, Di, **f32)
+    else:
+        dstates = torch.empty(Bsz, NS, N, Di, **f32)  # reversed: the gradient at the end of segment NS - 1 - r
+        dt_sums = torch.empty(Bsz, NS, Di, **f32)
+        _segment_grad_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
+            delta, a2, C, dy, dstates, dt_sums, T, Di, NS, L, N=N, BN=BN
+        )
+        _carry_states_kernel[(Bsz, triton.cdiv(N * Di, 512))](
+            dstates, dt_sums, a2, dht if dht is not None else dstates, NS, Di, N, E=512, HAS_H0=dht is not None, num_warps=4
+        )
+    NCH = triton.cdiv(T, _MIN_CT)
+    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state at every chunk start
+    du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+    dB, dC = torch.zeros(Bsz, T, N, **f32), torch.zeros(Bsz, T, N, **f32)  # summed over channel blocks by atomics
+    dA_part, dD_part = torch.empty(Bsz * NS, N, Di, **f32), torch.empty(Bsz * NS, Di, **f32)  # per (batch, segment)
+    dh0 = torch.empty(Bsz, N, Di, **f32)
+    _chunk_grads_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
+        u, delta, a2, B, C, D, dy, states, dstates, chunk_states, du, ddelta, dB, dC, dA_part, dD_part, dh0,
+        T, Di, NS, L, NCH, N=N, BN=BN, CH=4,
+    )
+    return du, ddelta, dA_part.sum(0).t(), dB.to(B.dtype), dC.to(C.dtype), dD_part.sum(0), dh0.transpose(1, 2) if h0 is not None else None
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """The Triton forward, saving the states entering each segment for the Triton backward."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, h0, segment_length):
+        y, ht, states = _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length)
+        ctx.save_for_backward(u, delta, A, B, C, D, h0, states)
+        ctx.segment_length = segment_length
+        return y, ht
+
+    @staticmethod
+    def backward(ctx, dy, dht):
+        u, delta, A, B, C, D, h0, states = ctx.saved_tensors
+        du, ddelta, dA, dB, dC, dD, dh0 = _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, ctx.segment_length)
+        return du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype), None if h0 is None else dh0.to(h0.dtype), None
 
 
 def selective_scan(u, delta, A, B, C, D, h0=None):
-    """Same contract as `selective_scan_ref`, on a GPU through Triton:
+    """Same contract as `selective_scan_ref`, on a GPU through Triton, with a Triton backward under
+    autograd (gradients to u, delta, A, B, C, D and h0):
 
     u, delta: (B, T, Di)   A: (Di, N)   B, C: (B, T, N)   D: (Di,)   h0: (B, Di, N) or None
     returns y: (B, T, Di) in u's dtype, h_T: (B, Di, N) in fp32 (a transposed view)
     """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, h0)):
-        raise NotImplementedError("selective_scan is forward-only (no backward kernel yet): use the torch backend to train")
     L = _segment_length(u.shape[0] * u.shape[2], u.shape[1])
-    return _selective_scan_fwd(u, delta, A, B, C, D, h0, L)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, h0)):
+        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, L)
+    y, ht, _ = _selective_scan_fwd(u, delta, A, B, C, D, h0, L)
+    return y, ht

@@ -1,10 +1,12 @@
-"""Triton forward of Mamba's selective scan against its fp32 loop reference (`selective_scan_ref`).
+"""Triton forward and backward of Mamba's selective scan against its fp32 loop reference
+(`selective_scan_ref`): outputs, final states and, through torch.autograd, every gradient.
 
 Runs on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set here when no CUDA GPU is
 present; the interpreter takes 16-channel blocks of 4 tokens, so Di = 32 is two blocks and T = 37
 ends in a partial chunk) and on a GPU as it is. Tolerances: 1e-5 relative in fp32 (the same sums
 in another order; the GPU's exp2 is approximate to a few ulp); bf16 inputs give y rounded to bf16
-(2^-9 relative per element), checked at 1e-2, and the fp32 state at 1e-5.
+(2^-9 relative per element), checked at 1e-2, and the fp32 state at 1e-5. The backward's
+interpreter tiles are 16 tokens by 16 channels, so T = 37 ends in a partial tile.
 """
 
 import os
@@ -20,6 +22,7 @@ pytest.importorskip("triton")
 from altbench.kernels.selective_scan import (  # noqa: E402
     _segment_length,
     _selective_scan_fwd,
+    _SelectiveScan,
     selective_scan,
     selective_scan_ref,
 )
@@ -68,12 +71,12 @@ def test_segments_carry_the_state(with_h0):
     """Segments of 16 tokens (the public op takes one at this size): pass 1 writes the end states of
     the first two, the carry kernel turns them into entering states, pass 3 finishes the partial third."""
     inputs = make_inputs(2, 37, 32, 16, with_h0=with_h0, seed=1)
-    check(inputs, _selective_scan_fwd(*inputs, segment_length=16))
+    check(inputs, _selective_scan_fwd(*inputs, segment_length=16)[:2])
 
 
 def test_bf16_inputs():
     inputs = make_inputs(2, 37, 32, 16, dtype=torch.bfloat16, with_h0=True, seed=2)
-    check(inputs, _selective_scan_fwd(*inputs, segment_length=16), rtol_y=1e-2)
+    check(inputs, _selective_scan_fwd(*inputs, segment_length=16)[:2], rtol_y=1e-2)
 
 
 def test_segment_length():
@@ -83,18 +86,77 @@ def test_segment_length():
     assert _segment_length(64 * 1536, 1 << 20) == 1 << 20  # a batch that fills the GPU: one segment
 
 
-def test_autograd_is_refused():
-    u, delta, A, Bm, Cm, D, _ = make_inputs(1, 8, 16, 8)
-    with pytest.raises(NotImplementedError, match="forward-only"):
-        selective_scan(u.requires_grad_(), delta, A, Bm, Cm, D)
-    with torch.no_grad():
-        y, _ = selective_scan(u, delta, A, Bm, Cm, D)
-    assert_close("y under no_grad", selective_scan_ref(u.detach(), delta, A, Bm, Cm, D)[0], y, 1e-5)
-
-
 def test_launcher_rejects_bad_shapes():
     u, delta, A, Bm, Cm, D, _ = make_inputs(1, 8, 16, 8)
     with pytest.raises(AssertionError, match="A"):
         selective_scan(u, delta, A[:8], Bm, Cm, D)
     with pytest.raises(AssertionError, match="h0"):
         selective_scan(u, delta, A, Bm, Cm, D, h0=torch.zeros(1, 8, 16, device=DEVICE))
+
+
+# --- backward --------------------------------------------------------------------------------------
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "h0")
+
+
+def outputs_and_grads(op, inputs, use_state=True, seed=5):
+    """y, h_T and the gradients of sum(y * dy) (+ sum(h_T * dh) when `use_state`) with respect to
+    every input that is not None, for fixed random dy, dh."""
+    leaves = [None if x is None else x.detach().clone().requires_grad_() for x in inputs]
+    y, h = op(*leaves)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (y.float() * torch.randn(y.shape, generator=gen).to(y.device)).sum()
+    if use_state:
+        loss = loss + (h * torch.randn(h.shape, generator=gen).to(h.device)).sum()
+    loss.backward()
+    return y, h, {name: x.grad for name, x in zip(NAMES, leaves) if x is not None}
+
+
+def check_grads(inputs, rtol, op=selective_scan, use_state=True):
+    """The Triton op against the fp32 loop: outputs, final state and every gradient, each gradient
+    in its input's dtype."""
+    y, h, grads = outputs_and_grads(op, inputs, use_state)
+    ref_y, ref_h, ref_grads = outputs_and_grads(selective_scan_ref, inputs, use_state)
+    assert_close("y", ref_y, y, rtol)
+    assert_close("state", ref_h, h, rtol)
+    for name, ref in ref_grads.items():
+        assert grads[name].dtype == ref.dtype
+        assert_close(f"d{name}", ref, grads[name], rtol)
+
+
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "h0"])
+@pytest.mark.parametrize("B,T,Di,N", [(1, 37, 32, 8), (2, 20, 16, 4)], ids=["B1-T37-D32-N8", "B2-T20-D16-N4"])
+def test_gradients_match_reference(B, T, Di, N, with_h0):
+    check_grads(make_inputs(B, T, Di, N, with_h0=with_h0, seed=6), 1e-5)
+
+
+def test_gradients_through_segments():
+    """Segments of 16 tokens (the public op takes one at this size): the gradient at each segment's
+    end comes from the later segments through the reversed carry, and h0's from the first."""
+    segmented = lambda *x: _SelectiveScan.apply(*x, 16)  # noqa: E731
+    check_grads(make_inputs(1, 37, 32, 8, with_h0=True, seed=7), 1e-5, op=segmented)
+
+
+def test_gradients_without_the_final_state():
+    """Only y enters the loss: the final state's gradient reaches backward as None."""
+    check_grads(make_inputs(1, 37, 16, 8, with_h0=True, seed=8), 1e-5, use_state=False)
+
+
+def test_bf16_gradients():
+    """u, Delta, B, C in bf16: y and their gradients rounded to bf16; A, D, h0 stay fp32."""
+    check_grads(make_inputs(1, 37, 16, 8, dtype=torch.bfloat16, with_h0=True, seed=9), 1e-2)
+
+
+def test_no_grad_forward_keeps_nothing_for_backward():
+    u, delta, A, Bm, Cm, D, _ = make_inputs(1, 8, 16, 8)
+    with torch.no_grad():
+        y, h = selective_scan(u.requires_grad_(), delta, A, Bm, Cm, D)
+    assert y.grad_fn is None and h.grad_fn is None
+    assert_close("y under no_grad", selective_scan_ref(u.detach(), delta, A, Bm, Cm, D)[0], y, 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+def test_gpu_gradients_match_reference(dtype, rtol):
+    """B2-T2000-D256-N16: the public op splits time into 512-token segments (4 per sequence)."""
+    check_grads(make_inputs(2, 2000, 256, 16, dtype=dtype, with_h0=True, seed=10), rtol)
