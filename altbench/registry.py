@@ -37,7 +37,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "mamba_ssm": ("mamba_ssm", "the official Mamba kernels"),
     "hf": ("transformers", "Hugging Face transformers classes"),
 }
-FORWARD_ONLY = ("triton",)  # backends with no backward kernels yet: a train step runs on another
+FORWARD_ONLY: tuple[str, ...] = ()  # backends without backward kernels: a train step runs on another
 
 
 def family(arch: str) -> ModuleType:
