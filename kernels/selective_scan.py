@@ -76,9 +76,9 @@ the backward, with the forward's segments, runs
        segment) and summed by torch; dh0 by the first segment.
 
 The reverse scan needs a_{t+1} at token t; rather than shift the tile, it scans triples (a_t,
-a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. a_t is computed twice per
-token and state entry in the backward (passes 4 and 6) and once more in 6A, against once in the
-forward's last pass.
+a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. The backward computes a_t
+three times per token and state entry (passes 4, 6A and 6B), the forward twice (passes 1 and 3):
+the exp2 bound above makes the backward at least 1.5x the forward.
 
 Not yet timed on a GPU: written on a CPU machine, checked against the reference in Triton's
 interpreter, and compiled for sm_90 offline (triton 3.7, bf16: 96 registers in pass 1 and 128 in
