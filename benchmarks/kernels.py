@@ -1,4 +1,5 @@
-"""Scalar-decay linear attention forward on a CUDA GPU: altbench's Triton kernel beside its peers.
+"""altbench's Triton kernels on a CUDA GPU beside their peers: scalar-decay linear attention and
+Mamba's selective scan, forward and forward+backward.
 
 For B=1, H=32 heads of D=64, bf16, at each length L (1K ... 1M tokens), times the forward of
 
@@ -11,10 +12,26 @@ For B=1, H=32 heads of D=64, bf16, at each length L (1K ... 1M tokens), times th
                     q, k per head (x3 the bytes) and with q = C, k = B shared like mamba_ssm's
     sdpa            torch.nn.functional.scaled_dot_product_attention(is_causal=True), (1, 32, L, 64)
 
+and forward+backward ("fwd+bwd": the forward, then torch.autograd.grad of the output against a
+fixed random gradient, with respect to every input: q, k, v, g; x, dt, A, B, C) of ours, ours SSD
+shape (q k shared), fla and mamba_ssm SSD. The selective scan (Mamba-1, the 130m layer: Di=1536,
+N=16, bf16 u, Delta, B, C; fp32 A, D) is timed forward and forward+backward (gradients to u, Delta,
+A, B, C, D) as
+
+    ours selective_scan        altbench.kernels.selective_scan
+    mamba_ssm selective_scan_fn mamba_ssm.ops.selective_scan_interface.selective_scan_fn (its CUDA
+                               extension selective_scan_cuda; its own layout, u, Delta (B, Di, L),
+                               B, C (B, N, L), transposed before timing); a `not installed` row
+                               naming the missing piece when it cannot be imported
+
 Before timing, each of our kernel's rows is checked at L=4K against a float64 chunked computation
 in torch (itself first checked against the fp32 loop `chunk_scalar_decay_ref` at L=256), and at
 the longest length >= 256K on two heads (the first and the last, whose offsets are largest)
-against the same float64 computation; relative errors ||out - ref|| / ||ref|| are printed.
+against the same float64 computation; relative errors ||out - ref|| / ||ref|| are printed. The
+fwd+bwd rows of ours are checked at L=4K on all heads, output and every gradient, against the same
+float64 computation through torch.autograd; the selective scan at L=1K (two 512-token segments)
+against the fp32 loop `selective_scan_ref` through torch.autograd. A check over its tolerance
+(CHECK_TOL) makes every cell of that op an `error` row naming the measured error, with no time.
 
 Each peer runs in its own worker process, so an ImportError, an out-of-memory or an illegal
 memory access (which poisons the CUDA context) becomes a row and the sweep goes on. Timing:
@@ -26,7 +43,8 @@ bound below about 16K tokens for every op here).
 
 The device's ceilings are measured in the same run: a 1 GiB device-to-device copy (bytes read +
 written / time) and a bf16 8192^3 matmul. Each row's floor is the bytes its inputs and outputs
-must cross once (q, k, v, g read, o written) over that copy bandwidth.
+must cross once (q, k, v, g read, o written) over that copy bandwidth; for fwd+bwd, those of the
+forward and of the backward (q, k, v, g, do read; dq, dk, dv, dg written).
 
     python benchmarks/kernels.py [--lengths 1K,4K,16K,64K,256K,1M] [--quick] [--out FILE]
 
@@ -58,7 +76,15 @@ OURS = {
     "ours SSD shape (q k per head)": (64, 64, 128, 64),
     "ours SSD shape (q k shared)": (64, 1, 128, 64),
 }
-OPS = ["ceilings", *OURS, "fla chunk_simple_gla", "mamba_ssm SSD", "sdpa causal"]
+BWD = " fwd+bwd"  # suffix of the forward+backward ops
+SCAN_OPS = ["ours selective_scan", "mamba_ssm selective_scan_fn"]
+SCAN_SHAPE = (1536, 16)  # Di, N: Mamba 130m's layer
+OPS = [
+    "ceilings", *OURS, "fla chunk_simple_gla", "mamba_ssm SSD", "sdpa causal",
+    "ours" + BWD, "ours SSD shape (q k shared)" + BWD, "fla chunk_simple_gla" + BWD, "mamba_ssm SSD" + BWD,
+    *SCAN_OPS, *(op + BWD for op in SCAN_OPS),
+]
+CHECK_TOL = {"o": 1e-2, "grad": 3e-2}  # relative to float64 / fp32 references; bf16 rounding is ~3e-3
 
 
 def parse_length(s: str) -> int:
@@ -89,6 +115,14 @@ def import_ours():
         altbench.__path__.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from altbench.kernels import chunk_scalar_decay
     return chunk_scalar_decay
+
+
+def import_selective_scan():
+    """`altbench.kernels.selective_scan`, as `import_ours`."""
+    import_ours()
+    from altbench.kernels import selective_scan
+
+    return selective_scan
 
 
 def cuda_fault(message: str) -> bool:
@@ -149,6 +183,34 @@ def scalar_decay_inputs(L, H, Hk, K, V, decay_bias=5.0, seed=0):
     return q, k, v, g
 
 
+def selective_scan_inputs(L, seed=0):
+    """Mamba 130m's layer at batch 1: bf16 u, Delta = softplus(N(-3, 1)), B, C; fp32 A = -exp(N(0, 1)), D."""
+    import torch
+    import torch.nn.functional as F
+
+    Di, N = SCAN_SHAPE
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    u = torch.randn(1, L, Di, device="cuda", generator=gen).bfloat16()  # (B, L, Di)
+    delta = F.softplus(torch.randn(1, L, Di, device="cuda", generator=gen) - 3).bfloat16()  # (B, L, Di)
+    A = -torch.exp(torch.randn(Di, N, device="cuda", generator=gen))  # (Di, N)
+    Bm = torch.randn(1, L, N, device="cuda", generator=gen).bfloat16()  # (B, L, N)
+    Cm = torch.randn(1, L, N, device="cuda", generator=gen).bfloat16()  # (B, L, N)
+    D = torch.randn(Di, device="cuda", generator=gen)  # (Di,)
+    return u, delta, A, Bm, Cm, D
+
+
+def forward_backward(forward, inputs):
+    """A call that runs `forward` (returning one tensor) and the gradients of that tensor, against a
+    fixed random gradient, with respect to `inputs` (made leaves that require grad)."""
+    import torch
+
+    leaves = [x.detach().requires_grad_() for x in inputs]
+    out = forward(*leaves)
+    grad = torch.randn(out.shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(7)).to(out.dtype)
+    del out
+    return lambda: torch.autograd.grad(forward(*leaves), leaves, grad)
+
+
 def reference_f64(q, k, v, g, scale, chunk=64):
     """The op in float64 by chunks: a check for long L, where the fp32 loop is too slow.
     q, k: (B, T, H, K) (already one per head), v: (B, T, H, V), g: (B, T, H) -> o (B, T, H, V), S_T."""
@@ -184,14 +246,15 @@ def rel_err(out, ref):
 
 def check_ours(name, H, Hk, K, V, lengths, quick):
     """Relative errors of our kernel at 4K (all heads) and at the longest length >= 256K (2 heads);
-    for the first variant, of the float64 reference against the fp32 loop first. False after a
-    CUDA fault."""
+    for the first variant, of the float64 reference against the fp32 loop first. Returns (False
+    after a CUDA fault, else True; a message naming the errors over CHECK_TOL, or "")."""
     import torch
 
     csd = import_ours()
     scale = K**-0.5
     checks = [("reference", 256)] if name == "ours" else []
     checks.append(("kernel", CHECK_LENGTH))
+    failed = ""
     long = [L for L in lengths if L >= LONG_CHECK_MIN]
     if long and not quick:
         checks.append(("kernel", max(long)))
@@ -213,17 +276,68 @@ def check_ours(name, H, Hk, K, V, lengths, quick):
                 o, S = o[:, :, sel], S[:, sel]
                 q, k, v, g = q[:, :, kh], k[:, :, kh], v[:, :, sel], g[:, :, sel]
             ref_o, ref_S = reference_f64(q, k, v, g, scale)
-            emit(kind="check", op=label, L=L, heads=heads, o_rel_err=rel_err(o, ref_o), state_rel_err=rel_err(S, ref_S),
-                 finite=bool(torch.isfinite(o).all()))
+            o_err, S_err, finite = rel_err(o, ref_o), rel_err(S, ref_S), bool(torch.isfinite(o).all())
+            emit(kind="check", op=label, L=L, heads=heads, o_rel_err=o_err, state_rel_err=S_err, finite=finite)
+            if not (finite and max(o_err, S_err) <= CHECK_TOL["o"]):
+                failed = f"numerical check failed at L={fmt_length(L)}: o rel err {o_err:.2e}, state {S_err:.2e}, finite {finite}"
         except Exception as e:  # noqa: BLE001 - a failed check is a row, not a crash
             msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
             emit(kind="check", op=label, L=L, heads=heads, status="error", message=msg)
+            failed = "numerical check raised " + msg
             if cuda_fault(msg):
-                return False
+                return False, failed
         finally:
             q = k = v = g = o = S = ref_o = ref_S = None
             free_cache()
-    return True
+    return True, failed
+
+
+def check_ours_backward(name, H, Hk, K, V):
+    """Relative errors of o and of dq, dk, dv, dg of our kernel at 4K, all heads, against the float64
+    chunked computation through torch.autograd. Returns (ok, message)."""
+    import torch
+
+    csd = import_ours()
+    q, k, v, g = scalar_decay_inputs(CHECK_LENGTH, H, Hk, K, V, seed=3)
+    do = torch.randn(v.shape, device="cuda", dtype=v.dtype, generator=torch.Generator(device="cuda").manual_seed(4))
+    inputs = [x.detach().requires_grad_() for x in (q, k, v, g)]
+    o, _ = csd.chunk_scalar_decay(*inputs)
+    grads = torch.autograd.grad(o, inputs, do)
+    ref_inputs = [x.detach().double().requires_grad_() for x in (q, k, v, g)]
+    per_head = [x.repeat_interleave(H // Hk, dim=2) for x in ref_inputs[:2]]  # q, k per value head
+    ref_o, _ = reference_f64(*per_head, *ref_inputs[2:], K**-0.5)
+    ref_grads = torch.autograd.grad(ref_o, ref_inputs, do.double())
+    errs = {"o": rel_err(o, ref_o)} | {f"d{n}": rel_err(a, b) for n, a, b in zip("qkvg", grads, ref_grads)}
+    return emit_check(name + BWD, CHECK_LENGTH, list(range(H)), errs)
+
+
+def check_selective_scan(backward, L=1024):
+    """Relative errors of y, h_T (and of every gradient) of our selective scan against the fp32 loop
+    at L tokens, through torch.autograd. Returns (ok, message)."""
+    import torch
+
+    sel = import_selective_scan()
+    inputs = selective_scan_inputs(L, seed=1)
+    leaves = [x.detach().requires_grad_(backward) for x in inputs]
+    ref_leaves = [x.detach().requires_grad_(backward) for x in inputs]
+    with torch.set_grad_enabled(backward):
+        y, h = sel.selective_scan(*leaves)
+        ref_y, ref_h = sel.selective_scan_ref(*ref_leaves)
+    errs = {"y": rel_err(y, ref_y), "h_T": rel_err(h, ref_h)}
+    if backward:
+        dy = torch.randn(y.shape, device="cuda", dtype=y.dtype, generator=torch.Generator(device="cuda").manual_seed(2))
+        grads = torch.autograd.grad(y, leaves, dy)
+        ref_grads = torch.autograd.grad(ref_y, ref_leaves, dy)
+        errs |= {f"d{n}": rel_err(a, b) for n, a, b in zip(("u", "delta", "A", "B", "C", "D"), grads, ref_grads)}
+    return emit_check("ours selective_scan" + (BWD if backward else ""), L, None, errs)
+
+
+def emit_check(op, L, heads, errs):
+    """One check row with every relative error; (ok, message naming the errors over CHECK_TOL)."""
+    bad = {n: e for n, e in errs.items() if not math.isfinite(e) or e > CHECK_TOL["o" if n in ("o", "y", "h_T") else "grad"]}
+    emit(kind="check", op=op, L=L, heads=heads, errors=errs, status="error" if bad else "ok",
+         message="; ".join(f"{n} rel err {e:.2e}" for n, e in bad.items()))
+    return not bad, "numerical check failed at L=" + fmt_length(L) + ": " + "; ".join(f"{n} {e:.2e}" for n, e in bad.items()) if bad else ""
 
 
 def free_cache():
@@ -240,6 +354,11 @@ def make_cell(op, L):
     import torch
     import torch.nn.functional as F
 
+    if op.endswith(BWD):
+        return make_backward_cell(op[: -len(BWD)], L)
+    if op in SCAN_OPS:
+        fn, inputs = scan_call(op, L)
+        return lambda: fn(*inputs), scan_bytes(L, backward=False)
     if op in OURS:
         chunk_scalar_decay = import_ours().chunk_scalar_decay
         H, Hk, K, V = OURS[op]
@@ -270,6 +389,66 @@ def make_cell(op, L):
     raise ValueError(op)
 
 
+def scan_call(op, L):
+    """(forward returning y, its inputs) for a selective-scan op, in the op's own layout."""
+    if op == "ours selective_scan":
+        selective_scan = import_selective_scan().selective_scan
+        return (lambda *x: selective_scan(*x)[0]), selective_scan_inputs(L)
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError as e:
+        missing = getattr(e, "name", None) or "mamba_ssm"
+        raise ImportError(f"{missing} cannot be imported ({type(e).__name__}: {e}); mamba_ssm with its CUDA extension is needed") from None
+    u, delta, A, Bm, Cm, D = selective_scan_inputs(L)
+    layout = [x.transpose(1, 2).contiguous() for x in (u, delta, Bm, Cm)]  # (B, Di, L), (B, N, L)
+    return (lambda u, delta, A, B, C, D: selective_scan_fn(u, delta, A, B, C, D, return_last_state=True)[0]), (
+        layout[0], layout[1], A, layout[2], layout[3], D)
+
+
+def scan_bytes(L, backward):
+    """u, Delta, B, C read and y written (bf16); fwd+bwd adds u, Delta, B, C, dy read and du, dDelta, dB, dC written."""
+    Di, N = SCAN_SHAPE
+    return 2 * L * ((3 * Di + 2 * N) + ((5 * Di + 4 * N) if backward else 0))
+
+
+def make_backward_cell(op, L):
+    """(fwd+bwd fn, bytes) for the forward op `op`."""
+    import torch
+    import torch.nn.functional as F
+
+    if op in SCAN_OPS:
+        fn, inputs = scan_call(op, L)
+        return forward_backward(fn, inputs), scan_bytes(L, backward=True)
+    if op in OURS:
+        chunk_scalar_decay = import_ours().chunk_scalar_decay
+        q, k, v, g = scalar_decay_inputs(L, *OURS[op])
+        return forward_backward(lambda *x: chunk_scalar_decay(*x)[0], (q, k, v, g)), scalar_decay_backward_bytes(q, k, v, g)
+    if op == "fla chunk_simple_gla":
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        q, k, v, g = scalar_decay_inputs(L, 32, 32, 64, 64)
+        fn = lambda q, k, v, g: chunk_simple_gla(q, k, v, g=g, scale=64**-0.5, output_final_state=True)[0]  # noqa: E731
+        return forward_backward(fn, (q, k, v, g)), scalar_decay_backward_bytes(q, k, v, g)
+    if op == "mamba_ssm SSD":
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        x = torch.randn(1, L, 64, 64, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, L, H, P)
+        dt = F.softplus(torch.randn(1, L, 64, device="cuda", generator=gen) - 4)  # (B, L, H)
+        A = -torch.rand(64, device="cuda", generator=gen) - 0.5  # (H,)
+        Bm = torch.randn(1, L, 1, 128, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, L, G, N)
+        Cm = torch.randn(1, L, 1, 128, device="cuda", dtype=torch.bfloat16, generator=gen)  # (B, L, G, N)
+        fn = lambda x, dt, A, B, C: mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size=256)  # noqa: E731
+        nbytes = 2 * (5 * x.numel() + 3 * Bm.numel() + 3 * Cm.numel()) + 4 * 3 * dt.numel()
+        return forward_backward(fn, (x, dt, A, Bm, Cm)), nbytes
+    raise ValueError(op)
+
+
+def scalar_decay_backward_bytes(q, k, v, g):
+    """Forward (q, k, v, g read, o written) and backward (q, k, v, g, do read; dq, dk, dv, dg written)."""
+    return 2 * (3 * q.numel() + 3 * k.numel() + 5 * v.numel()) + 4 * 3 * g.numel()
+
+
 def run_ceilings(warmup_ms, rep_ms):
     import torch
     from triton.testing import do_bench
@@ -292,9 +471,27 @@ def worker(op, lengths, quick, check):
     if op == "ceilings":
         run_ceilings(warmup_ms, rep_ms)
         return 0
-    if op in OURS and check and not check_ours(op, *OURS[op], lengths, quick):
-        return 3
+    failed = ""
+    if op in OURS and check:
+        fault_free, failed = check_ours(op, *OURS[op], lengths, quick)
+        if not fault_free:
+            return 3
+    if check and (op.startswith("ours") and op.endswith(BWD) or op == "ours selective_scan"):
+        try:
+            base = op[: -len(BWD)] if op.endswith(BWD) else op
+            ok, message = check_selective_scan(op.endswith(BWD)) if base in SCAN_OPS else check_ours_backward(base, *OURS[base])
+        except Exception as e:  # noqa: BLE001 - a failed check is a row, not a crash
+            ok, message = False, "numerical check raised " + f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            emit(kind="check", op=op, L=None, heads=None, status="error", message=message)
+            if cuda_fault(message):
+                return 3
+        finally:
+            free_cache()
+        failed = "" if ok else message
     for L in lengths:
+        if failed:  # no time for a kernel whose numbers are wrong
+            emit(kind="cell", op=op, L=L, status="error", message=failed)
+            continue
         fn = None
         try:
             fn, nbytes = make_cell(op, L)
@@ -373,14 +570,17 @@ def markdown(rows, lengths):
         lines += ["| check | L | heads | o rel err | state rel err | |", "|---|---|---|---|---|---|"]
         for r in checks:
             heads = "all" if r.get("heads") is None or len(r["heads"]) > 2 else ",".join(map(str, r["heads"]))
-            if r.get("status") == "error":
-                lines.append(f"| {r['op']} | {fmt_length(r['L'])} | {heads} | – | – | {r['message']} |")
+            if "errors" in r:  # fwd+bwd and selective-scan checks: every relative error in one cell
+                errs = ", ".join(f"{n} {e:.2e}" for n, e in r["errors"].items())
+                lines.append(f"| {r['op']} | {fmt_length(r['L'])} | {heads} | {errs} | | {r['status']}{': ' + r['message'] if r['message'] else ''} |")
+            elif r.get("status") == "error":
+                lines.append(f"| {r['op']} | {fmt_length(r['L']) if r.get('L') else '–'} | {heads} | – | – | {r['message']} |")
             else:
                 lines.append(f"| {r['op']} | {fmt_length(r['L'])} | {heads} | {r['o_rel_err']:.2e} | {r['state_rel_err']:.2e} | {'' if r.get('finite', True) else 'NON-FINITE'} |")
         lines.append("")
     cells = [r for r in rows if r["kind"] == "cell"]
     ops = list(dict.fromkeys(r["op"] for r in cells if r.get("L")))
-    lines += ["Forward, median ms (B=1, bf16; `first` = first call, s):", "",
+    lines += ["Median ms, forward, or forward+backward for `fwd+bwd` rows (B=1, bf16; `first` = first call, s):", "",
               "| op | " + " | ".join(fmt_length(L) for L in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
     for op in ops:
         by_L = {r["L"]: r for r in cells if r["op"] == op}
