@@ -97,7 +97,8 @@ only extra memory kept for autograd: B*H*ceil(T/L)*K*V fp32) and runs three kern
        into dg with one reverse cumulative sum over (B, T, H) in torch.
 
 dq and dk are computed per value head; with q, k shared by a group of heads (H_k < H), or V split
-into blocks of 64, they are written in fp32 and summed by torch, else written directly.
+into blocks (of 64, or 32 when K > 64), they are written in fp32 and summed by torch, else written
+directly. The backward kernels choose their own chunk (32 or 64) by autotuning.
 
 First call: compiling the three kernels and trying two configs (4 warps, 2 or 3 stages) of kernels
 1 and 3 takes 2.5-4.5 s on the H100 per (K, V, chunk_size, dtype). T and L are run-time arguments,
@@ -154,6 +155,22 @@ _TUNE_KEY = ["K", "V", "BK", "BV", "C"]  # not T nor L: one compile and one tuni
 
 def _configs():
     return _CONFIGS[:1] if _INTERPRET else _CONFIGS
+
+
+# The backward kernels hold more tiles than the forward's (S or dS, and five (C, BK|BV) loads): they
+# pick their own chunk, which the segments' states do not constrain. On sm_90 at K = V = 64 (BV = 64)
+# and K = 128 (BV = 32), C = 32 compiles without spills at 4 and 8 warps, C = 64 only for kernel 4.
+_BWD_CONFIGS = [
+    triton.Config({"C": 32}, num_warps=4, num_stages=2),
+    triton.Config({"C": 32}, num_warps=8, num_stages=2),
+    triton.Config({"C": 64}, num_warps=8, num_stages=2),
+    triton.Config({"C": 32}, num_warps=4, num_stages=3),
+]
+_BWD_TUNE_KEY = ["K", "V", "BK", "BV"]
+
+
+def _bwd_configs():
+    return [triton.Config({"C": 16}, num_warps=4)] if _INTERPRET else _BWD_CONFIGS
 
 
 @triton.autotune(configs=_configs(), key=_TUNE_KEY)
@@ -272,7 +289,7 @@ def _segment_outputs_kernel(
         S = S * tl.exp(G_end) + tl.dot(tl.trans(k_dec), vc, input_precision=PREC)
 
 
-@triton.autotune(configs=_configs(), key=_TUNE_KEY)
+@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY)
 @triton.jit
 def _segment_grad_states_kernel(
     q, do, g, dstates, dseg_decay,  # q (B, T, HK, K), do (B, T, H, V), g (B, T, H); out (B*H, NS, K, V), (B*H, NS), reversed
@@ -315,7 +332,7 @@ def _segment_grad_states_kernel(
     tl.store(dseg_decay + i_bh.to(tl.int64) * NS + i_r, total, mask=i_v == 0)
 
 
-@triton.autotune(configs=_configs(), key=_TUNE_KEY)
+@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY)
 @triton.jit
 def _segment_grads_kernel(
     q, k, v, g, do, states, dstates, dht,  # as the forward's; do like v; states, dstates (reversed) (B*H, NS, K, V); dht (B*H, K, V)
@@ -464,12 +481,12 @@ def _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, segment_length):
     return o, ht, states
 
 
-def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, chunk_size, segment_length):
+def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, segment_length):
     """Gradients (dq, dk, dv, dg, dh0 or None) from the forward's inputs, its entering states
     (B*H, NS, K, V), and the gradients do (B, T, H, V) and dht (B, H, K, V) or None."""
     B, T, HK, K = q.shape
     H, V = v.shape[2], v.shape[3]
-    C, L = chunk_size, segment_length
+    L = segment_length
     NS = triton.cdiv(T, L)
     assert k.shape == q.shape and v.shape[:2] == (B, T) and g.shape == (B, T, H), "shapes as in the forward"
     assert do.shape == v.shape, f"do {tuple(do.shape)} must match v {tuple(v.shape)}"
@@ -477,7 +494,7 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, chunk_size, 
     assert dht is None or dht.shape == (B, H, K, V), f"dht {tuple(dht.shape)} must be (B, H, K, V) = {(B, H, K, V)}"
 
     BK = max(16, triton.next_power_of_2(K))
-    BV = min(64, max(16, triton.next_power_of_2(V)))
+    BV = min(64 if BK <= 64 else 32, max(16, triton.next_power_of_2(V)))  # K = 128 at BV = 64 spills
     NV = triton.cdiv(V, BV)
     direct = NV == 1 and HK == H  # dq, dk need no sum over V blocks or over the heads sharing q, k
     part_dtype = q.dtype if direct else torch.float32
@@ -498,7 +515,7 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, chunk_size, 
     dseg_decay = torch.empty(B * H, NS, device=q.device, dtype=torch.float32)
     dh0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
     _segment_grad_states_kernel[(B * H, NS, NV)](
-        q, do, g, dstates, dseg_decay, T, H, HK, NS, L, scale, K=K, V=V, BK=BK, BV=BV, C=C, PREC=prec
+        q, do, g, dstates, dseg_decay, T, H, HK, NS, L, scale, K=K, V=V, BK=BK, BV=BV, PREC=prec
     )
     dht = dht.float().contiguous() if dht is not None else None
     _scan_states_kernel[(B * H, triton.cdiv(K * V, 256))](
@@ -506,7 +523,7 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, chunk_size, 
     )
     _segment_grads_kernel[(B * H, NS, NV)](
         q, k, v, g, do, states, dstates, dht if dht is not None else dh0, dq, dk, dv, dgq, dgk, dg_last, T, H, HK, NS, L, scale, B * T,
-        K=K, V=V, BK=BK, BV=BV, C=C, PREC=prec, HAS_DHT=dht is not None,
+        K=K, V=V, BK=BK, BV=BV, PREC=prec, HAS_DHT=dht is not None,
     )
 
     dG = (dgq - dgk).sum(0)  # (B, T, H): the gradient of the running log-decay G_t
@@ -526,7 +543,7 @@ class _ChunkScalarDecay(torch.autograd.Function):
     def forward(ctx, q, k, v, g, h0, scale, chunk_size, segment_length):
         o, ht, states = _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, segment_length)
         ctx.save_for_backward(q, k, v, g, h0, states)
-        ctx.config = (scale, chunk_size, segment_length)
+        ctx.config = (scale, segment_length)
         return o, ht
 
     @staticmethod

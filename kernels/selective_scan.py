@@ -190,11 +190,13 @@ def _carry_states_kernel(
 
 # --- backward ------------------------------------------------------------------------------------
 
-# Kernel 6 holds (CT, BD) tiles: CT tokens by BD channels, the time axis scanned in parallel.
+# Kernel 6 holds (CT, BD) tiles: CT tokens by BD channels, the time axis scanned in parallel. These
+# compile for sm_90 without spills (8 tile elements per thread; 16 spill at N = 16).
 _GRAD_CONFIGS = [
-    triton.Config({"BD": 64, "CT": 32}, num_warps=4),
-    triton.Config({"BD": 32, "CT": 64}, num_warps=4),
-    triton.Config({"BD": 128, "CT": 32}, num_warps=8),
+    triton.Config({"BD": 32, "CT": 32}, num_warps=4),
+    triton.Config({"BD": 64, "CT": 16}, num_warps=4),
+    triton.Config({"BD": 64, "CT": 32}, num_warps=8),
+    triton.Config({"BD": 32, "CT": 64}, num_warps=8),
 ]
 _INTERPRET_GRAD_CONFIGS = [triton.Config({"BD": 16, "CT": 16}, num_warps=1)]
 _CTS = [c.kwargs["CT"] for c in (_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS)]
