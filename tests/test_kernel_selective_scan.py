@@ -147,6 +147,19 @@ def test_bf16_gradients():
     check_grads(make_inputs(1, 37, 16, 8, dtype=torch.bfloat16, with_h0=True, seed=9), 1e-2)
 
 
+def test_autograd_saves_no_per_step_states():
+    """What the op keeps for its backward is its inputs and one state per segment, not the
+    T x Di x N states that autograd through the reference loop keeps (Mamba's memory at 16K)."""
+    inputs = [x.requires_grad_() if x is not None else None for x in make_inputs(1, 37, 32, 8, with_h0=True)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        _SelectiveScan.apply(*inputs, 16)
+    T, Di, N = 37, 32, 8
+    input_elements = sum(x.numel() for x in inputs)
+    assert sum(saved) <= input_elements + 3 * N * Di  # inputs + the states entering 3 segments
+    assert max(saved) < T * Di * N
+
+
 def test_no_grad_forward_keeps_nothing_for_backward():
     u, delta, A, Bm, Cm, D, _ = make_inputs(1, 8, 16, 8)
     with torch.no_grad():
