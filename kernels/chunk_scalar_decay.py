@@ -96,9 +96,10 @@ only extra memory kept for autograd: B*H*ceil(T/L)*K*V fp32) and runs three kern
        registers; writes dq, dk, dv and the per-token q . dq and k . dk, which the launcher turns
        into dg with one reverse cumulative sum over (B, T, H) in torch.
 
-dq and dk are computed per value head; with q, k shared by a group of heads (H_k < H), or V split
-into blocks (of 64, or 32 when K > 64), they are written in fp32 and summed by torch, else written
-directly. The backward kernels choose their own chunk (32 or 64) by autotuning.
+dq and dk are computed per value head and V block; with q, k shared by a group of heads (H_k < H),
+or V split into blocks (of 64, or 32 when K > 64), each program adds its share into fp32 buffers of
+q's shape by atomic adds, else it writes them directly. The backward kernels choose their own chunk
+(32 or 64) by autotuning.
 
 First call: compiling the three kernels and trying two configs (4 warps, 2 or 3 stages) of kernels
 1 and 3 takes 2.5-4.5 s on the H100 per (K, V, chunk_size, dtype). T and L are run-time arguments,
@@ -332,14 +333,14 @@ def _segment_grad_states_kernel(
     tl.store(dseg_decay + i_bh.to(tl.int64) * NS + i_r, total, mask=i_v == 0)
 
 
-@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY)
+@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY, reset_to_zero=["dq", "dk"])
 @triton.jit
 def _segment_grads_kernel(
     q, k, v, g, do, states, dstates, dht,  # as the forward's; do like v; states, dstates (reversed) (B*H, NS, K, V); dht (B*H, K, V)
-    dq, dk, dv, dgq, dgk, dg_last,  # dq, dk (NV, B, T, H, K); dv like v; dgq, dgk (NV, B, T, H), dg_last (NV, B*H) fp32
+    dq, dk, dv, dgq, dgk, dg_last,  # dq, dk like q (fp32 when ADD); dv like v; dgq, dgk (NV, B, T, H), dg_last (NV, B*H) fp32
     T, H, HK, NS, L, scale, BT,  # BT = B * T
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-    HAS_DHT: tl.constexpr,
+    HAS_DHT: tl.constexpr, ADD: tl.constexpr,  # ADD: dq, dk summed over heads and V blocks by atomic adds
 ):
     i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -355,8 +356,8 @@ def _segment_grads_kernel(
     dv_seg = dv + tok0 * H * V + i_h * V
     g_seg = g + tok0 * H + i_h
     part = i_v.to(tl.int64) * BT  # this V block's slice of the per-block partial sums
-    dq_seg = dq + ((part + tok0) * H + i_h) * K
-    dk_seg = dk + ((part + tok0) * H + i_h) * K
+    dq_seg = dq + tok0 * HK * K + i_hk * K
+    dk_seg = dk + tok0 * HK * K + i_hk * K
     dgq_seg = dgq + (part + tok0) * H + i_h
     dgk_seg = dgk + (part + tok0) * H + i_h
     in_k, in_v = ck < K, cv < V
@@ -386,7 +387,10 @@ def _segment_grads_kernel(
         dqc = tl.dot(Ad.to(kc.dtype), kc, dqc, input_precision=PREC) * scale  # all but the j = i term
         tl.store(dgq_seg + r * H, tl.sum(qc.to(tl.float32) * dqc, 1), mask=in_seq)
         dqc += (scale * own)[:, None] * kc.to(tl.float32)
-        tl.store(dq_seg + r[:, None] * (H * K) + ck[None, :], dqc.to(dq.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
+        if ADD:
+            tl.atomic_add(dq_seg + r[:, None] * (HK * K) + ck[None, :], dqc, mask=in_seq[:, None] & in_k[None, :])
+        else:
+            tl.store(dq_seg + r[:, None] * (HK * K) + ck[None, :], dqc.to(dq.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
 
         k_dec = (kc * tl.exp(G_end - G)[:, None]).to(kc.dtype)
         k_dec = tl.where(((r == n - 1) & (i_s == NS - 1))[:, None], 0.0, k_dec)  # leaves exp(g_T) S_{T-1}, not S_T
@@ -426,7 +430,10 @@ def _segment_grads_kernel(
         last = ((r == n - 1) & (i_s == NS - 1))[:, None]  # token T: its dh_T term is left out of dg_T (above)
         tl.store(dgk_seg + r * H, tl.sum(kc.to(tl.float32) * (dkc + tl.where(last, 0.0, dk_state)), 1), mask=in_seq)
         dkc += dk_state + (scale * own)[:, None] * qc.to(tl.float32)
-        tl.store(dk_seg + r[:, None] * (H * K) + ck[None, :], dkc.to(dk.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
+        if ADD:
+            tl.atomic_add(dk_seg + r[:, None] * (HK * K) + ck[None, :], dkc, mask=in_seq[:, None] & in_k[None, :])
+        else:
+            tl.store(dk_seg + r[:, None] * (HK * K) + ck[None, :], dkc.to(dk.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
 
         q_dec = (qc * tl.exp(G)[:, None]).to(qc.dtype)
         dS = dS * tl.exp(G_end) + tl.dot(tl.trans(q_dec), doc, input_precision=PREC) * scale
@@ -496,10 +503,9 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, segment_leng
     BK = max(16, triton.next_power_of_2(K))
     BV = min(64 if BK <= 64 else 32, max(16, triton.next_power_of_2(V)))  # K = 128 at BV = 64 spills
     NV = triton.cdiv(V, BV)
-    direct = NV == 1 and HK == H  # dq, dk need no sum over V blocks or over the heads sharing q, k
-    part_dtype = q.dtype if direct else torch.float32
-    dq = torch.empty(NV, B, T, H, K, device=q.device, dtype=part_dtype)  # per value head and V block
-    dk = torch.empty(NV, B, T, H, K, device=q.device, dtype=part_dtype)
+    add = NV > 1 or HK < H  # dq, dk summed over V blocks or over the heads sharing q, k
+    dq = (torch.zeros if add else torch.empty)(B, T, HK, K, device=q.device, dtype=torch.float32 if add else q.dtype)
+    dk = (torch.zeros if add else torch.empty)(B, T, HK, K, device=q.device, dtype=torch.float32 if add else q.dtype)
     dv = torch.empty(B, T, H, V, device=q.device, dtype=v.dtype)
     dgq = torch.empty(NV, B, T, H, device=q.device, dtype=torch.float32)  # q_t . dq_t
     dgk = torch.empty(NV, B, T, H, device=q.device, dtype=torch.float32)  # k_t . dk_t
@@ -523,17 +529,14 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, segment_leng
     )
     _segment_grads_kernel[(B * H, NS, NV)](
         q, k, v, g, do, states, dstates, dht if dht is not None else dh0, dq, dk, dv, dgq, dgk, dg_last, T, H, HK, NS, L, scale, B * T,
-        K=K, V=V, BK=BK, BV=BV, PREC=prec, HAS_DHT=dht is not None,
+        K=K, V=V, BK=BK, BV=BV, PREC=prec, HAS_DHT=dht is not None, ADD=add,
     )
 
     dG = (dgq - dgk).sum(0)  # (B, T, H): the gradient of the running log-decay G_t
     if dht is not None:
         dG[:, -1] += dg_last.sum(0).view(B, H)
     dg = dG.flip(1).cumsum(1).flip(1)  # dg_t = sum_{s >= t} dG_s
-    if not direct:
-        dq = dq.sum(0).view(B, T, HK, H // HK, K).sum(3)  # (B, T, HK, K)
-        dk = dk.sum(0).view(B, T, HK, H // HK, K).sum(3)
-    return dq.view(B, T, HK, K), dk.view(B, T, HK, K), dv, dg, dh0 if h0 is not None else None
+    return dq, dk, dv, dg, dh0 if h0 is not None else None
 
 
 class _ChunkScalarDecay(torch.autograd.Function):
