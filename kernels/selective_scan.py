@@ -72,8 +72,9 @@ the backward, with the forward's segments, runs
        Di, transient); (B) walks the chunks backwards, holding (CT, BD) tiles of u, Delta and dy;
        for each n, a parallel scan over time rebuilds h inside the chunk from its start state, a
        reverse scan gives dh from the gradient at the chunk's end, and the terms above are summed:
-       du, dDelta per chunk; dB, dC across channel blocks by fp32 atomic adds; dA, dD per (batch,
-       segment) and summed by torch; dh0 by the first segment.
+       du, dDelta per chunk; dB, dC, one (CT, N) tile per chunk, summed over channel blocks by
+       fp32 atomic adds; dA, dD per (batch, segment) and summed by torch; dh0 by the first
+       segment.
 
 The reverse scan needs a_{t+1} at token t; rather than shift the tile, it scans triples (a_t,
 a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. The backward computes a_t
@@ -310,6 +311,8 @@ def _chunk_grads_kernel(
         dy_c = tl.load(dy + td, mask=m, other=0.0).to(tl.float32)
         du_c = dy_c * d_skip[None, :]
         ddt_c = tl.zeros([CT, BD], dtype=tl.float32)
+        dB_c = tl.zeros([CT, BN], dtype=tl.float32)  # this channel block's share of dB, dC for the chunk
+        dC_c = tl.zeros([CT, BN], dtype=tl.float32)
         dtu = dt_c * u_c
         start = chunk0 + (c0 // CT) * N * Di
         for n in range(N):
@@ -329,10 +332,14 @@ def _chunk_grads_kernel(
             decayed = h_c - b  # exp(Delta_t A) h_{t-1}
             ddt_c += dh * (u_c * b_n[:, None] + decayed * (a2_n * _LN2)[None, :])
             du_c += dh * dt_c * b_n[:, None]
-            tl.atomic_add(dBm + (tok0 + r) * N + n, tl.sum(dh * dtu, 1), mask=live)
-            tl.atomic_add(dCm + (tok0 + r) * N + n, tl.sum(dy_c * h_c, 1), mask=live)
+            column = (cn == n)[None, :]
+            dB_c = tl.where(column, tl.sum(dh * dtu, 1)[:, None], dB_c)
+            dC_c = tl.where(column, tl.sum(dy_c * h_c, 1)[:, None], dC_c)
             dA_acc += tl.where(pick, tl.sum(dh * decayed * dt_c, 0)[None, :], 0.0)
             dh_end = tl.where(pick, tl.sum(tl.where(first, a * dh, 0.0), 0)[None, :], dh_end)  # to the state before the chunk
+        tn = (tok0 + r)[:, None] * N + cn[None, :]  # (CT, BN)
+        tl.atomic_add(dBm + tn, dB_c, mask=live[:, None] & in_n[None, :])  # summed over channel blocks
+        tl.atomic_add(dCm + tn, dC_c, mask=live[:, None] & in_n[None, :])
         tl.store(du + td, du_c.to(du.dtype.element_ty), mask=m)
         tl.store(ddelta + td, ddt_c.to(ddelta.dtype.element_ty), mask=m)
         dD_acc += tl.sum(dy_c * u_c, 0)
