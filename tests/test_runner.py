@@ -433,6 +433,7 @@ def test_unknown_backend_choice_names_the_choices(tmp_path):
 
 
 def test_env_counts_the_triton_cache_so_first_calls_read_as_compiles_or_cache_loads(monkeypatch, tmp_path):
+    pytest.importorskip("triton")
     from altbench.measure import env as envmod
     from altbench.report import _env_headline
 

@@ -20,7 +20,11 @@
     timeout_s = 120                      # per cell; the worker is killed after it
     prefill_segment = 0                  # >0: prefill in segments of this many tokens, carrying state
     decode_tokens = 16                   # tokens timed per decode cell
-    cuda_graphs = true                   # capture decode steps in CUDA graphs where possible
+    cuda_graphs = true                   # replay decode steps (and short prefills) from CUDA graphs
+    graph_max_len = 16384                # prefill / mixer-alone cells up to this length are graph-captured
+    compile_decode = true                # torch.compile the decode step on a GPU (compile_ms apart)
+    compile_prefill = false              # torch.compile prefill and mixer-alone calls (a compile per shape)
+    energy = true                        # joules per token from NVML's energy counter on a GPU
 
     [measurements.prefill]               # one table per measurement; keys here override [settings]
     [measurements.decode]
@@ -56,6 +60,10 @@ class Settings:
     prefill_segment: int = 0
     decode_tokens: int = 16
     cuda_graphs: bool = True
+    graph_max_len: int = 16384  # prefill / mixer-alone cells up to this length replay from a CUDA graph
+    compile_decode: bool = True  # torch.compile the decode step (GPU only; compile time kept apart)
+    compile_prefill: bool = False  # torch.compile prefill and mixer-alone calls too (one compile per shape)
+    energy: bool = True  # joules per token from NVML's energy counter (GPU only)
     max_seq_len: int = 0  # 0: no limit
     max_batch: int = 0  # 0: no limit
 
