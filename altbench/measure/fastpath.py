@@ -108,8 +108,11 @@ def fast_call(
             call = capture(call, rewind)
             graphed = True
         except Exception as e:  # noqa: BLE001 - any capture failure falls back to launching eagerly
-            torch.cuda.synchronize(device)
             note = f"CUDA graph capture failed, timed without a graph ({_first_line(e)})"
+            try:  # a failed capture can leave the context unusable: then the cell fails instead
+                torch.ones(1, device=device).add_(1).item()
+            except Exception as poisoned:  # noqa: BLE001
+                raise RuntimeError(f"{note}; the CUDA context is unusable after it: {_first_line(poisoned)}") from e
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     compile_ms = (time.perf_counter() - t0) * 1e3 if compile or graphed else None
