@@ -12,6 +12,7 @@ Llama-style tokenizer.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,8 +134,9 @@ def requests(bos: str) -> dict[str, list[Instance]]:
             [(t,) for t in rolling]), "generate_until": make("generate_until", gen)}
 
 
-def hflm(path, batch_size: int) -> HFLM:
-    return HFLM(pretrained=str(path), device="cpu", dtype="float32", batch_size=batch_size, max_length=MAX_LENGTH)
+def hflm(path, batch_size: int, **options) -> HFLM:
+    return HFLM(pretrained=str(path), device="cpu", dtype="float32", batch_size=batch_size, max_length=MAX_LENGTH,
+                **options)
 
 
 def answers(lm, reqs: dict[str, list[Instance]]) -> dict[str, list]:
@@ -164,10 +166,11 @@ def test_requests_match_hflm_per_tokenizer_convention(checkpoints, convention, b
     check("transformer", path, CONVENTIONS[convention][1], batch_size)
 
 
-def check(arch, path, bos, batch_size):
+def check(arch, path, bos, batch_size, **options):
+    """HFLM and altbench's LM for `altbench eval --weights path` on the same requests and options."""
     reqs = requests(bos)
-    theirs_lm = hflm(path, batch_size)
-    ours_lm = build_lm(arch, None, "cpu", str(path), batch_size, max_length=MAX_LENGTH)
+    theirs_lm = hflm(path, batch_size, **options)
+    ours_lm = build_lm(arch, None, "cpu", str(path), batch_size, max_length=MAX_LENGTH, **options)
     theirs, ours = answers(theirs_lm, reqs), answers(ours_lm, reqs)
     greedy = greedy_requests(reqs["generate_until"], theirs["generate_until"])  # a call of their own: see
     theirs["loglikelihood"] += theirs_lm.loglikelihood(greedy)  # test_hflm_logits_cache_misreads_a_shared_prefix
@@ -183,3 +186,101 @@ def check(arch, path, bos, batch_size):
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a != "transformer"])
 def test_requests_match_hflm_per_architecture(checkpoints, arch, batch_size):
     check(arch, checkpoints(arch, "adds-bos"), "<s>", batch_size)
+
+
+@pytest.mark.parametrize("options", [dict(add_bos_token=True, prefix_token_id=1), dict(add_bos_token=False)],
+                         ids=["add-bos-prefix-eos", "no-bos"])
+def test_options_match_hflm(checkpoints, options):
+    """HFLM's add_bos_token and prefix_token_id, given to both (the eval command's --add-bos-token,
+    --no-add-bos-token and --prefix-token-id)."""
+    check("transformer", checkpoints("transformer", "bos!=eos" if options["add_bos_token"] else "adds-bos"),
+          "<s>", 8, **options)
+
+
+def test_hflm_logits_cache_misreads_a_shared_prefix(checkpoints):
+    """A documented difference, in lm-eval 0.4.13 itself: HFLM's default logits cache runs one
+    request per distinct context + continuation[:-1] and reads the others' log-probs from it, but at
+    the first continuation positions rather than the last. ("", "Pack my box") and ("Pack my",
+    " colour") share that key under a BOS-adding tokenizer, so HFLM scores " colour" given "<s>"
+    alone. altbench scores every request on its own: HFLM's value without the cache."""
+    path = checkpoints("transformer", "adds-bos")
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=a, idx=0)
+            for a in [("", "Pack my box"), ("Pack my", " colour")]]
+    cached = HFLM(pretrained=str(path), device="cpu", dtype="float32", max_length=MAX_LENGTH).loglikelihood(reqs)
+    uncached = HFLM(pretrained=str(path), device="cpu", dtype="float32", max_length=MAX_LENGTH,
+                    logits_cache=False).loglikelihood(reqs)
+    ours = build_lm("transformer", None, "cpu", str(path), 8, max_length=MAX_LENGTH).loglikelihood(reqs)
+    assert abs(cached[1][0] - uncached[1][0]) > 0.1
+    assert max(abs(a[0] - b[0]) for a, b in zip(uncached, ours)) <= TOL
+
+
+QUESTION = 'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+TASK_FILES = {  # three tasks, one per request type, reading data files named relative to the YAML
+    "parity_mc.yaml": "task: parity_mc\n" + QUESTION + "output_type: multiple_choice\ndoc_to_choice: choices\ndoc_to_target: answer\n"
+                      "metric_list:\n  - metric: acc\n  - metric: acc_norm\n",
+    "parity_rolling.yaml": "task: parity_rolling\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\n"
+                           "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n"
+                           "  - metric: byte_perplexity\n  - metric: bits_per_byte\n",
+    "parity_gen.yaml": "task: parity_gen\n" + QUESTION + "output_type: generate_until\ndoc_to_target: '{{choices[answer]}}'\n"
+                       "generation_kwargs:\n  until: ['\\n', '.']\n  max_gen_toks: 8\n"
+                       "metric_list:\n  - metric: exact_match\n",
+}
+DOCS = [{"question": "what is two plus two?", "choices": [" four", " five", " blue"], "answer": 0,
+         "text": "Pack my box with five dozen liquor jugs. " * k} for k in (1, 4)] + \
+       [{"question": "what colour is the sky?", "choices": [" blue", " red", " Sphinx of black quartz"], "answer": 0,
+         "text": CORPUS}, {"question": "How vexingly quick", "choices": [" daft zebras", " dog"], "answer": 1,
+         "text": "Hello world!"}]
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tasks")
+    (path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    common = "dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: docs.jsonl\ntest_split: test\n"
+    for name, text in TASK_FILES.items():
+        (path / name).write_text(common + text)
+    return path
+
+
+@pytest.mark.parametrize("batch_size", [1, 8], ids=["bs1", "bs8"])
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_task_metrics_match_hflm(checkpoints, task_dir, tmp_path, monkeypatch, convention, batch_size):
+    path = checkpoints("transformer", convention)
+    names = [n.removesuffix(".yaml") for n in TASK_FILES]
+    monkeypatch.chdir(task_dir)  # plain lm-eval reads a relative data file against the working directory
+    manager = TaskManager(include_path=[str(task_dir)], include_defaults=False)
+    results = evaluator.simple_evaluate(model=hflm(path, batch_size), tasks=names, task_manager=manager)["results"]
+    theirs = {(t, k.split(",")[0]): v for t, m in results.items() for k, v in m.items()
+              if k.endswith(",none") and "_stderr" not in k}
+    monkeypatch.chdir(tmp_path)  # altbench reads it against the YAML's folder
+    rows = run_eval("transformer", None, names, "cpu", weights=str(path), batch_size=batch_size,
+                    include_path=[str(task_dir)], max_length=MAX_LENGTH)
+    ours = {(r["task"], r["metric"]): r["value"] for r in rows}
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a != "transformer"])
+def test_eval_command_metrics_match_hflm_per_architecture(checkpoints, task_dir, tmp_path, monkeypatch, arch):
+    """`altbench eval --arch ARCH --weights DIR` against `lm_eval --model hf` on the same checkpoint."""
+    from typer.testing import CliRunner
+
+    from altbench.cli import app
+    from altbench.runner import store
+
+    path = checkpoints(arch, "adds-bos")
+    names = [n.removesuffix(".yaml") for n in TASK_FILES]
+    monkeypatch.chdir(task_dir)
+    manager = TaskManager(include_path=[str(task_dir)], include_defaults=False)
+    results = evaluator.simple_evaluate(model=hflm(path, 8), tasks=names, task_manager=manager)["results"]
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["eval", "--arch", arch, "--weights", str(path), "--tasks", ",".join(names),
+                                      "--include", str(task_dir), "--max-length", str(MAX_LENGTH), "--out", "runs"])
+    assert result.exit_code == 0, result.output
+    ours = {(r["task"], r["metric"]): r["value"] for r in store.read_rows(Path(result.output.strip().splitlines()[-1]))}
+    theirs = {(t, k.split(",")[0]): v for t, m in results.items() for k, v in m.items()
+              if k.endswith(",none") and "_stderr" not in k}
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
