@@ -200,3 +200,14 @@ def test_task_without_its_dataset_is_a_user_error(hf_home):
     with pytest.raises(UserError, match="task hub_only needs its dataset; set HF_DATASETS_CACHE"):
         run_eval("transformer", "tiny", ["hub_only"], "cpu", limit=2, batch_size=2,
                  include_path=[str(hf_home / "tasks")])
+
+
+def test_shipped_task_reads_its_data_from_any_directory_through_plain_lm_eval(hf_home, monkeypatch):
+    """lm-eval's own TaskManager (as `lm_eval --include_path`) reads a `data_files` path against the
+    working directory; the shipped task's loader reads it against the task's folder."""
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.chdir(hf_home)
+    manager = TaskManager(include_path=[str(LOCAL_TASKS)], include_defaults=False)
+    (task,) = manager.load(["altbench_tiny_mc"])["tasks"].values()
+    assert len(list(task.eval_docs)) == 10
