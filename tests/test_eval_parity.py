@@ -176,7 +176,7 @@ def check(arch, path, bos, batch_size, **options):
     theirs["loglikelihood"] += theirs_lm.loglikelihood(greedy)  # test_hflm_logits_cache_misreads_a_shared_prefix
     ours["loglikelihood"] += ours_lm.loglikelihood(greedy)
     delta, differing = compare(theirs, ours)
-    print(f"{arch} bs{batch_size}: max |dLL| {delta:.2e}, differing generations {differing}; "
+    print(f"{path.name} bs{batch_size}: max |dLL| {delta:.2e}, differing generations {differing}; "
           f"greedy {sum(g for _, g in theirs['loglikelihood'])}, generations {theirs['generate_until']}")
     assert delta <= TOL
     assert ours["generate_until"] == theirs["generate_until"]
@@ -284,3 +284,11 @@ def test_eval_command_metrics_match_hflm_per_architecture(checkpoints, task_dir,
     assert ours.keys() == theirs.keys()
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_default_max_length_matches_hflm(checkpoints, arch):
+    """Without --max-length, the context length comes from the checkpoint as in HFLM."""
+    path = checkpoints(arch, "adds-bos")
+    theirs = HFLM(pretrained=str(path), device="cpu", dtype="float32").max_length
+    assert build_lm(arch, None, "cpu", str(path), 1).max_length == theirs
