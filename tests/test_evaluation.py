@@ -167,6 +167,19 @@ def test_generate_until_is_greedy_decoding_through_step(arch):
     assert got == tok.decode(generated)
 
 
+def test_generation_budget_must_leave_room_for_context():
+    lm = AltbenchLM(Counter(), ByteTokenizer(), max_length=16)
+    with pytest.raises(UserError, match="asks for 16 generated tokens, not less than max_length 16"):
+        lm.generate_until([request("generate_until", "a", {"max_gen_toks": 16})])
+
+
+def test_prefix_token_outside_the_vocabulary_is_a_user_error():
+    from altbench.evaluation.adapter import build_lm
+
+    with pytest.raises(UserError, match="prefix token id 256 is outside the vocabulary of 256 tokens"):
+        build_lm("transformer", "tiny", "cpu", None, 1, prefix_token_id=256)
+
+
 def test_run_eval_on_the_local_task(hf_home, monkeypatch):
     monkeypatch.chdir(hf_home)  # data_files resolve against the YAML's folder, not the working directory
     rows = run_eval("mamba", "tiny", ["altbench_tiny_mc"], "cpu", weights=None, limit=None, batch_size=4)

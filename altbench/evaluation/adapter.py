@@ -17,7 +17,7 @@ tests/test_eval_parity.py holds them):
   generate_until         greedy decoding through `step` from the context's last
                          `max_length - max_gen_toks` tokens, stopping at the checkpoint's
                          end-of-sequence ids or after max_gen_toks tokens; decoded with special
-                         tokens skipped, then cut at the first stop string (the EOS text included).
+                         tokens skipped, then cut at each stop string in turn (the EOS text among them).
 
 Tasks come from local files through a `TaskManager` (our `tasks/` folder plus any user path); a
 task's relative `data_files` are resolved against its YAML's folder, so nothing depends on the
