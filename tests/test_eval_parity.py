@@ -116,6 +116,10 @@ def checkpoints(tmp_path_factory):
     return get
 
 
+def instances(kind: str, args: list[tuple]) -> list[Instance]:
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=0) for a in args]
+
+
 def requests(bos: str) -> dict[str, list[Instance]]:
     """Requests of the three types; contexts cover the empty one, trailing spaces, a leading BOS
     text, and texts longer than MAX_LENGTH."""
@@ -129,9 +133,9 @@ def requests(bos: str) -> dict[str, list[Instance]]:
            (long, {"until": ["Sphinx"], "max_gen_toks": 8}),
            ("Pack my", {"max_gen_toks": 6}),
            (bos + "How vexingly", {"until": ["zebras", " jump"], "max_gen_toks": 12})]
-    make = lambda kind, args: [Instance(request_type=kind, doc={}, arguments=a, idx=0) for a in args]  # noqa: E731
-    return {"loglikelihood": make("loglikelihood", ll), "loglikelihood_rolling": make("loglikelihood_rolling",
-            [(t,) for t in rolling]), "generate_until": make("generate_until", gen)}
+    return {"loglikelihood": instances("loglikelihood", ll),
+            "loglikelihood_rolling": instances("loglikelihood_rolling", [(t,) for t in rolling]),
+            "generate_until": instances("generate_until", gen)}
 
 
 def hflm(path, batch_size: int, **options) -> HFLM:
@@ -145,8 +149,7 @@ def answers(lm, reqs: dict[str, list[Instance]]) -> dict[str, list]:
 
 def greedy_requests(gen: list[Instance], generations: list[str]) -> list[Instance]:
     """loglikelihood requests whose continuation is the generation: is_greedy cases."""
-    return [Instance(request_type="loglikelihood", doc={}, arguments=(r.args[0], g), idx=0)
-            for r, g in zip(gen, generations) if g]
+    return instances("loglikelihood", [(r.args[0], g) for r, g in zip(gen, generations) if g])
 
 
 def compare(theirs: dict, ours: dict) -> tuple[float, int]:
@@ -157,13 +160,6 @@ def compare(theirs: dict, ours: dict) -> tuple[float, int]:
     assert [g for _, g in ours["loglikelihood"]] == [g for _, g in theirs["loglikelihood"]], "is_greedy flags differ"
     differing = sum(a != b for a, b in zip(theirs["generate_until"], ours["generate_until"], strict=True))
     return max(deltas), differing
-
-
-@pytest.mark.parametrize("batch_size", [1, 8], ids=["bs1", "bs8"])
-@pytest.mark.parametrize("convention", list(CONVENTIONS))
-def test_requests_match_hflm_per_tokenizer_convention(checkpoints, convention, batch_size):
-    path = checkpoints("transformer", convention)
-    check("transformer", path, CONVENTIONS[convention][1], batch_size)
 
 
 def check(arch, path, bos, batch_size, **options):
@@ -180,6 +176,13 @@ def check(arch, path, bos, batch_size, **options):
           f"greedy {sum(g for _, g in theirs['loglikelihood'])}, generations {theirs['generate_until']}")
     assert delta <= TOL
     assert ours["generate_until"] == theirs["generate_until"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 8], ids=["bs1", "bs8"])
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
+def test_requests_match_hflm_per_tokenizer_convention(checkpoints, convention, batch_size):
+    path = checkpoints("transformer", convention)
+    check("transformer", path, CONVENTIONS[convention][1], batch_size)
 
 
 @pytest.mark.parametrize("batch_size", [1, 8], ids=["bs1", "bs8"])
@@ -204,8 +207,7 @@ def test_hflm_logits_cache_misreads_a_shared_prefix(checkpoints):
     " colour") share that key under a BOS-adding tokenizer, so HFLM scores " colour" given "<s>"
     alone. altbench scores every request on its own: HFLM's value without the cache."""
     path = checkpoints("transformer", "adds-bos")
-    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=a, idx=0)
-            for a in [("", "Pack my box"), ("Pack my", " colour")]]
+    reqs = instances("loglikelihood", [("", "Pack my box"), ("Pack my", " colour")])
     cached = HFLM(pretrained=str(path), device="cpu", dtype="float32", max_length=MAX_LENGTH).loglikelihood(reqs)
     uncached = HFLM(pretrained=str(path), device="cpu", dtype="float32", max_length=MAX_LENGTH,
                     logits_cache=False).loglikelihood(reqs)
@@ -216,13 +218,13 @@ def test_hflm_logits_cache_misreads_a_shared_prefix(checkpoints):
 
 QUESTION = 'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
 TASK_FILES = {  # three tasks, one per request type, reading data files named relative to the YAML
-    "parity_mc.yaml": "task: parity_mc\n" + QUESTION + "output_type: multiple_choice\ndoc_to_choice: choices\ndoc_to_target: answer\n"
-                      "metric_list:\n  - metric: acc\n  - metric: acc_norm\n",
+    "parity_mc.yaml": "task: parity_mc\n" + QUESTION + "output_type: multiple_choice\ndoc_to_choice: choices\n"
+                      "doc_to_target: answer\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n",
     "parity_rolling.yaml": "task: parity_rolling\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\n"
                            "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n"
                            "  - metric: byte_perplexity\n  - metric: bits_per_byte\n",
-    "parity_gen.yaml": "task: parity_gen\n" + QUESTION + "output_type: generate_until\ndoc_to_target: '{{choices[answer]}}'\n"
-                       "generation_kwargs:\n  until: ['\\n', '.']\n  max_gen_toks: 8\n"
+    "parity_gen.yaml": "task: parity_gen\n" + QUESTION + "output_type: generate_until\n"
+                       "doc_to_target: '{{choices[answer]}}'\ngeneration_kwargs:\n  until: ['\\n', '.']\n  max_gen_toks: 8\n"
                        "metric_list:\n  - metric: exact_match\n",
 }
 DOCS = [{"question": "what is two plus two?", "choices": [" four", " five", " blue"], "answer": 0,
@@ -242,23 +244,34 @@ def task_dir(tmp_path_factory):
     return path
 
 
+TASKS = [name.removesuffix(".yaml") for name in TASK_FILES]
+
+
+def hflm_metrics(path, batch_size: int, task_dir, monkeypatch) -> dict[tuple[str, str], float]:
+    """(task, metric) -> value from lm-eval's own evaluator on HFLM, with plain lm-eval's task loading
+    (which reads a relative data file against the working directory)."""
+    monkeypatch.chdir(task_dir)
+    manager = TaskManager(include_path=[str(task_dir)], include_defaults=False)
+    results = evaluator.simple_evaluate(model=hflm(path, batch_size), tasks=TASKS, task_manager=manager)["results"]
+    return {(task, key.split(",")[0]): value for task, metrics in results.items() for key, value in metrics.items()
+            if key.endswith(",none") and "_stderr" not in key}
+
+
+def assert_same_metrics(ours: dict, theirs: dict) -> None:
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
 @pytest.mark.parametrize("batch_size", [1, 8], ids=["bs1", "bs8"])
 @pytest.mark.parametrize("convention", list(CONVENTIONS))
 def test_task_metrics_match_hflm(checkpoints, task_dir, tmp_path, monkeypatch, convention, batch_size):
     path = checkpoints("transformer", convention)
-    names = [n.removesuffix(".yaml") for n in TASK_FILES]
-    monkeypatch.chdir(task_dir)  # plain lm-eval reads a relative data file against the working directory
-    manager = TaskManager(include_path=[str(task_dir)], include_defaults=False)
-    results = evaluator.simple_evaluate(model=hflm(path, batch_size), tasks=names, task_manager=manager)["results"]
-    theirs = {(t, k.split(",")[0]): v for t, m in results.items() for k, v in m.items()
-              if k.endswith(",none") and "_stderr" not in k}
-    monkeypatch.chdir(tmp_path)  # altbench reads it against the YAML's folder
-    rows = run_eval("transformer", None, names, "cpu", weights=str(path), batch_size=batch_size,
+    theirs = hflm_metrics(path, batch_size, task_dir, monkeypatch)
+    monkeypatch.chdir(tmp_path)  # altbench reads the data file against the YAML's folder
+    rows = run_eval("transformer", None, TASKS, "cpu", weights=str(path), batch_size=batch_size,
                     include_path=[str(task_dir)], max_length=MAX_LENGTH)
-    ours = {(r["task"], r["metric"]): r["value"] for r in rows}
-    assert ours.keys() == theirs.keys()
-    for key, value in theirs.items():
-        assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert_same_metrics({(r["task"], r["metric"]): r["value"] for r in rows}, theirs)
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHS if a != "transformer"])
@@ -270,20 +283,13 @@ def test_eval_command_metrics_match_hflm_per_architecture(checkpoints, task_dir,
     from altbench.runner import store
 
     path = checkpoints(arch, "adds-bos")
-    names = [n.removesuffix(".yaml") for n in TASK_FILES]
-    monkeypatch.chdir(task_dir)
-    manager = TaskManager(include_path=[str(task_dir)], include_defaults=False)
-    results = evaluator.simple_evaluate(model=hflm(path, 8), tasks=names, task_manager=manager)["results"]
+    theirs = hflm_metrics(path, 8, task_dir, monkeypatch)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["eval", "--arch", arch, "--weights", str(path), "--tasks", ",".join(names),
+    result = CliRunner().invoke(app, ["eval", "--arch", arch, "--weights", str(path), "--tasks", ",".join(TASKS),
                                       "--include", str(task_dir), "--max-length", str(MAX_LENGTH), "--out", "runs"])
     assert result.exit_code == 0, result.output
-    ours = {(r["task"], r["metric"]): r["value"] for r in store.read_rows(Path(result.output.strip().splitlines()[-1]))}
-    theirs = {(t, k.split(",")[0]): v for t, m in results.items() for k, v in m.items()
-              if k.endswith(",none") and "_stderr" not in k}
-    assert ours.keys() == theirs.keys()
-    for key, value in theirs.items():
-        assert ours[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    rows = store.read_rows(Path(result.output.strip().splitlines()[-1]))  # the command prints its run directory
+    assert_same_metrics({(r["task"], r["metric"]): r["value"] for r in rows}, theirs)
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -59,7 +59,8 @@ class HFTokenizer:
             raise UserError(
                 f"{path}: no tokenizer files found ({type(err).__name__}); save the tokenizer beside the weights"
             ) from err
-        self.bos_token_id, self.eos_token_id, self.bos_token = self.tok.bos_token_id, self.tok.eos_token_id, self.tok.bos_token
+        self.bos_token_id, self.eos_token_id = self.tok.bos_token_id, self.tok.eos_token_id
+        self.bos_token = self.tok.bos_token
         if self.eos_token_id is None:
             raise UserError(f"{path}: the tokenizer has no EOS token; generation and rolling windows need one")
 
