@@ -92,10 +92,13 @@ def save_checkpoint(path, arch: str, convention: str) -> None:
     fam = registry.family(arch)
     config = fam.to_hf_config(registry.config(arch, "tiny", vocab_size=VOCAB, **ARCHS[arch]))
     config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, None
-    config.initializer_range = 0.2  # wide enough that every token of the context changes the generation
     torch.manual_seed(0)
     model = getattr(transformers, fam.HF_CLASS)(config)
-    with torch.no_grad():  # end-of-sequence wherever "o" would be predicted: generations end early
+    with torch.no_grad():
+        for weight in model.parameters():  # wide enough that every token of the context changes the generation
+            if weight.ndim == 2:
+                weight += 0.2 * torch.randn_like(weight)
+        # end-of-sequence wherever "o" would be predicted: generations end early
         head = model.get_output_embeddings().weight  # (V, D)
         head[tok.eos_token_id] = 1.01 * head[tok.convert_tokens_to_ids("o")]
     model.save_pretrained(path)
