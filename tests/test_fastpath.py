@@ -8,7 +8,7 @@ import torch
 from altbench import registry
 from altbench.measure import energy, fastpath, roofline
 from altbench.measure.fastpath import CompileError, fast_call
-from altbench.measure.scenarios import decode_state
+from altbench.measure.scenarios import decode_state, rewinder
 from altbench.runner.worker import _call
 from tests.conftest import assert_close
 
@@ -25,12 +25,8 @@ def test_compiled_decode_step_gives_the_eager_logits_and_repeats_the_same_step(a
     ids = torch.randint(0, model.config.vocab_size, (2, 17))
     with torch.inference_mode():
         state = decode_state(model, ids, context=17, segment=0, headroom=8)
-        caches = [s for s in state if hasattr(s, "fill_random")]
-        lengths = [c.length for c in caches]
-
-        def rewind():
-            for c, n in zip(caches, lengths):
-                c.length = n
+        lengths = [s.length for s in state if hasattr(s, "fill_random")]
+        rewind = rewinder(state)
 
         expected, _ = model.step(ids[:, -1], state)
         rewind()
@@ -41,7 +37,7 @@ def test_compiled_decode_step_gives_the_eager_logits_and_repeats_the_same_step(a
         for _ in range(2):  # every call is the same step at the same context
             logits, _ = fast.call()
             assert_close(f"{arch} compiled step", expected, logits, 1e-5)
-    assert [c.length for c in caches] == lengths
+    assert [s.length for s in state if hasattr(s, "fill_random")] == lengths
 
 
 def test_a_compile_failure_is_an_error_row_with_the_compilers_first_line(monkeypatch):
@@ -107,12 +103,7 @@ def test_compiled_graphed_decode_on_gpu_matches_eager(arch):
     ids = torch.randint(0, model.config.vocab_size, (2, 33), device="cuda")
     with torch.inference_mode():
         state = decode_state(model, ids, context=33, segment=0, headroom=8)
-        caches = [s for s in state if hasattr(s, "fill_random")]
-        lengths = [c.length for c in caches]
-
-        def rewind():
-            for c, n in zip(caches, lengths):
-                c.length = n
+        rewind = rewinder(state)
 
         expected, _ = model.step(ids[:, -1], state)
         rewind()

@@ -101,6 +101,19 @@ def decode_state(model, ids: torch.Tensor, context: int, segment: int, headroom:
     return state
 
 
+def rewinder(state):
+    """A function that puts every KV cache in `state` back to its current length: a step appends one
+    token to each, so rewinding after it makes every call the same step at the same context."""
+    caches = list(_caches(state))
+    lengths = [c.length for c in caches]
+
+    def rewind():
+        for cache, length in zip(caches, lengths):
+            cache.length = length
+
+    return rewind
+
+
 def _graphable(state) -> bool:
     """States of tensors (and plain numbers, which a graph bakes in) can be graph-captured."""
     if isinstance(state, (torch.Tensor, int, float)):
@@ -118,16 +131,9 @@ def decode(model, cell, device, generator) -> dict:
     ids = _ids(model, cell.batch, min(cell.seq_len, DECODE_PREFILL + 1), device, generator)
     with torch.inference_mode():
         state = decode_state(model, ids, cell.seq_len, s.prefill_segment, headroom=8)
-        caches = list(_caches(state))
-        lengths = [c.length for c in caches]
-
-        def rewind():  # a step appends to each KV cache: put its length back, so every call is the same step
-            for cache, length in zip(caches, lengths):
-                cache.length = length
-
         row = _timed(model.step, (ids[:, -1], state), cell, device,
                      compile=(list(model.layers), "step") if s.compile_decode else None,
-                     graphs=s.cuda_graphs and _graphable(state), tokens=cell.batch, rewind=rewind, reps=reps,
+                     graphs=s.cuda_graphs and _graphable(state), tokens=cell.batch, rewind=rewinder(state), reps=reps,
                      flush_l2=False)
     flops = cell.batch * model.flops_per_token(cell.seq_len)
     moved = _weight_bytes(model) + model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype)
