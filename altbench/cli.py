@@ -170,9 +170,13 @@ def eval_(
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many examples per task.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     include: Annotated[Optional[list[Path]], typer.Option("--include", help="Extra folder of task YAMLs.")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", min=2, help="Tokens per forward (default: the checkpoint's, as lm-eval's HF backend; 2048).")] = None,
+    prefix_token_id: Annotated[Optional[int], typer.Option("--prefix-token-id", help="Token that conditions empty contexts and rolling windows (default: BOS, else EOS).")] = None,
+    add_bos_token: Annotated[Optional[bool], typer.Option("--add-bos-token/--no-add-bos-token", help="Add BOS when encoding (default: as the tokenizer does).")] = None,
+    carry_state: Annotated[bool, typer.Option("--carry-state", help="Rolling log-likelihood in one pass, the state carried across max-length windows (lm-eval restarts each window).")] = False,
     out: OutDir = Path("results"),
 ) -> None:
-    """Score an altbench model on lm-eval tasks; the scores land in a run's store beside speed."""
+    """Score an altbench model on lm-eval tasks as lm-eval's HF backend (--model hf) would; the scores land in a run's store beside speed."""
     import json
 
     from altbench import report
@@ -185,7 +189,9 @@ def eval_(
     if size is None and weights is None:
         raise UserError("give --size NAME (random weights) or --weights PATH (a local checkpoint)")
     rows = run_eval(arch, size, tasks.split(","), device, weights=str(weights) if weights else None, limit=limit,
-                    batch_size=batch_size, include_path=[str(p) for p in include] if include else None)
+                    batch_size=batch_size, include_path=[str(p) for p in include] if include else None,
+                    max_length=max_length, prefix_token_id=prefix_token_id, add_bos_token=add_bos_token,
+                    carry_state=carry_state)
     run_dir = runner.new_run_dir(out, "eval")
     (run_dir / "env.json").write_text(json.dumps({**envmod.capture(sys.argv, "eval"), "device": device}, indent=2))
     for i, r in enumerate(rows):

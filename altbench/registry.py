@@ -35,9 +35,12 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "triton": ("triton", "altbench's Triton kernels"),
     "fla": ("fla", "flash-linear-attention kernels"),
     "mamba_ssm": ("mamba_ssm", "the official Mamba kernels"),
-    "hf": ("transformers", "Hugging Face transformers classes"),
 }
 FORWARD_ONLY: tuple[str, ...] = ()  # backends without backward kernels: a train step runs on another
+# backend_choice = "fastest": per architecture and measurement, the first of these that implements the
+# mixer, can run the measurement and is installed. altbench's kernels lead where they exist: the forward
+# measured ahead of fla's and mamba_ssm's (benchmarks/kernels.py); the plain torch forms come last.
+FASTEST = ("triton", "fla", "mamba_ssm", "torch")
 
 
 def family(arch: str) -> ModuleType:

@@ -1,4 +1,4 @@
-"""The `fla` backend (flash-linear-attention 0.6 Triton kernels) of RWKV-7 and GLA: the op must give the
+"""The `fla` backend (flash-linear-attention 0.6 Triton kernels) of RWKV-7, GLA and RetNet: the op must give the
 torch chunked op's output and final state, and the whole model the torch model's logits and carried state,
 in one forward and in two segments. fla needs a GPU (its autotuner fails on the CPU even in interpret
 mode), so only the registration runs on a CPU."""
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from altbench import registry
 from altbench.models.gla import gla_chunked, gla_fla
+from altbench.models.retnet import retention_chunkwise, retention_fla, retention_gammas
 from altbench.models.rwkv7 import LOG_DECAY_SCALE, rwkv7_chunked, rwkv7_fla
 from conftest import assert_close
 
@@ -16,6 +17,7 @@ from conftest import assert_close
 FLA_ARCHS = {
     "rwkv7": ({}, rwkv7_chunked, rwkv7_fla),  # head size 16
     "gla": (dict(n_heads=2), gla_chunked, gla_fla),  # key 16, value 32 per head (4 heads would give key 8)
+    "retnet": ({}, retention_chunkwise, retention_fla),  # key 16, value 32 per head
 }
 # fp32 on a GPU, where fla's dots run in tf32. Run through Triton's CPU interpreter with tf32 rounding of
 # the dot operands emulated, the largest errors here were 5e-4 (rwkv7's wkv state) and 3e-4 (gla); with
@@ -42,7 +44,14 @@ def gla_inputs(B, T, H, K, g, V=32):
     return [q, k, v, log_alpha], torch.randn(B, H, K, V, generator=g)
 
 
-OP_INPUTS = {"rwkv7": rwkv7_inputs, "gla": gla_inputs}
+def retnet_inputs(B, T, H, K, g, V=32):
+    """q (scaled), k, v, the per-head decays gamma (H,), and S (B, H, K, V)."""
+    q = torch.randn(B, T, H, K, generator=g) * K**-0.5
+    k, v = torch.randn(B, T, H, K, generator=g), torch.randn(B, T, H, V, generator=g)
+    return [q, k, v, retention_gammas(H, "cpu")], torch.randn(B, H, K, V, generator=g)
+
+
+OP_INPUTS = {"rwkv7": rwkv7_inputs, "gla": gla_inputs, "retnet": retnet_inputs}
 
 
 def state_tensors(state):
@@ -57,8 +66,9 @@ def test_fla_is_a_backend_that_swaps_every_mixer_op(arch):
     ref = registry.build(arch, "tiny", device="meta", **overrides)
     fast = registry.build(arch, "tiny", device="meta", backend="fla", **overrides)  # fla imported only when run
     mixer = "attn" if arch == "rwkv7" else "mixer"  # the block attribute that holds the chunked op
-    assert [getattr(layer, mixer).chunked for layer in ref.layers] == [torch_op] * len(ref.layers)
-    assert [getattr(layer, mixer).chunked for layer in fast.layers] == [fla_op] * len(fast.layers)
+    op = "chunkwise" if arch == "retnet" else "chunked"
+    assert [getattr(getattr(layer, mixer), op) for layer in ref.layers] == [torch_op] * len(ref.layers)
+    assert [getattr(getattr(layer, mixer), op) for layer in fast.layers] == [fla_op] * len(fast.layers)
 
 
 @pytest.mark.gpu
@@ -76,8 +86,8 @@ def test_fla_op_matches_torch_op(arch, device="cuda"):
     assert_close(f"{arch} fla op state", s_ref, s, RTOL)
 
     x = [t.bfloat16() for t in x]
-    if arch == "gla":
-        x[3] = x[3].float()  # as in the model, log alpha stays fp32
+    if arch in ("gla", "retnet"):
+        x[3] = x[3].float()  # as in the model, log alpha and gamma stay fp32
     o_ref, s_ref = torch_op(*x, s0)
     o, s = fla_op(*x, s0)
     assert o.dtype == torch.bfloat16 and s.dtype == torch.float32

@@ -1,6 +1,6 @@
 """The lm-eval adapter against the models' own numbers: loglikelihood is the sum of the model's
-token log-probabilities, rolling windows carry a recurrent state exactly (and give lm-eval's
-disjoint windows for attention), greedy generation stops where it should, and `run_eval` runs the
+token log-probabilities, rolling windows are lm-eval's disjoint windows (or, with carry_state, one
+pass with the state carried), greedy generation stops where it should, and `run_eval` runs the
 shipped local task offline while naming unknown tasks and missing datasets in one line."""
 
 import json
@@ -17,7 +17,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from altbench import registry  # noqa: E402
 from altbench.errors import UserError  # noqa: E402
 from altbench.evaluation import run_eval  # noqa: E402
-from altbench.evaluation.adapter import LOCAL_TASKS, AltbenchLM, ByteTokenizer  # noqa: E402
+from altbench.evaluation.adapter import LOCAL_TASKS, AltbenchLM  # noqa: E402
+from altbench.evaluation.tokenizer import ByteTokenizer  # noqa: E402
 from conftest import assert_close  # noqa: E402
 
 ARCHS = ["transformer", "mamba"]
@@ -87,7 +88,7 @@ def test_loglikelihood_is_the_models_own_sum(arch):
     lm = AltbenchLM(model, tok, batch_size=2)  # 5 requests of different lengths: padded batches
     got = lm.loglikelihood([request("loglikelihood", c, x) for c, x in pairs])
     for (ctx, cont), (ll, _) in zip(pairs, got):
-        ctx_ids = tok.encode(ctx.rstrip()) or [tok.eot_token_id]  # trailing spaces join the continuation
+        ctx_ids = tok.encode(ctx.rstrip()) or [tok.eos_token_id]  # trailing spaces join the continuation
         cont_ids = tok.encode(ctx[len(ctx.rstrip()):] + cont)
         expected = own_logprobs(model, ctx_ids + cont_ids)[-len(cont_ids):].sum()
         assert_close(f"{arch} {ctx!r}+{cont!r}", expected, torch.tensor(ll, dtype=torch.float64), 1e-5)
@@ -99,30 +100,33 @@ def test_is_greedy_flags_the_argmax_continuation():
     assert [greedy for _, greedy in got] == [True, False]
 
 
-def test_rolling_carries_the_recurrent_state_across_windows():
-    model, tok = tiny("mamba"), ByteTokenizer()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rolling_carry_state_equals_one_forward(arch):
+    model, tok = tiny(arch), ByteTokenizer()
     tokens = tok.encode(TEXT)  # 92 tokens in windows of 16: five full windows and a partial one
-    expected = own_logprobs(model, [tok.eot_token_id] + tokens).sum()
-    (got,) = AltbenchLM(model, tok, max_length=16).loglikelihood_rolling([request("loglikelihood_rolling", TEXT)])
-    assert_close("mamba windows of 16 vs one forward", expected, torch.tensor(got, dtype=torch.float64), 1e-5)
+    expected = own_logprobs(model, [tok.eos_token_id] + tokens).sum()
+    lm = AltbenchLM(model, tok, max_length=16, carry_state=True)
+    (got,) = lm.loglikelihood_rolling([request("loglikelihood_rolling", TEXT)])
+    assert_close(f"{arch} windows of 16 vs one forward", expected, torch.tensor(got, dtype=torch.float64), 1e-5)
 
 
-def test_rolling_gives_attention_lm_evals_disjoint_windows():
-    """Attention's state (its KV cache) grows with the context, so it is not carried: each window
-    of L tokens sees only itself plus the one token before it, as in lm-eval's HF backend."""
-    model, tok = tiny("transformer"), ByteTokenizer()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rolling_gives_lm_evals_disjoint_windows(arch):
+    """By default each window of L tokens sees only itself plus the one token before it, whatever
+    the model's state, as in lm-eval's HF backend."""
+    model, tok = tiny(arch), ByteTokenizer()
     tokens = tok.encode(TEXT[:64])
     L = 16
-    windows = [[tok.eot_token_id] + tokens[: L - 1]] + [tokens[k * L - 1 : (k + 1) * L - 1] for k in range(1, 4)]
+    windows = [[tok.eos_token_id] + tokens[: L - 1]] + [tokens[k * L - 1 : (k + 1) * L - 1] for k in range(1, 4)]
     expected = sum(own_logprobs(model, w + [tokens[(k + 1) * L - 1]]).sum() for k, w in enumerate(windows))
-    whole = own_logprobs(model, [tok.eot_token_id] + tokens).sum()
+    whole = own_logprobs(model, [tok.eos_token_id] + tokens).sum()
     lm = AltbenchLM(model, tok, max_length=L)
     (got,) = lm.loglikelihood_rolling([request("loglikelihood_rolling", TEXT[:64])])
-    assert_close("transformer disjoint windows", expected, torch.tensor(got, dtype=torch.float64), 1e-5)
+    assert_close(f"{arch} disjoint windows", expected, torch.tensor(got, dtype=torch.float64), 1e-5)
     assert abs(got - whole.item()) > 1e-3  # forgetting beyond the window changes the value
     one_window = AltbenchLM(model, tok, max_length=64)
     (unwindowed,) = one_window.loglikelihood_rolling([request("loglikelihood_rolling", TEXT[:64])])
-    assert_close("transformer one window", whole, torch.tensor(unwindowed, dtype=torch.float64), 1e-5)
+    assert_close(f"{arch} one window", whole, torch.tensor(unwindowed, dtype=torch.float64), 1e-5)
 
 
 @pytest.mark.parametrize(
@@ -130,11 +134,11 @@ def test_rolling_gives_attention_lm_evals_disjoint_windows():
     [
         ("a", {"until": ["ef"], "max_gen_toks": 20}, "bcd"),
         ("a", {"until": "d", "max_gen_toks": 20}, "bc"),
-        ("a", {"until": ["zz", "de", "cde"], "max_gen_toks": 20}, "b"),  # the earliest stop wins
+        ("a", {"until": ["zz", "de", "cde"], "max_gen_toks": 20}, "bc"),  # cut at each stop in turn, as lm-eval
         ("a", {"until": ["zz"], "max_gen_toks": 5}, "bcdef"),
         (chr(0x7D), {"until": [], "max_gen_toks": 3}, "~\x7f" + "\ufffd"),  # bytes past ASCII decode with replacement
     ],
-    ids=["list", "string", "earliest", "max_gen_toks", "non-ascii"],
+    ids=["list", "string", "in-turn", "max_gen_toks", "non-ascii"],
 )
 def test_generate_until_stops(context, kwargs, expected):
     (got,) = AltbenchLM(Counter(), ByteTokenizer()).generate_until([request("generate_until", context, kwargs)])
@@ -157,10 +161,23 @@ def test_generate_until_is_greedy_decoding_through_step(arch):
         with torch.no_grad():
             ids.append(model(torch.tensor(ids)[None])[0][0, -1].argmax().item())
     generated = ids[-8:]
-    if tok.eot_token_id in generated:
-        generated = generated[: generated.index(tok.eot_token_id)]
+    if tok.eos_token_id in generated:
+        generated = generated[: generated.index(tok.eos_token_id)]
     (got,) = AltbenchLM(model, tok).generate_until([request("generate_until", "Once upon a time", {"max_gen_toks": 8})])
     assert got == tok.decode(generated)
+
+
+def test_generation_budget_must_leave_room_for_context():
+    lm = AltbenchLM(Counter(), ByteTokenizer(), max_length=16)
+    with pytest.raises(UserError, match="asks for 16 generated tokens, not less than max_length 16"):
+        lm.generate_until([request("generate_until", "a", {"max_gen_toks": 16})])
+
+
+def test_prefix_token_outside_the_vocabulary_is_a_user_error():
+    from altbench.evaluation.adapter import build_lm
+
+    with pytest.raises(UserError, match="prefix token id 256 is outside the vocabulary of 256 tokens"):
+        build_lm("transformer", "tiny", "cpu", None, 1, prefix_token_id=256)
 
 
 def test_run_eval_on_the_local_task(hf_home, monkeypatch):
@@ -196,3 +213,14 @@ def test_task_without_its_dataset_is_a_user_error(hf_home):
     with pytest.raises(UserError, match="task hub_only needs its dataset; set HF_DATASETS_CACHE"):
         run_eval("transformer", "tiny", ["hub_only"], "cpu", limit=2, batch_size=2,
                  include_path=[str(hf_home / "tasks")])
+
+
+def test_shipped_task_reads_its_data_from_any_directory_through_plain_lm_eval(hf_home, monkeypatch):
+    """lm-eval's own TaskManager (as `lm_eval --include_path`) reads a `data_files` path against the
+    working directory; the shipped task's loader reads it against the task's folder."""
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.chdir(hf_home)
+    manager = TaskManager(include_path=[str(LOCAL_TASKS)], include_defaults=False)
+    (task,) = manager.load(["altbench_tiny_mc"])["tasks"].values()
+    assert len(list(task.eval_docs)) == 10

@@ -92,7 +92,8 @@ def run(tmp_path_factory):
     rows += [row("prefill", "transformer", L[3], status="oom")]
     rows += [row("prefill", "mamba", n, ms=0.5 * max(1.0, n / 4096)) for n in L[:2]]
     rows += [row("prefill", "mamba", L[2], status="error"), row("prefill", "mamba", L[3], status="skipped")]
-    rows += [row("decode", "mamba", n, ms=0.05, bytes_per_token=3.0e7, bandwidth_gbs=600.0) for n in L]
+    rows += [row("decode", "mamba", n, ms=0.04, bytes_per_token=3.0e7, bandwidth_gbs=750.0) for n in L]
+    rows += [row("decode", "rwkv7", n, ms=0.1, bytes_moved=3.0e7, flops=2.0e8) for n in L]
     rows += [row("probe", "mamba", 256, task="mqar", metric="accuracy", value=0.875, stderr=0.0125, chance=1 / 4096)]
     run_dir = write_run(tmp_path_factory.mktemp("report") / "run", rows)
     return run_dir, render_run(run_dir)
@@ -122,8 +123,16 @@ def test_tables_show_statuses_intervals_and_exponents(run):
     assert "`prefill/mamba/130m/torch/bfloat16/cuda/b1/L16384`: error — error: synthetic reason" in text
 
     decode = (run / "tables" / "decode.md").read_text()
-    bound = markdown_cells(decode, "time over its bandwidth bound")  # 3e7 bytes / 3000 GB/s = 0.01 ms
-    assert bound == [["mamba", "5.00x", "5.00x", "5.00x", "5.00x"]]
+    # bound: max(2e8 FLOPs / 745 TFLOP/s, 3e7 bytes / 3000 GB/s) = 0.01 ms
+    bound = markdown_cells(decode, "fraction of the roofline bound")
+    assert bound == [["mamba", *["0.25"] * 4], ["rwkv7", *["0.10 implementation-bound"] * 4]]
+    cells = {r[0]: r[1:] for r in markdown_cells(decode, "## decode")}
+    assert cells["rwkv7"][0] == "0.100 [0.0990, 0.101] †" and cells["mamba"][0] == "0.0400 [0.0396, 0.0404]"
+    assert "† implementation-bound: under 20% of its roofline bound" in decode
+    frame = pd.read_csv(run / "tables" / "decode.csv")
+    assert frame.loc[frame.arch == "rwkv7", "roofline_frac"].tolist() == pytest.approx([0.1] * 4)
+    assert frame.loc[frame.arch == "rwkv7", "implementation_bound"].all()
+    assert not frame.loc[frame.arch == "mamba", "implementation_bound"].any()
     probe = (run / "tables" / "probe.md").read_text()
     assert markdown_cells(probe, "## probe") == [["mqar", "L=256", "0.000244", "0.875 ± 0.0125"]] and "metric accuracy" in probe
 
@@ -159,14 +168,16 @@ def test_plots_parquet_and_summary_written(run):
     assert all(p.is_file() and p.stat().st_size > 0 for p in written)
 
     cells = pd.read_parquet(run / "cells.parquet")
-    assert len(cells) == 13 and sorted(cells.status.unique()) == ["error", "ok", "oom", "skipped"]
+    assert len(cells) == 17 and sorted(cells.status.unique()) == ["error", "ok", "oom", "skipped"]
     first = cells[cells.cell_id == "prefill/transformer/130m/torch/bfloat16/cuda/b1/L1024"].iloc[0]
     assert len(first.ms_samples) == 25 and first.ms_samples[12] == pytest.approx(0.1)
 
     summary = (run / "summary.md").read_text()
     for words in ("NVIDIA H100 80GB HBM3", "driver 560.35.03", "torch 2.11.0+cu130", "git 0123456789ab",
                   "[prefill](tables/prefill.md)", "[probe](tables/probe.md)", "![ceilings](plots/ceilings.png)",
-                  "| prefill | 5 | 1 | 1 | 0 | 1 |", "host 9.0 us per eager kernel launch"):
+                  "| prefill | 5 | 1 | 1 | 0 | 1 |", "host 9.0 us per eager kernel launch",
+                  "## Fairness: the implementation behind each figure",
+                  "| decode | rwkv7 | torch, eager | 0.10–0.10 | 4 of 4 |", "| decode | mamba | torch, eager | 0.25–0.25 | 0 of 4 |"):
         assert words in summary
 
 
@@ -206,6 +217,31 @@ def test_compare_ratios_against_the_first_arch(tmp_path):
     assert {p.name for p in written} >= {"compare.md", "compare_prefill.csv", "compare_prefill.png", "compare_prefill.svg"}
     assert (tmp_path / "out" / "compare_prefill.png").stat().st_size > 5000
     assert "Runs: a, b." in (tmp_path / "out" / "compare.md").read_text()
+
+
+def test_decode_throughput_against_batch_beside_its_bound(tmp_path):
+    rows = [row("decode", arch, 2048, ms=ms, batch=b, cell_id=f"decode/{arch}/1.4b/triton/bfloat16/cuda/b{b}/L2048",
+                tokens_per_s=b / ms * 1e3, bytes_moved=2.7e9 + b * state, state_bytes=b * state, flops=2.8e9 * b)
+            for arch, state, ms0 in (("transformer", 4e8, 3.0), ("mamba", 3e7, 2.0)) for b in (1, 16, 64)
+            for ms in [ms0 * (1 + b / 16)]]
+    written = render_run(write_run(tmp_path / "run", rows))
+    text = (tmp_path / "run" / "tables" / "decode.md").read_text()
+    cells = markdown_cells(text, "throughput against batch")
+    # mamba b16: 16 / 4 ms = 4,000 tokens/s; bound (2.7e9 + 16 * 3e7) bytes / 3000 GB/s = 1.06 ms: 0.27 of it
+    assert cells[0][:2] == ["mamba 130m (torch)", "2K"] and cells[0][3] == "4,000, 0.27 of bound, state 0.45 GiB"
+    # transformer b1: 1 / 3.1875 ms = 314 tokens/s; bound (2.7e9 + 4e8) bytes / 3000 GB/s = 1.03 ms
+    assert cells[1][2] == "314, 0.32 of bound, state 0.37 GiB"
+    assert tmp_path / "run" / "plots" / "decode_throughput.png" in written
+
+
+def test_compare_marks_implementation_bound_cells(tmp_path):
+    rows = [row("decode", "transformer", 1024, ms=0.05, roofline_frac=0.5),
+            row("decode", "mamba", 1024, ms=0.5, roofline_frac=0.05)]
+    compare(rows, ["transformer", "mamba"], tmp_path)
+    text = (tmp_path / "compare.md").read_text()
+    cells = markdown_cells(text, "## decode")
+    assert cells[0][1:3] == ["0.0500 [0.0495, 0.0505]", "0.500 [0.495, 0.505] †"]
+    assert "† implementation-bound" in text
 
 
 def test_compare_unknown_arch_lists_the_present_ones(tmp_path):

@@ -427,12 +427,36 @@ def test_first_backend_choice_measures_each_arch_once(tmp_path, monkeypatch, fla
     assert len(each) == 3 * 3 * 2
 
 
+FASTEST = """
+archs = ["mamba", "rwkv7", "retnet", "transformer"]
+backend_choice = "fastest"
+seq_lens = [16]
+[measurements.prefill]
+[measurements.train_step]
+"""
+
+
+@pytest.mark.parametrize("fla_installed", [False, True], ids=["fla-missing", "fla-installed"])
+def test_fastest_backend_choice_follows_the_registry_order_not_the_suites(tmp_path, monkeypatch, fla_installed):
+    monkeypatch.setattr(suites.registry, "backend_installed", lambda b: b not in ("fla", "mamba_ssm") or fla_installed and b == "fla")
+    fla = "fla" if fla_installed else "torch"
+    expected = [("prefill", "mamba", "triton"), ("prefill", "retnet", "triton"), ("prefill", "rwkv7", fla),
+                ("prefill", "transformer", "torch"), ("train_step", "mamba", "triton"), ("train_step", "retnet", "triton"),
+                ("train_step", "rwkv7", fla), ("train_step", "transformer", "torch")]
+    for text in (FASTEST, FASTEST.replace("seq_lens", 'backends = ["torch", "fla", "triton"]\nseq_lens')):
+        cells = expand(suites.load(str(write(tmp_path, text))), "cpu")
+        assert sorted((c.measurement, c.arch, c.backend) for c in cells) == expected
+    pinned = expand(suites.load(str(write(tmp_path, FASTEST.replace("seq_lens", 'backends = ["torch"]\nseq_lens')))), "cpu")
+    assert {c.backend for c in pinned} == {"torch"}  # a suite can still pin a backend
+
+
 def test_unknown_backend_choice_names_the_choices(tmp_path):
-    with pytest.raises(UserError, match=r"suite.toml: key 'backend_choice' must be one of each, first, got 'best'"):
+    with pytest.raises(UserError, match=r"suite.toml: key 'backend_choice' must be one of each, first, fastest, got 'best'"):
         suites.load(str(write(tmp_path, FIRST.replace('"first"', '"best"'))))
 
 
 def test_env_counts_the_triton_cache_so_first_calls_read_as_compiles_or_cache_loads(monkeypatch, tmp_path):
+    pytest.importorskip("triton")
     from altbench.measure import env as envmod
     from altbench.report import _env_headline
 

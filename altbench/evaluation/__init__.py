@@ -14,7 +14,7 @@ def run_eval(arch: str, size: str | None, tasks: list[str], device: str, weights
     try:
         from altbench.evaluation import adapter
     except ImportError as err:
-        if err.name in ("lm_eval", "yaml"):
-            raise UserError("lm-eval is not installed; pip install 'altbench[eval]'") from err
+        if err.name == "yaml" or (err.name or "").startswith("lm_eval"):
+            raise UserError("lm-eval 0.4.13 or a later 0.4.x is not installed; pip install 'altbench[eval]'") from err
         raise
     return adapter.run_eval(arch, size, tasks, device, weights, limit, batch_size, **kwargs)

@@ -1,18 +1,23 @@
-"""lm-evaluation-harness adapter: any altbench model as an `lm_eval.api.model.LM`.
+"""lm-evaluation-harness adapter: any altbench model as an `lm_eval.api.model.LM` that scores a
+checkpoint exactly as lm-eval's own Hugging Face backend (`HFLM`, `--model hf`) does.
 
-The three request types, on the model contract (forward(ids, state) -> (logits, state), step):
+The conventions are those of lm-eval 0.4.13's `HFLM` (pinned in pyproject.toml; the parity test
+tests/test_eval_parity.py holds them):
 
-  loglikelihood          log P(continuation | context): contexts + continuations are sorted by
-                         length, right-padded into batches (padding after the last real token cannot
-                         change a causal model's earlier logits) and run through one forward each.
-  loglikelihood_rolling  log P(text) from a prefix token. A model whose state does not grow with the
-                         context (a recurrence) reads the text in windows of `max_length` tokens,
-                         carrying its state, so the value equals one forward over the whole text.
-                         A model whose state grows (attention's KV cache) is scored on lm-eval's
-                         disjoint rolling windows instead: each window sees at most `max_length`
-                         tokens, as the Hugging Face backend does.
-  generate_until         greedy decoding through `step`, stopping at a stop string, at the
-                         end-of-text token or after max_gen_toks tokens.
+  prefix token           an empty context, and the first rolling window, are conditioned on
+                         `prefix_token_id`: the tokenizer's BOS, else its EOS, unless given.
+  special tokens         text is encoded with the tokenizer's own default (a Llama-style tokenizer
+                         adds BOS), or with `add_bos_token` when given; a string that already
+                         starts with the prefix token's text gets nothing added.
+  loglikelihood          lm-eval's `TemplateLM` splits context and continuation; the sequence is
+                         left-truncated to `max_length + 1` tokens and run right-padded in batches.
+  loglikelihood_rolling  lm-eval's disjoint windows of `max_length` tokens, each window a fresh
+                         start. With `carry_state` the model instead reads the whole text window by
+                         window with its state carried, which equals one forward over the text.
+  generate_until         greedy decoding through `step` from the context's last
+                         `max_length - max_gen_toks` tokens, stopping at the checkpoint's
+                         end-of-sequence ids or after max_gen_toks tokens; decoded with special
+                         tokens skipped, then cut at each stop string in turn (the EOS text among them).
 
 Tasks come from local files through a `TaskManager` (our `tasks/` folder plus any user path); a
 task's relative `data_files` are resolved against its YAML's folder, so nothing depends on the
@@ -24,17 +29,24 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 import yaml
 from lm_eval import utils as lm_utils
 from lm_eval.api.instance import Instance
-from lm_eval.api.model import LM
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import (
+    DEFAULT_MAX_LENGTH,
+    handle_stop_sequences,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+    resolve_max_length,
+)
 
 from altbench import registry
 from altbench.errors import UserError
+from altbench.evaluation.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -42,69 +54,18 @@ LOCAL_TASKS = Path(__file__).parent / "tasks"
 DATASET_HINT = "set HF_DATASETS_CACHE or use a local task (see altbench/evaluation/tasks)"
 
 
-# --- tokenizers --------------------------------------------------------------------------------
-
-
-class Tokenizer(Protocol):
-    eot_token_id: int
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, tokens: list[int]) -> str: ...
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens 0..255 (the vocabulary of the `tiny` sizes); byte 0 is end-of-text."""
-
-    eot_token_id = 0
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, tokens: list[int]) -> str:
-        return bytes(tokens).decode("utf-8", errors="replace")
-
-
-class HFTokenizer:
-    """The tokenizer saved in a local checkpoint directory (transformers, never downloaded)."""
-
-    def __init__(self, path: str | Path):
-        from transformers import AutoTokenizer
-
-        try:
-            self.tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise UserError(
-                f"{path}: no tokenizer files found ({type(err).__name__}); save the tokenizer beside the weights"
-            ) from err
-        eot = self.tok.eos_token_id if self.tok.eos_token_id is not None else self.tok.bos_token_id
-        if eot is None:
-            raise UserError(f"{path}: the tokenizer has neither an EOS nor a BOS token to condition on")
-        self.eot_token_id = eot
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
-
-    def decode(self, tokens: list[int]) -> str:
-        return self.tok.decode(tokens)
-
-
-# --- the LM ------------------------------------------------------------------------------------
-
-
-def has_bounded_state(model: torch.nn.Module) -> bool:
-    """True when the model's state does not grow with the context (a pure recurrence)."""
-    return model.state_bytes(1, 1) == model.state_bytes(1, 1 << 20)
-
-
-class AltbenchLM(LM):
+class AltbenchLM(TemplateLM):
     def __init__(
         self,
         model: torch.nn.Module,
         tokenizer: Tokenizer,
         batch_size: int = 8,
-        max_length: int = 2048,  # tokens per forward: truncation for loglikelihood, window for rolling
-        max_gen_toks: int = 256,  # default generation budget when a request names none
+        max_length: int = DEFAULT_MAX_LENGTH,  # tokens per forward: truncation, rolling window, context + generation
+        max_gen_toks: int = 256,  # generation budget when a request names none
+        prefix_token_id: int | None = None,  # conditions empty contexts and rolling windows (None: BOS, else EOS)
+        add_bos_token: bool | None = None,  # add special tokens when encoding (None: the tokenizer's default)
+        stop_token_ids: list[int] | None = None,  # end a generation (None: the tokenizer's EOS)
+        carry_state: bool = False,  # rolling: one pass with the state carried across windows, not lm-eval's restarts
     ):
         super().__init__()
         self.model = model.eval()
@@ -112,7 +73,29 @@ class AltbenchLM(LM):
         self.batch_size = batch_size
         self.max_length = max_length
         self.max_gen_toks = max_gen_toks
+        self.custom_prefix_token_id = prefix_token_id
+        self.add_bos_token = add_bos_token
+        self.stop_token_ids = set(stop_token_ids if stop_token_ids is not None else [tokenizer.eos_token_id])
+        self.carry_state = carry_state
         self._device = next(model.parameters()).device
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        if self.custom_prefix_token_id is not None:
+            return self.custom_prefix_token_id
+        return self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        """An explicit `add_special_tokens` wins, then `add_bos_token`, then the tokenizer's default;
+        left to the default, a string that starts with the prefix token's text gets nothing added."""
+        add = add_special_tokens if add_special_tokens is not None else self.add_bos_token
+        if add_special_tokens is None and string.startswith(self.tokenizer.decode([self.prefix_token_id])):
+            add = False
+        return self.tokenizer.encode(string, add)
 
     # --- scoring -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -138,25 +121,14 @@ class AltbenchLM(LM):
                 out[i] = (total, bool((lp.argmax(-1) == target).all()))
         return out
 
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Trailing spaces of the context belong to the continuation (lm-eval's convention);
-        the split is taken from the encoding of the whole string, as BPE merges across it."""
-        if not context:
-            return [self.tokenizer.eot_token_id], self.tokenizer.encode(continuation)
-        n = len(context) - len(context.rstrip())
-        if n:
-            context, continuation = context[:-n], context[-n:] + continuation
-        whole = self.tokenizer.encode(context + continuation)
-        n_ctx = len(self.tokenizer.encode(context))
-        return whole[:n_ctx], whole[n_ctx:]
-
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        return self._score([self._encode_pair(*req.args) for req in requests])
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """`requests`: ((context, continuation), context tokens, continuation tokens) from TemplateLM."""
+        return self._score([(ctx, cont) for _, ctx, cont in requests])
 
     @torch.no_grad()
     def _rolling_carried(self, tokens: list[int]) -> float:
-        """Whole-text log-likelihood, read in windows with the recurrent state carried across."""
-        ids = torch.tensor([self.tokenizer.eot_token_id] + tokens, device=self._device)[None]  # (1, n + 1)
+        """Whole-text log-likelihood, read in windows with the model's state carried across."""
+        ids = torch.tensor([self.prefix_token_id] + tokens, device=self._device)[None]  # (1, n + 1)
         state, total = None, 0.0
         for start in range(0, len(tokens), self.max_length):
             window = ids[:, start : start + self.max_length + 1]  # inputs and the next token
@@ -165,48 +137,61 @@ class AltbenchLM(LM):
             total += logp.gather(2, window[:, 1:, None]).sum().item()
         return total
 
-    def loglikelihood_rolling(self, requests: list[Instance]) -> list[float]:
-        out = []
-        for (text,) in (req.args for req in requests):
-            tokens = self.tokenizer.encode(text)
-            if has_bounded_state(self.model):
-                out.append(self._rolling_carried(tokens))
-                continue
-            windows = lm_utils.get_rolling_token_windows(
-                token_list=tokens, prefix_token=self.tokenizer.eot_token_id, max_seq_len=self.max_length, context_len=1
-            )
-            out.append(sum(ll for ll, _ in self._score([lm_utils.make_disjoint_window(w) for w in windows])))
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        texts = [req.args[0] for req in requests]
+        if self.carry_state:
+            return [self._rolling_carried(self.tok_encode(text)) for text in texts]
+        owners, windows = [], []
+        for i, text in enumerate(texts):
+            for window in lm_utils.get_rolling_token_windows(
+                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
+                context_len=1,
+            ):
+                owners.append(i)
+                windows.append(lm_utils.make_disjoint_window(window))
+        out = [0.0] * len(texts)
+        for i, (ll, _) in zip(owners, self._score(windows)):
+            out[i] += ll
         return out
 
     # --- generation --------------------------------------------------------------------------
+    def _encode_context(self, context: str) -> list[int]:
+        """A generation's context: nothing added when it starts with the BOS text, else as `tok_encode`."""
+        bos = self.tokenizer.bos_token
+        add = False if bos is not None and context.startswith(bos) else self.add_bos_token
+        return self.tokenizer.encode(context, add)
+
     @torch.no_grad()
     def _greedy(self, context: list[int], until: list[str], max_gen_toks: int) -> str:
-        ids = torch.tensor(context[-self.max_length :], device=self._device)[None]  # (1, T)
-        logits, state = self.model(ids)
-        token = logits[:, -1].argmax(-1)  # (1,)
+        logits, state = self.model(torch.tensor(context, device=self._device)[None])  # (1, T, V)
+        logits = logits[:, -1]  # (1, V)
         generated: list[int] = []
         for _ in range(max_gen_toks):
-            if token.item() == self.tokenizer.eot_token_id:
-                break
+            token = logits.argmax(-1)  # (1,)
             generated.append(token.item())
-            text = self.tokenizer.decode(generated)
-            hits = [text.index(s) for s in until if s in text]
-            if hits:
-                return text[: min(hits)]
+            if generated[-1] in self.stop_token_ids:
+                break
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if any(s in text for s in until):
+                break
             logits, state = self.model.step(token, state)  # (1, V)
-            token = logits.argmax(-1)
-        return self.tokenizer.decode(generated)
+        return postprocess_generated_text(self.tokenizer.decode(generated, skip_special_tokens=True), until, None)
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        eos_text = self.tokenizer.decode([self.eot_token_id])
         out = []
         for context, gen_kwargs in (req.args for req in requests):
-            gen_kwargs = dict(gen_kwargs or {})
-            if gen_kwargs.get("do_sample"):
+            kwargs = normalize_gen_kwargs(gen_kwargs or {}, self.max_gen_toks)
+            if kwargs.get("do_sample"):
                 log.warning("AltbenchLM decodes greedily; do_sample and temperature are ignored")
-            until = gen_kwargs.get("until") or []
-            until = [s for s in ([until] if isinstance(until, str) else until) if s]
-            max_gen_toks = int(gen_kwargs.get("max_gen_toks", gen_kwargs.get("max_new_tokens", self.max_gen_toks)))
-            ctx = self.tokenizer.encode(context) if context else [self.tokenizer.eot_token_id]
+            until = [s for s in handle_stop_sequences(kwargs["until"], eos=eos_text) if s]
+            max_gen_toks = kwargs["max_gen_toks"]
+            if max_gen_toks >= self.max_length:
+                raise UserError(
+                    f"a task asks for {max_gen_toks} generated tokens, not less than max_length {self.max_length}; "
+                    "raise --max-length"
+                )
+            ctx = self._encode_context(context)[-(self.max_length - max_gen_toks) :] or [self.prefix_token_id]
             out.append(self._greedy(ctx, until, max_gen_toks))
         return out
 
@@ -296,15 +281,35 @@ def _rows(results: dict) -> list[dict]:
     return rows
 
 
+def checkpoint_defaults(path: str, tokenizer: HFTokenizer) -> tuple[int, list[int]]:
+    """What transformers and lm-eval take from a checkpoint directory: the context length
+    (lm-eval's `resolve_max_length`: config, then tokenizer, then 2048) and the ids that end
+    `generate` (generation_config.json, else config.json)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    try:
+        generation = GenerationConfig.from_pretrained(path, local_files_only=True)
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    eos = generation.eos_token_id
+    stop = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return resolve_max_length(config, tokenizer.tok, default=DEFAULT_MAX_LENGTH), stop
+
+
 def build_lm(arch: str, size: str | None, device: str, weights: str | None, batch_size: int,
-             max_length: int = 2048, dtype: torch.dtype | None = None) -> AltbenchLM:
-    """The model (random weights at `size`, or a local checkpoint) wrapped as an lm-eval LM."""
+             max_length: int | None = None, prefix_token_id: int | None = None, add_bos_token: bool | None = None,
+             carry_state: bool = False, dtype: torch.dtype | None = None) -> AltbenchLM:
+    """The model (random weights at `size` with the byte tokenizer, or a local checkpoint with its
+    own tokenizer) wrapped as an lm-eval LM; the options are `AltbenchLM`'s, and `max_length`
+    defaults as in lm-eval's HF backend."""
     dev = torch.device(device)
     dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     if weights:
         from altbench.models import hf
 
-        model, tokenizer = hf.load_pretrained(arch, weights, size).to(dev, dtype), HFTokenizer(weights)
+        model, tokenizer = hf.load_pretrained(arch, weights, size).to(dev, dtype), HFTokenizer(weights, add_bos_token)
+        default_length, stop = checkpoint_defaults(weights, tokenizer)
     else:
         torch.manual_seed(0)
         model, tokenizer = registry.build(arch, size, dev, dtype), ByteTokenizer()
@@ -312,21 +317,28 @@ def build_lm(arch: str, size: str | None, device: str, weights: str | None, batc
             raise UserError(
                 f"{arch} {size} has {model.config.vocab_size} tokens; random weights use the 256-byte tokenizer"
             )
-    return AltbenchLM(model, tokenizer, batch_size=batch_size, max_length=max_length)
+        default_length, stop = DEFAULT_MAX_LENGTH, [tokenizer.eos_token_id]
+    vocab = model.config.vocab_size
+    if prefix_token_id is not None and not 0 <= prefix_token_id < vocab:
+        raise UserError(f"prefix token id {prefix_token_id} is outside the vocabulary of {vocab} tokens")
+    return AltbenchLM(model, tokenizer, batch_size=batch_size, max_length=max_length or default_length,
+                      prefix_token_id=prefix_token_id, add_bos_token=add_bos_token, stop_token_ids=stop,
+                      carry_state=carry_state)
 
 
 def run_eval(arch: str, size: str | None, tasks: list[str], device: str, weights: str | None = None,
              limit: int | None = None, batch_size: int = 8, include_path: list[str] | None = None,
-             max_length: int = 2048) -> list[dict]:
+             **lm_options) -> list[dict]:
     """Evaluate `arch` on lm-eval `tasks` and return rows (task, metric, value, stderr).
 
     `size` names a size (random weights unless `weights`); with `weights` (a local Hugging Face
     checkpoint directory holding the tokenizer too) `size` may be None to take the checkpoint's config.
     Tasks are looked up in altbench/evaluation/tasks and `include_path`, then among lm-eval's own.
+    `lm_options` (max_length, prefix_token_id, add_bos_token, carry_state) go to `build_lm`.
     """
     from lm_eval import evaluator
 
-    lm = build_lm(arch, size, device, weights, batch_size, max_length)
+    lm = build_lm(arch, size, device, weights, batch_size, **lm_options)
     paths = [LOCAL_TASKS] + [Path(p) for p in include_path or []]
     with tempfile.TemporaryDirectory(prefix="altbench-tasks-") as overlay_dir:
         manager, loaded = _load_tasks(list(tasks), paths, Path(overlay_dir))

@@ -82,6 +82,15 @@ def triton_cache() -> dict | None:
     return {"dir": str(path), "entries": sum(1 for _ in path.iterdir()) if path.is_dir() else 0}
 
 
+def inductor_cache() -> dict:
+    """Where torch.compile's inductor keeps compiled graphs and autotuning results, and how many
+    entries it held at start: with a warm cache a cell's `compile_ms` is mostly a cache load."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    path = Path(cache_dir())
+    return {"dir": str(path), "entries": sum(1 for _ in path.rglob("*")) if path.is_dir() else 0}
+
+
 def gpu_processes() -> list[str]:
     """Other processes using the GPU now (they would distort timings)."""
     out = _run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader"])
@@ -115,5 +124,6 @@ def capture(command: list[str], suite: str) -> dict:
         "gpu": gpu_info(),
         "gpu_busy": gpu_processes(),
         "triton_cache": triton_cache(),
+        "inductor_cache": inductor_cache(),
         "ceilings": None,
     }

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from altbench.measure import energy
+from altbench.measure.fastpath import fast_call
 from altbench.measure.timing import time_calls
 
 
@@ -30,15 +32,43 @@ def _derived(ms: float, tokens: int, flops: int) -> dict:
     return {"tokens_per_s": tokens / (ms / 1e3), "flops": flops, "tflops": flops / (ms / 1e3) / 1e12}
 
 
+def _weight_bytes(model) -> int:
+    return model.params() * torch.finfo(model.embed.weight.dtype).bits // 8
+
+
+def _activation_bytes(model, batch: int, tokens: int) -> int:
+    """The residual stream read and written once per layer: what any forward must move at least."""
+    c = model.config
+    return 2 * batch * tokens * c.d_model * c.n_layers * torch.finfo(model.embed.weight.dtype).bits // 8
+
+
+def _timed(fn, args, cell, device, compile, graphs: bool, tokens: int, rewind=lambda: None, reps: int = 0,
+           flush_l2: bool = True) -> dict:
+    """Time `fn(*args)` on its fast path (measure/fastpath.py; `compile` = (modules, method) or None,
+    applied on a GPU only), then its energy per token: the row's timing, path and energy fields."""
+    s = cell.settings
+    fast = fast_call(fn, args, device, compile=compile if device.type == "cuda" else None, graphs=graphs, rewind=rewind)
+    timing = time_calls(fast.call, device, reps or s.reps, s.warmup, s.min_time_s, flush_l2=flush_l2, budget_s=s.budget_s)
+    row = {**timing.row(), **fast.row()}
+    if s.energy:
+        row.update(energy.joules_per_token(fast.call, device, tokens, timing.median))
+    return row
+
+
 def prefill(model, cell, device, generator) -> dict:
+    """Forward over seq_len tokens (in segments of prefill_segment, carrying state), last logits only;
+    graph-captured up to graph_max_len tokens, compiled when compile_prefill is set."""
     s = cell.settings
     ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    tokens = cell.batch * cell.seq_len
     with torch.inference_mode():
-        timing = time_calls(
-            lambda: _prefill(model, ids, s.prefill_segment), device, s.reps, s.warmup, s.min_time_s, budget_s=s.budget_s
-        )
+        row = _timed(lambda ids: _prefill(model, ids, s.prefill_segment), (ids,), cell, device,
+                     compile=(list(model.layers), "forward") if s.compile_prefill else None,
+                     graphs=s.cuda_graphs and cell.seq_len <= s.graph_max_len, tokens=tokens)
     flops = cell.batch * model.prefill_flops(cell.seq_len)
-    return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops), "segment": s.prefill_segment}
+    moved = _weight_bytes(model) + _activation_bytes(model, cell.batch, cell.seq_len) + model.state_bytes(
+        cell.batch, cell.seq_len, model.embed.weight.dtype)
+    return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved, "segment": s.prefill_segment}
 
 
 DECODE_PREFILL = 8192  # real prefill before decode; longer contexts extend KV caches directly
@@ -71,6 +101,19 @@ def decode_state(model, ids: torch.Tensor, context: int, segment: int, headroom:
     return state
 
 
+def rewinder(state):
+    """A function that puts every KV cache in `state` back to its current length: a step appends one
+    token to each, so rewinding after it makes every call the same step at the same context."""
+    caches = list(_caches(state))
+    lengths = [c.length for c in caches]
+
+    def rewind():
+        for cache, length in zip(caches, lengths):
+            cache.length = length
+
+    return rewind
+
+
 def _graphable(state) -> bool:
     """States of tensors (and plain numbers, which a graph bakes in) can be graph-captured."""
     if isinstance(state, (torch.Tensor, int, float)):
@@ -80,59 +123,23 @@ def _graphable(state) -> bool:
     return hasattr(state, "fill_random")  # KV cache: writes in place at a fixed slot
 
 
-def _graph_step(model, token: torch.Tensor, state):
-    """Capture one `step` at this context in a CUDA graph; returns its replay function.
-
-    Every replay is one decode step at the same context: recurrent states are read and new ones
-    written to graph-owned buffers; KV caches write the same slot and attend over the same length
-    (their lengths are rewound after each warm-up call and the capture).
-    """
-    caches = list(_caches(state))
-    lengths = [c.length for c in caches]
-
-    def rewind():
-        for cache, length in zip(caches, lengths):
-            cache.length = length
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            model.step(token, state)
-            rewind()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        model.step(token, state)
-    rewind()
-    return graph.replay
-
-
 def decode(model, cell, device, generator) -> dict:
-    """Per-token latency of `step` at context seq_len (see `decode_state` for how it is built)."""
+    """Per-token latency of `step` at context seq_len (see `decode_state` for how it is built): the
+    step compiled (compile_decode) and replayed from a CUDA graph, every call at the same context."""
     s = cell.settings
     reps = max(s.reps, s.decode_tokens)
     ids = _ids(model, cell.batch, min(cell.seq_len, DECODE_PREFILL + 1), device, generator)
     with torch.inference_mode():
-        state = decode_state(model, ids, cell.seq_len, s.prefill_segment, headroom=reps + s.warmup + 8)
-        token = ids[:, -1]
-        graphs = device.type == "cuda" and s.cuda_graphs and _graphable(state)
-        if graphs:
-            fn = _graph_step(model, token, state)
-        else:
-            box = {"state": state}  # eager decode advances the state (a KV cache grows by one per step)
-
-            def fn():
-                _, box["state"] = model.step(token, box["state"])
-
-        timing = time_calls(fn, device, reps, s.warmup, s.min_time_s, flush_l2=False, budget_s=s.budget_s)
+        state = decode_state(model, ids, cell.seq_len, s.prefill_segment, headroom=8)
+        row = _timed(model.step, (ids[:, -1], state), cell, device,
+                     compile=(list(model.layers), "step") if s.compile_decode else None,
+                     graphs=s.cuda_graphs and _graphable(state), tokens=cell.batch, rewind=rewinder(state), reps=reps,
+                     flush_l2=False)
     flops = cell.batch * model.flops_per_token(cell.seq_len)
-    weight_bytes = model.params() * torch.finfo(model.embed.weight.dtype).bits // 8
-    state_bytes = model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype)
+    moved = _weight_bytes(model) + model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype)
     return {
-        **timing.row(), **_derived(timing.median, cell.batch, flops), "cuda_graphs": graphs,
-        "bytes_per_token": weight_bytes + state_bytes,
-        "bandwidth_gbs": (weight_bytes + state_bytes) / (timing.median / 1e3) / 1e9,
+        **row, **_derived(row["ms_median"], cell.batch, flops), "bytes_per_token": moved, "bytes_moved": moved,
+        "bandwidth_gbs": moved / (row["ms_median"] / 1e3) / 1e9,
         "decode_prefill_tokens": min(cell.seq_len - 1, DECODE_PREFILL),
     }
 
@@ -153,31 +160,36 @@ def train_step(model, cell, device, generator) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    timing = time_calls(step, device, s.reps, s.warmup, s.min_time_s, budget_s=s.budget_s)
+    tokens = cell.batch * cell.seq_len
+    row = _timed(step, (), cell, device, compile=None, graphs=False, tokens=tokens)
     flops = 3 * cell.batch * model.prefill_flops(cell.seq_len)  # backward ~ 2x forward
-    return {**timing.row(), **_derived(timing.median, cell.batch * cell.seq_len, flops)}
+    moved = 32 * model.params() + 2 * _activation_bytes(model, cell.batch, cell.seq_len)  # see measure/roofline.py
+    return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved}
 
 
 def kernel(model, cell, device, generator) -> dict:
     """The first layer's sequence mixer alone (`block.mix`: attention, SSM, recurrence; no norm,
     residual or MLP) over seq_len random activations, in prefill segments with carried state:
-    the op that separates the architectures, without the layers they share."""
+    the op that separates the architectures, without the layers they share. Graph-captured and
+    compiled as `prefill` is."""
     s = cell.settings
     block = model.layers[0]
     dtype = model.embed.weight.dtype
     x = torch.randn(cell.batch, cell.seq_len, model.config.d_model, generator=generator).to(device, dtype)
     segment = s.prefill_segment or cell.seq_len
 
-    def run():
+    def run(x):
         state = None
         for start in range(0, cell.seq_len, segment):
             _, state = block.mix(x[:, start : start + segment], state)
 
+    tokens = cell.batch * cell.seq_len
     with torch.inference_mode():
-        timing = time_calls(run, device, s.reps, s.warmup, s.min_time_s, budget_s=s.budget_s)
-    # No FLOP figure: the contract counts FLOPs per layer, not per mixer.
-    tokens_per_s = cell.batch * cell.seq_len / (timing.median / 1e3)
-    return {**timing.row(), "tokens_per_s": tokens_per_s, "segment": s.prefill_segment}
+        row = _timed(run, (x,), cell, device, compile=([block.mixer], "forward") if s.compile_prefill else None,
+                     graphs=s.cuda_graphs and cell.seq_len <= s.graph_max_len, tokens=tokens)
+    # No FLOP figure: the contract counts FLOPs per layer, not per mixer. Bytes: its input read, output written.
+    moved = 2 * x.numel() * x.element_size()
+    return {**row, "tokens_per_s": tokens / (row["ms_median"] / 1e3), "bytes_moved": moved, "segment": s.prefill_segment}
 
 
 def predicted_bytes(model, cell) -> int:

@@ -297,4 +297,17 @@ def retention_triton(q, k, v, gamma, state=None, chunk_size=64):
     return o.to(v.dtype), S
 
 
-BACKENDS = {"triton": swap_layer_op("mixer.chunkwise", retention_triton)}
+def retention_fla(q, k, v, gamma, state=None, chunk_size=64):
+    """`retention_chunkwise`'s contract through fla's `chunk_simple_gla` with a constant decay per head
+    (g_gamma = log gamma), the kernel fla's own RetNet trains with; scale 1 (q arrives scaled), the
+    state in our (B, H, K, V) layout in fp32. fla picks its own chunk size."""
+    from fla.ops.simple_gla import chunk_simple_gla
+
+    S0 = state.float() if state is not None else None
+    o, S = chunk_simple_gla(q, k.to(q.dtype), v.to(q.dtype), g_gamma=torch.log(gamma.float()), scale=1.0,
+                            initial_state=S0, output_final_state=True)
+    return o.to(v.dtype), S
+
+
+BACKENDS = {"triton": swap_layer_op("mixer.chunkwise", retention_triton),
+            "fla": swap_layer_op("mixer.chunkwise", retention_fla)}

@@ -189,7 +189,8 @@ def not_reached(run_dir: Path, env: dict) -> dict[str, int]:
 
 def write_summary(run_dir: Path, rows: list[dict], env: dict, written: list[Path]) -> Path:
     """<run>/summary.md: the environment, cell counts by status, links to every table and plot."""
-    from altbench.report.tables import ordered_measurements
+    from altbench.report.fairness import fairness_lines
+    from altbench.report.tables import ordered_measurements, with_bounds
 
     lines = _env_headline(run_dir, env)
     missing = not_reached(run_dir, env)
@@ -208,6 +209,7 @@ def write_summary(run_dir: Path, rows: list[dict], env: dict, written: list[Path
     if "diverged" in labels:
         lines += ["", f"Probe rows whose training loss turned NaN count as diverged, not as accuracies; "
                   f"`altbench run --resume {run_dir} --retry diverged` trains them again."]
+    lines += fairness_lines(with_bounds(rows, env), [m for m in ordered_measurements(rows) if m in TIMED])
     lines += ["", "## Tables", ""]
     for path in written:
         if path.suffix == ".md" and path.parent.name == "tables":

@@ -25,11 +25,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from altbench.errors import UserError
+from altbench.measure import roofline
 from altbench.report import load_rows, runs_under
 from altbench.report.plots import label, log_axes, save
 from altbench.report.tables import (
-    UNITS, fmt, fmt_len, is_timed, ordered_measurements, series_fields, series_fits, shown_fields, sort_key,
-    timing_text, value_text,
+    IMPL_LEGEND, UNITS, fmt, fmt_len, is_timed, ordered_measurements, series_fields, series_fits, shown_fields,
+    sort_key, timing_text, value_text,
 )
 from altbench.runner import store
 
@@ -151,6 +152,8 @@ def compare(rows: list[dict], archs: list[str], out_dir: Path) -> list[Path]:
         timed = is_timed(measurement, subset)
         head, shown, numeric = side_by_side(subset, archs, timed)
         lines += [f"## {measurement}", "", *head, shown.to_markdown(index=False, disable_numparse=True), ""]
+        if timed and any(roofline.is_implementation_bound(r) for r in subset):
+            lines += [IMPL_LEGEND, ""]
         csv = out_dir / f"compare_{measurement}.csv"
         numeric.to_csv(csv, index=False)
         written.append(csv)

@@ -26,9 +26,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
+from altbench.measure import roofline
 from altbench.report import status_label
 from altbench.report.tables import (
-    UNITS, ceiling_fractions, decode_bound_ms, fmt_len, is_timed, ordered_measurements, probe_cells, series_fields,
+    UNITS, ceiling_fractions, fmt_len, is_timed, ordered_measurements, probe_cells, series_fields,
     series_fits, series_key, shown_fields, sort_key,
 )
 
@@ -107,10 +108,10 @@ def cost_plot(measurement: str, rows: list[dict], env: dict, out_dir: Path) -> l
         fit = fits.get(key)
         exponent = f" (exponent {fit.exponent:.2f})" if fit is not None else ""
         ax.errorbar(lengths, ms, yerr=[low, high], capsize=3, label=label(key, fields, shown) + exponent, **styles[key])
-        bounds = [decode_bound_ms(r, env) for r in points]
-        if measurement == "decode" and all(b is not None for b in bounds):
+        bounds = [roofline.with_bounds(r, roofline.run_ceilings(env)).get("bound_ms") for r in points]
+        if all(b is not None for b in bounds):
             ax.plot(lengths, bounds, linestyle=(0, (1, 3)), color=styles[key]["color"], alpha=0.6,
-                    label=f"{label(key, fields, shown)} bandwidth bound")
+                    label=f"{label(key, fields, shown)} roofline bound")
     xlabel = "context length (tokens)" if measurement == "decode" else "sequence length L (tokens)"
     log_axes(ax, xlabel, "ms (median, 95% interval)")
     ax.set_title(f"{measurement}: {UNITS.get(measurement, 'ms per call')}", fontsize=9)
@@ -191,6 +192,39 @@ def ceilings_plot(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
     return save(fig, out_dir, "ceilings")
 
 
+def decode_batch_plot(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
+    """Decode tokens/s against batch, one line per model and context, each beside its roofline bound
+    (batch / bound time: what the device could do for that model); only when decode varies in batch."""
+    ok = [roofline.with_bounds(r, roofline.run_ceilings(env)) for r in rows
+          if r.get("measurement") == "decode" and r.get("status") == "ok" and r.get("tokens_per_s")]
+    if len({r["batch"] for r in ok}) < 2:
+        return []
+    series: dict[tuple, list[dict]] = {}
+    for r in sorted(ok, key=lambda r: r["batch"]):
+        series.setdefault((r.get("arch"), r.get("size"), r.get("backend"), r.get("seq_len")), []).append(r)
+    fig = Figure(layout="constrained", figsize=(7, 4.5))
+    ax = fig.subplots()
+    for i, (key, points) in enumerate(sorted(series.items(), key=lambda kv: sort_key(kv[0]))):
+        arch, size, backend, context = key
+        batches = [r["batch"] for r in points]
+        color = f"C{i % 10}"
+        ax.plot(batches, [r["tokens_per_s"] for r in points], marker="o", color=color,
+                label=f"{arch} {size} ({backend}), context {fmt_len(context)}")
+        bound = [r["batch"] / r["bound_ms"] * 1e3 if r.get("bound_ms") else None for r in points]
+        if all(b is not None for b in bound):
+            ax.plot(batches, bound, linestyle=(0, (1, 3)), color=color, alpha=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))
+    ax.set_xlabel("batch (sequences decoded together)")
+    ax.set_ylabel("tokens/s (median); dotted: roofline bound")
+    ax.set_title("decode throughput against batch", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, out_dir, "decode_throughput")
+
+
 def probe_plot(rows: list[dict], out_dir: Path) -> list[Path]:
     cells = probe_cells(rows)
     if cells.empty:
@@ -264,6 +298,7 @@ def write_plots(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
         subset = [r for r in rows if r.get("measurement") == measurement]
         if is_timed(measurement, subset):
             written += cost_plot(measurement, subset, env, out_dir)
+    written += decode_batch_plot(rows, env, out_dir)
     written += memory_plot(rows, out_dir)
     written += ceilings_plot(rows, env, out_dir)
     written += probe_plot(rows, out_dir)

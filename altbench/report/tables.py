@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from altbench.measure import roofline
 from altbench.report import CAPABILITY, SERIES_FIELDS, TIMED, status_label
 from altbench.report.scaling import GROWTH, Fit, fit_scaling
 from altbench.runner import store
@@ -37,14 +38,15 @@ PROBE_AXES = {"seq_len": "L", "num_kv_pairs": "kv", "num_tokens": "tokens", "pow
 ALL_POINTS = "all points"  # the point of a failed probe cell in a task where no cell ran (its points are unknown)
 CSV_FIELDS = (
     "cell_id", "measurement", *SERIES_FIELDS, "seq_len", "status", "ms_median", "ms_ci_low", "ms_ci_high", "reps",
-    "warmup", "first_call_ms", "tokens_per_s", "flops", "tflops", "bandwidth_gbs", "bytes_per_token", "bound_ms",
-    "matmul_ceiling_fraction", "copy_ceiling_fraction", "peak_mem_bytes", "mem_source", "predicted_mem_bytes",
+    "warmup", "first_call_ms", "compile_ms", "compiled", "cuda_graphs", "fast_path_note", "tokens_per_s", "flops",
+    "tflops", "bandwidth_gbs", "bytes_per_token", "bytes_moved", "compute_bound_ms", "memory_bound_ms", "bound_ms",
+    "roofline_frac", "implementation_bound", "joules_per_token", "energy_note", "matmul_ceiling_fraction", "copy_ceiling_fraction", "peak_mem_bytes", "mem_source", "predicted_mem_bytes",
     "state_bytes", "params", "value", "stderr", "chance", "num_kv_pairs", "num_tokens", "exponent", "fit_first_len",
     "fit_last_len", "message",
 )
 
 INT_FIELDS = (
-    "batch", "seq_len", "reps", "warmup", "flops", "bytes_per_token", "peak_mem_bytes", "predicted_mem_bytes",
+    "batch", "seq_len", "reps", "warmup", "flops", "bytes_per_token", "bytes_moved", "peak_mem_bytes", "predicted_mem_bytes",
     "state_bytes", "params", "num_kv_pairs", "num_tokens", "fit_first_len", "fit_last_len",
 )
 
@@ -75,15 +77,22 @@ def fmt_len(length: int | None) -> str:
     return str(length)
 
 
+IMPL_MARK = "†"
+IMPL_LEGEND = (f"{IMPL_MARK} {roofline.IMPLEMENTATION_LABEL}: under {roofline.IMPLEMENTATION_BOUND:.0%} of its roofline "
+               "bound, so the figure measures the implementation, not the architecture.")
+
+
 def timing_text(row: dict) -> str:
+    """"median [ci_low, ci_high]", marked when the row is implementation-bound (rows carry their bounds)."""
     if row.get("status") != "ok":
         return status_label(row)
     median, low, high = row.get("ms_median"), row.get("ms_ci_low"), row.get("ms_ci_high")
     if median is None:
         return "n/a"
+    mark = f" {IMPL_MARK}" if roofline.is_implementation_bound(row) else ""
     if low is None or high is None:
-        return fmt(median)
-    return f"{fmt(median)} [{fmt(low)}, {fmt(high)}]"
+        return fmt(median) + mark
+    return f"{fmt(median)} [{fmt(low)}, {fmt(high)}]{mark}"
 
 
 def memory_text(row: dict) -> str:
@@ -167,12 +176,10 @@ def fit_text(fit: Fit | None) -> str:
     return f"{exponent:.2f} ({fmt_len(fit.first_len)}–{fmt_len(fit.last_len)})"
 
 
-def decode_bound_ms(row: dict, env: dict) -> float | None:
-    """Bytes that must be read per decode step / the device's measured copy bandwidth, in ms."""
-    ceilings = env.get("ceilings") or {}
-    if row.get("bytes_per_token") is None or not ceilings.get("copy_gbs"):
-        return None
-    return row["bytes_per_token"] / (ceilings["copy_gbs"] * 1e9) * 1e3
+def with_bounds(rows: list[dict], env: dict) -> list[dict]:
+    """Rows with their roofline bounds, computed from env.json's ceilings where a row lacks them."""
+    ceilings = roofline.run_ceilings(env)
+    return [roofline.with_bounds(r, ceilings) for r in rows]
 
 
 def ceiling_fractions(row: dict, env: dict) -> dict:
@@ -332,20 +339,49 @@ def memory_section(measurement: str, rows: list[dict], fields: list[str], shown:
             _markdown(wide_table(rows, fields, shown, memory_text))]
 
 
-def bound_section(rows: list[dict], fields: list[str], shown: list[str], env: dict) -> list[str]:
-    """Decode time over its bandwidth bound, per cell (1.0x would be the device's limit)."""
-    if not any(r.get("status") == "ok" and decode_bound_ms(r, env) is not None for r in rows):
+def bound_section(measurement: str, rows: list[dict], fields: list[str], shown: list[str], env: dict) -> list[str]:
+    """Each cell's fraction of its roofline bound (measure/roofline.py; 1.0 is the device's limit)."""
+    if not any(r.get("roofline_frac") is not None for r in rows):
         return []
 
-    def over_bound(r: dict) -> str:
-        bound = decode_bound_ms(r, env)
+    def fraction(r: dict) -> str:
         if r.get("status") != "ok":
             return status_label(r)
-        return f"{fmt(r['ms_median'] / bound)}x" if bound and r.get("ms_median") is not None else "n/a"
+        frac = r.get("roofline_frac")
+        if frac is None:
+            return "n/a"
+        return f"{frac:.2f} {roofline.IMPLEMENTATION_LABEL}" if roofline.is_implementation_bound(r) else f"{frac:.2f}"
 
-    copy = env["ceilings"]["copy_gbs"]
-    return ["", f"### decode: time over its bandwidth bound (bytes read per step / copy bandwidth {copy:,.0f} GB/s; "
-            "1.0x is the device's limit)", "", _markdown(wide_table(rows, fields, shown, over_bound))]
+    c = roofline.run_ceilings(env) or {}
+    return ["", f"### {measurement}: fraction of the roofline bound (max(FLOPs / {c.get('matmul_bf16_tflops', 0):,.0f} "
+            f"TFLOP/s, bytes moved / {c.get('copy_gbs', 0):,.0f} GB/s) / measured time; 1.0 is the device's limit, "
+            f"under {roofline.IMPLEMENTATION_BOUND:.2f} {roofline.IMPLEMENTATION_LABEL})", "",
+            _markdown(wide_table(rows, fields, shown, fraction))]
+
+
+def batch_section(rows: list[dict]) -> list[str]:
+    """Decode throughput against batch (when the rows vary in batch): tokens/s per model and context
+    with its fraction of the roofline bound, and the state (recurrent state or KV cache) it reads."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("tokens_per_s")]
+    batches = sorted({r["batch"] for r in rows if r.get("batch")})
+    if len(batches) < 2 or not ok:
+        return []
+    keys = ("arch", "size", "backend", "seq_len")
+    lines: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(r.get(k) for k in keys)
+        line = lines.setdefault(key, {"model": f"{r.get('arch')} {r.get('size')} ({r.get('backend')})",
+                                      "context": fmt_len(r.get("seq_len"))})
+        if r.get("status") != "ok":
+            line[f"b{r['batch']}"] = status_label(r)
+            continue
+        frac = f", {r['roofline_frac']:.2f} of bound" if r.get("roofline_frac") is not None else ""
+        state = f", state {r['state_bytes'] / 2**30:.2f} GiB" if r.get("state_bytes") is not None else ""
+        line[f"b{r['batch']}"] = f"{r['tokens_per_s']:,.0f}{frac}{state}"
+    table = pd.DataFrame.from_records([lines[k] for k in sorted(lines, key=sort_key)],
+                                      columns=["model", "context", *(f"b{b}" for b in batches)]).fillna(NOT_MEASURED)
+    return ["", "### decode: throughput against batch (tokens/s; fraction of the roofline bound; state read per step)",
+            "", _markdown(table)]
 
 
 def csv_frame(measurement: str, rows: list[dict], fields: list[str], fits: dict, env: dict) -> pd.DataFrame:
@@ -353,7 +389,8 @@ def csv_frame(measurement: str, rows: list[dict], fields: list[str], fits: dict,
     records = []
     for r in rows:
         record = {f: r.get(f) for f in CSV_FIELDS}
-        record["bound_ms"] = decode_bound_ms(r, env) if measurement == "decode" else None
+        if r.get("roofline_frac") is not None:
+            record["implementation_bound"] = roofline.is_implementation_bound(r)
         record.update(ceiling_fractions(r, env))
         fit = fits.get(series_key(r, fields))
         if fit is not None:
@@ -369,6 +406,7 @@ def csv_frame(measurement: str, rows: list[dict], fields: list[str], fits: dict,
 
 def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple[str, pd.DataFrame]:
     """The Markdown section of one measurement and its CSV frame."""
+    rows = with_bounds(rows, env)
     fields = series_fields(rows)
     shown, constant = shown_fields(rows, fields)
     timed = is_timed(measurement, rows)
@@ -377,9 +415,12 @@ def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple
     if timed:
         exponents = {key: fit_text(fit) for key, fit in fits.items()}
         lines.append(_markdown(wide_table(rows, fields, shown, timing_text, {"exponent (fit range)": exponents})))
+        if any(roofline.is_implementation_bound(r) for r in rows):
+            lines += ["", IMPL_LEGEND]
         lines += memory_section(measurement, rows, fields, shown)
+        lines += bound_section(measurement, rows, fields, shown, env)
         if measurement == "decode":
-            lines += bound_section(rows, fields, shown, env)
+            lines += batch_section(rows)
     elif measurement == "probe":
         lines.append(_markdown(probe_table(rows)))
     else:

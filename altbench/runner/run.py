@@ -21,7 +21,7 @@ from typing import Callable
 
 from altbench import registry
 from altbench.errors import UserError
-from altbench.measure import ceilings, env as envmod
+from altbench.measure import ceilings, env as envmod, roofline
 from altbench.runner import store, suite as suites
 from altbench.runner.cells import CAPABILITY, Cell, expand, series_of
 from altbench.runner.worker import Worker, call_isolated, run_cell
@@ -124,7 +124,7 @@ def check_retry(retry: tuple[str, ...], resume: str | None) -> None:
 
 
 SESSION_KEYS = ("created_at", "command", "hostname", "cpu", "torch", "triton", "git_commit", "git_dirty", "gpu",
-                "triton_cache")
+                "triton_cache", "inductor_cache")
 
 
 def _record_session(run_dir: Path, env: dict, device: str) -> None:
@@ -206,6 +206,9 @@ def sweep(
 
     for row in store.latest_rows(run_dir):
         note(row)
+    env_path = run_dir / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    device_ceilings = roofline.run_ceilings(env)  # each row carries its roofline bound
 
     def run_one(cell: Cell, worker: Worker) -> None:
         on_start(cell)
@@ -216,6 +219,7 @@ def sweep(
             if interrupted.is_set():  # its worker was killed by the interrupt: not a result, resume reruns it
                 return
             row["run_id"] = run_dir.name
+            row.update(roofline.bounds(row, device_ceilings))
             with lock:
                 store.append_row(run_dir, row)
                 rows.append(row)

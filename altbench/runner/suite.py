@@ -20,7 +20,11 @@
     timeout_s = 120                      # per cell; the worker is killed after it
     prefill_segment = 0                  # >0: prefill in segments of this many tokens, carrying state
     decode_tokens = 16                   # tokens timed per decode cell
-    cuda_graphs = true                   # capture decode steps in CUDA graphs where possible
+    cuda_graphs = true                   # replay decode steps (and short prefills) from CUDA graphs
+    graph_max_len = 16384                # prefill / mixer-alone cells up to this length are graph-captured
+    compile_decode = true                # torch.compile the decode step on a GPU (compile_ms apart)
+    compile_prefill = false              # torch.compile prefill and mixer-alone calls (a compile per shape)
+    energy = true                        # joules per token from NVML's energy counter on a GPU
 
     [measurements.prefill]               # one table per measurement; keys here override [settings]
     [measurements.decode]
@@ -56,6 +60,10 @@ class Settings:
     prefill_segment: int = 0
     decode_tokens: int = 16
     cuda_graphs: bool = True
+    graph_max_len: int = 16384  # prefill / mixer-alone cells up to this length replay from a CUDA graph
+    compile_decode: bool = True  # torch.compile the decode step (GPU only; compile time kept apart)
+    compile_prefill: bool = False  # torch.compile prefill and mixer-alone calls too (one compile per shape)
+    energy: bool = True  # joules per token from NVML's energy counter (GPU only)
     max_seq_len: int = 0  # 0: no limit
     max_batch: int = 0  # 0: no limit
 
@@ -75,7 +83,7 @@ class Suite:
     device: str = "cpu"
     extra: dict = field(default_factory=dict)  # measurement-specific tables (probe tasks, lm-eval tasks)
     arch_sizes: dict = field(default_factory=dict)  # arch -> sizes, overriding `sizes` for that arch
-    backend_choice: str = "each"  # "each": every backend its own cells; "first": see `backends_of`
+    backend_choice: str = "each"  # "each": every backend its own cells; "first", "fastest": see `backends_of`
 
     def sizes_of(self, arch: str) -> list[str]:
         return self.arch_sizes.get(arch, self.sizes)
@@ -84,12 +92,15 @@ class Suite:
         """The backends `arch` runs `measurement` on. "each": all of `backends` (one that does not
         implement the arch gives `skipped` rows). "first": only the first of `backends` that
         implements the arch, can run the measurement (a train step needs a backward) and is
-        installed here, so each architecture is measured once, on its fastest listed form."""
+        installed here, so each architecture is measured once, on its fastest listed form.
+        "fastest": the same, in the order of `registry.FASTEST` (altbench's kernels, fla, mamba_ssm,
+        torch) rather than the order of `backends`."""
         if self.backend_choice == "each":
             return self.backends
-        usable = [b for b in self.backends if b in registry.backends_of(arch)
+        order = self.backends if self.backend_choice == "first" else [b for b in registry.FASTEST if b in self.backends]
+        usable = [b for b in order if b in registry.backends_of(arch)
                   and not (measurement == "train_step" and b in registry.FORWARD_ONLY)]
-        return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or self.backends[:1])
+        return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or order[:1])
 
 
 _TOP = {
@@ -97,7 +108,7 @@ _TOP = {
     "batches": list, "seq_lens": list, "device": str, "settings": dict, "measurements": dict, "arch_sizes": dict,
     "backend_choice": str,
 }
-BACKEND_CHOICES = ("each", "first")
+BACKEND_CHOICES = ("each", "first", "fastest")
 _SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
 _PY = {"int": int, "float": (int, float), "bool": bool}
 
@@ -178,8 +189,9 @@ def load(name_or_path: str) -> Suite:
         for size in arch_sizes.get(arch, sizes):
             if size not in registry.size_names(arch):  # also imports plugins: a bad one fails here
                 raise UserError(f"{where}: size '{size}' is not defined for {arch}; known: {', '.join(registry.size_names(arch))}")
-    backends = _names(where, "backends", data.get("backends", ["torch"]), list(registry.BACKENDS))
     backend_choice = data.get("backend_choice", "each")
+    default = list(registry.FASTEST) if backend_choice == "fastest" else ["torch"]
+    backends = _names(where, "backends", data.get("backends", default), list(registry.BACKENDS))
     if backend_choice not in BACKEND_CHOICES:
         raise UserError(f"{where}: key 'backend_choice' must be one of {', '.join(BACKEND_CHOICES)}, got {backend_choice!r}")
     dtypes = _names(where, "dtypes", data.get("dtypes", ["float32"]), list(DTYPES))
