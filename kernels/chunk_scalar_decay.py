@@ -547,11 +547,13 @@ class _ChunkScalarDecay(torch.autograd.Function):
         o, ht, states = _chunk_scalar_decay_fwd(q, k, v, g, h0, scale, chunk_size, segment_length)
         ctx.save_for_backward(q, k, v, g, h0, states)
         ctx.config = (scale, segment_length)
+        ctx.set_materialize_grads(False)  # an unused final state's gradient arrives as None: no work for it
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, g, h0, states = ctx.saved_tensors
+        do = torch.zeros_like(v, dtype=q.dtype) if do is None else do
         dq, dk, dv, dg, dh0 = _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, *ctx.config)
         return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), None if h0 is None else dh0.to(h0.dtype), None, None, None
 

@@ -460,11 +460,13 @@ class _SelectiveScan(torch.autograd.Function):
         y, ht, states = _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length)
         ctx.save_for_backward(u, delta, A, B, C, D, h0, states)
         ctx.segment_length = segment_length
+        ctx.set_materialize_grads(False)  # an unused final state's gradient arrives as None: no work for it
         return y, ht
 
     @staticmethod
     def backward(ctx, dy, dht):
         u, delta, A, B, C, D, h0, states = ctx.saved_tensors
+        dy = torch.zeros_like(u) if dy is None else dy
         du, ddelta, dA, dB, dC, dD, dh0 = _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, ctx.segment_length)
         return du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype), None if h0 is None else dh0.to(h0.dtype), None
 

@@ -196,6 +196,19 @@ def test_gradients_without_the_final_state():
     check_grads(make_inputs(1, 40, 2, 16, 16, with_h0=True, seed=8), 1e-5, use_state=False, chunk_size=16, scale=0.5)
 
 
+def test_gradients_of_the_final_state_alone():
+    """Only S_T enters the loss: o's gradient reaches backward as None (q then gets zeros)."""
+    inputs = make_inputs(1, 40, 2, 16, 16, with_h0=True, seed=12)
+    grads = {}
+    for name, op in (("triton", lambda *x: chunk_scalar_decay(*x, chunk_size=16)), ("ref", chunk_scalar_decay_ref)):
+        leaves = [x.detach().clone().requires_grad_() for x in inputs]
+        op(*leaves)[1].square().sum().backward()
+        grads[name] = [x.grad for x in leaves]
+    assert not grads["triton"][0].any() and grads["ref"][0] is None
+    for name, ref, out in zip("k v g h0".split(), grads["ref"][1:], grads["triton"][1:]):
+        assert_close(f"d{name}", ref, out, 1e-5)
+
+
 def test_gradients_with_strong_decay_stay_finite():
     q, k, v, g, h0 = make_inputs(1, 48, 2, 16, 16, decay_bias=-30.0, with_h0=True, seed=9)
     _, _, grads = outputs_and_grads(chunk_scalar_decay, (q, k, v, g, h0), chunk_size=16)

@@ -142,6 +142,21 @@ def test_gradients_without_the_final_state():
     check_grads(make_inputs(1, 37, 16, 8, with_h0=True, seed=8), 1e-5, use_state=False)
 
 
+def test_gradients_of_the_final_state_alone():
+    """Only h_T enters the loss: y's gradient reaches backward as None (C, D then get zeros)."""
+    inputs = make_inputs(1, 37, 16, 8, with_h0=True, seed=11)
+    grads = {}
+    for name, op in (("triton", selective_scan), ("ref", selective_scan_ref)):
+        leaves = [x.detach().clone().requires_grad_() for x in inputs]
+        op(*leaves)[1].square().sum().backward()
+        grads[name] = dict(zip(NAMES, (x.grad for x in leaves)))
+    for name, ref in grads["ref"].items():
+        if ref is None:
+            assert not grads["triton"][name].any()
+        else:
+            assert_close(f"d{name}", ref, grads["triton"][name], 1e-5)
+
+
 def test_bf16_gradients():
     """u, Delta, B, C in bf16: y and their gradients rounded to bf16; A, D, h0 stay fp32."""
     check_grads(make_inputs(1, 37, 16, 8, dtype=torch.bfloat16, with_h0=True, seed=9), 1e-2)
