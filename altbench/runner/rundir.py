@@ -298,13 +298,34 @@ def write_env(run_dir: Path, env: dict) -> Path:
 
 # --- the writer's lock ------------------------------------------------------------------------
 
-def holder(run_dir: Path) -> str:
-    """Who holds the writer's lock, as its side file records it."""
+def _holder_facts(run_dir: Path) -> dict | None:
+    """The side file's pid, host and since, or None while it is missing, unreadable or names a process
+    of this host that is gone (a writer killed before a new one recorded itself)."""
     try:
         facts = json.loads((Path(run_dir) / HOLDER_FILE).read_text())
-        return f"pid {facts['pid']} on {facts['host']} since {facts['since']}"
+        pid, host = int(facts["pid"]), str(facts["host"])
+        str(facts["since"])
     except (OSError, ValueError, TypeError, KeyError):
-        return "another process (not yet recorded)"
+        return None
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+    return facts
+
+
+def holder(run_dir: Path, wait_s: float = 2.0) -> str:
+    """Who holds the writer's lock, as its side file records it; a writer that has just taken the
+    lock records itself within moments, so this waits up to `wait_s` for a live record."""
+    deadline = time.monotonic() + wait_s
+    while (facts := _holder_facts(run_dir)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if facts is None:
+        return "another process (it has not recorded its pid)"
+    return f"pid {facts['pid']} on {facts['host']} since {facts['since']}"
 
 
 def hold_writer(run_dir: Path) -> None:
