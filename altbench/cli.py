@@ -253,7 +253,7 @@ def compare_(
     from altbench.runner import rundir
 
     comparison.check_archs(archs)
-    runs = [resolve_run(r, RESULTS) for r in run] if run else []
+    runs = [resolve_run(r, RESULTS, "--run") for r in run] if run else []
     if suite:
         run_dir, cells, done = runner.prepare(suite, None, device, RESULTS, archs=archs)
         try:
@@ -289,7 +289,7 @@ def gate_(
     from altbench.report import resolve_run
     from altbench.runner import rundir
 
-    candidate = resolve_run(candidate, RESULTS) if candidate else gate.newest_run(RESULTS, exclude=baseline)
+    candidate = resolve_run(candidate, RESULTS, "--candidate") if candidate else gate.newest_run(RESULTS, exclude=baseline)
     if update_baseline:
         if rundir.is_file(rundir.store_path(baseline)):
             try:

@@ -265,6 +265,9 @@ def judge(
     if not 0 < alpha < 1:
         raise UserError(f"alpha (the gate's significance level) must lie between 0 and 1 (got {alpha})")
     baseline_dir, candidate_dir = Path(baseline_dir), Path(candidate_dir)
+    if not rundir.is_file(rundir.store_path(baseline_dir)):
+        raise UserError(f"--baseline {baseline_dir}: not a run directory (no {rundir.STORE_FILE}); give a "
+                        "committed baseline such as results/baselines/<name>")
     base, cand = _timed(load_rows(baseline_dir)), _timed(load_rows(candidate_dir))
     if not base.keys() & cand.keys():
         raise UserError(f"{baseline_dir} and {candidate_dir} share no timed cell; run the candidate with the "

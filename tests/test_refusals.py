@@ -116,8 +116,9 @@ def test_random_run_options_run_or_refuse_on_one_line_creating_nothing(options, 
 
 STORE = Path(__file__).parent / "data" / "smoke-store"
 READ_OPTIONS = {
-    "gate": ("--threshold", "--eager-min-len", "--candidate"),
+    "gate": ("--baseline", "--threshold", "--eager-min-len", "--candidate"),
     "compare": ("--run", "--out", "--suite", "--device"),
+    "report": ("RUN",),
 }
 
 
@@ -128,7 +129,10 @@ def test_random_options_of_reading_commands_answer_on_one_line(command, data):
                                         max_size=3))
     with tempfile.TemporaryDirectory() as tmp:
         if command == "gate":
-            args = ["gate", "--baseline", STORE, "--candidate", STORE, *[x for kv in options.items() for x in kv]]
+            options = {"--baseline": str(STORE), "--candidate": str(STORE), **options}
+            args = ["gate", *[x for kv in options.items() for x in kv]]
+        elif command == "report":  # never the stored fixture: report writes into the run it renders
+            args = ["report", options.get("RUN", "") if options.get("RUN") != str(STORE) else "x"]
         else:
             options.setdefault("--run", str(STORE))
             options["--out"] = str(Path(tmp) / "cmp" / (options.get("--out") or "x").replace("/", "_")[:20].strip(".") or "x")

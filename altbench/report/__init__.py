@@ -44,13 +44,14 @@ def load_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
-def resolve_run(ref: Path, root: Path) -> Path:
-    """A run given as its directory or as a run id under `root`; UserError when neither holds a store."""
+def resolve_run(ref: Path, root: Path, option: str) -> Path:
+    """A run given (with the CLI option `option`) as its directory or as a run id under `root`;
+    UserError when neither holds a store."""
     for candidate in (Path(ref), Path(root) / ref):
         if rundir.is_file(rundir.store_path(candidate)):
             return candidate
     recent = ", ".join(run.name for run in runs_under(root)[-5:])
-    raise UserError(f"run '{ref}' not found: no {rundir.STORE_FILE} there or under {root}"
+    raise UserError(f"{option}: run '{ref}' not found: no {rundir.STORE_FILE} there or under {root}"
                     + (f" (recent runs: {recent})" if recent else ""))
 
 

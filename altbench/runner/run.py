@@ -22,14 +22,15 @@ from altbench.runner import rundir, store, suite as suites
 from altbench.runner.cells import CAPABILITY, Cell, expand, series_of
 from altbench.runner.worker import Worker, call_isolated, run_cell
 
+
 def find_run(ref: str, out: Path) -> Path:
-    """A run given as a directory path or as a run id under `out`."""
+    """The run `--resume` names, as a directory path or as a run id under `out`."""
     for candidate in (Path(ref), out / ref):
         if rundir.is_file(candidate / rundir.SUITE_FILE):
             return candidate
     runs = sorted(p.name for p in out.glob("*/") if (p / rundir.SUITE_FILE).is_file()) if rundir.is_dir(out) else []
     hint = f"runs under {out}: {', '.join(runs[-5:])}" if runs else f"no runs under {out}"
-    raise UserError(f"run '{ref}' not found ({hint})")
+    raise UserError(f"--resume: run '{ref}' not found ({hint})")
 
 
 def check_device(device: str) -> None:
