@@ -287,6 +287,8 @@ def read_env(run_dir: Path, quiet: bool = False) -> dict:
             warn(f"{path} {problem}: the environment of these results is unknown")
         return {}
     wrong = [k for k, t in ENV_TYPES.items() if env.get(k) is not None and not isinstance(env[k], t)]
+    wrong += [k for k, t in (("resumes", dict), ("gpu_busy", str))
+              if k not in wrong and not all(isinstance(v, t) for v in env.get(k) or [])]
     if wrong and not quiet:
         warn(f"{path}: ignored {', '.join(wrong)} (unexpected values); that part of the environment is unknown")
     return {k: v for k, v in env.items() if k not in wrong}
