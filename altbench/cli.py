@@ -255,6 +255,10 @@ def compare_(
     comparison.check_archs(archs)
     runs = [resolve_run(r, RESULTS, "--run") for r in run] if run else []
     if suite:
+        from altbench import registry
+
+        for arch in archs:  # named on the command line, not with --archs: say so before prepare could
+            registry.family(arch)
         run_dir, cells, done = runner.prepare(suite, None, device, RESULTS, archs=archs)
         try:
             _sweep_with_progress(run_dir, cells, done)

@@ -165,3 +165,10 @@ def test_errors_name_the_option_the_user_typed(tmp_path, args, option):
     (line,) = result.stderr.strip().splitlines()
     assert option in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_names_an_unknown_arch_it_was_given_not_an_option(tmp_path):
+    result = altbench("compare", "mamba", "gpt5", "--suite", "smoke", cwd=tmp_path)
+    assert result.code == 2 and not any(tmp_path.iterdir())
+    (line,) = result.stderr.strip().splitlines()
+    assert "unknown architecture 'gpt5'" in line and "--archs" not in line, line
