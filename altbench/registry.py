@@ -51,7 +51,7 @@ def family(arch: str) -> ModuleType:
     if "." in arch:
         try:
             module = importlib.import_module(arch)
-        except ImportError as e:
+        except Exception as e:  # a missing module, a malformed name, or the plugin's own error
             raise UserError(f"architecture plugin '{arch}' cannot be imported ({e}); is it on PYTHONPATH?") from None
         if not (hasattr(module, "MODEL") and hasattr(module, "SIZES")):
             raise UserError(f"architecture plugin '{arch}' must define MODEL and SIZES (see altbench/models/mamba.py)")
