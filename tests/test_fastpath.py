@@ -10,7 +10,7 @@ from altbench.measure import energy, fastpath, roofline
 from altbench.measure.fastpath import CompileError, fast_call
 from altbench.measure.scenarios import decode_state, rewinder
 from altbench.runner.worker import _call, call_isolated
-from tests.conftest import assert_close
+from conftest import assert_close
 
 
 @pytest.fixture
