@@ -101,6 +101,7 @@ def cost_plot(measurement: str, rows: list[dict], env: dict, out_dir: Path) -> l
         return []
     fits = series_fits(rows, fields)
     styles = series_styles(list(series), fields)
+    ceilings = roofline.run_ceilings(env)
     fig = Figure(layout="constrained", figsize=(7, 4.5))
     ax = fig.subplots()
     for key, points in series.items():
@@ -111,7 +112,7 @@ def cost_plot(measurement: str, rows: list[dict], env: dict, out_dir: Path) -> l
         fit = fits.get(key)
         exponent = f" (exponent {fit.exponent:.2f})" if fit is not None else ""
         ax.errorbar(lengths, ms, yerr=[low, high], capsize=3, label=label(key, fields, shown) + exponent, **styles[key])
-        bounds = [roofline.with_bounds(r, roofline.run_ceilings(env)).get("bound_ms") for r in points]
+        bounds = [roofline.with_bounds(r, ceilings).get("bound_ms") for r in points]
         if all(b is not None for b in bounds):
             ax.plot(lengths, bounds, linestyle=(0, (1, 3)), color=styles[key]["color"], alpha=0.6,
                     label=f"{label(key, fields, shown)} roofline bound")
