@@ -22,9 +22,6 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
-    def params(self) -> int:
-        return 3 * self.d_model * self.d_hidden
-
     def flops_per_token(self) -> int:
         return 3 * linear_flops(self.d_model, self.d_hidden)
 

@@ -207,19 +207,6 @@ class GLABlock(PreNormResidualBlock):
         a = self.mixer
         return batch * a.n_heads * a.key_dim * a.value_dim * 4  # fp32 whatever the model's dtype
 
-    def params(self):
-        c, a = self.c, self.mixer
-        dk, dv = a.n_heads * a.key_dim, a.n_heads * a.value_dim
-        return (
-            2 * c.d_model  # two RMSNorms
-            + 2 * c.d_model * dk  # q_proj, k_proj
-            + 2 * c.d_model * dv  # v_proj, g_proj
-            + c.d_model * c.gate_rank + c.gate_rank * dk + dk  # low-rank gate and its bias
-            + dv * c.d_model  # o_proj
-            + 2 * dv  # GroupNorm weight and bias
-            + self.mlp.params()
-        )
-
     def flops_per_token(self, context):
         c, a = self.c, self.mixer
         dk, dv = a.n_heads * a.key_dim, a.n_heads * a.value_dim

@@ -248,9 +248,6 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
-    def params(self) -> int:
-        return 3 * self.d_model * self.d_hidden + 2 * self.d_hidden + self.d_model
-
     def flops_per_token(self) -> int:
         return 3 * linear_flops(self.d_model, self.d_hidden)
 
@@ -283,9 +280,6 @@ class RGLRU(nn.Module):
 
     def log_a(self) -> torch.Tensor:
         return -F.softplus(self.recurrent_param.float())  # (W,)
-
-    def params(self) -> int:
-        return self.blocks * self.block_width * (2 * self.block_width + 3)
 
 
 class RecurrentBlock(nn.Module):
@@ -327,10 +321,6 @@ class RecurrentBlock(nn.Module):
 
     def state_bytes(self, batch, context, dtype):
         return batch * self.width * ((self.c.conv_width - 1) * torch.finfo(dtype).bits // 8 + 4)
-
-    def params(self):
-        d, w = self.c.d_model, self.width
-        return 2 * (d * w + w) + w * d + d + w * (self.c.conv_width + 1) + self.rg_lru.params()
 
     def flops_per_token(self, context):
         d, w, bw = self.c.d_model, self.width, self.rg_lru.block_width
@@ -383,10 +373,6 @@ class LocalAttention(nn.Module):
         cached = min(context, self.window - 1)
         return 2 * batch * cached * self.n_kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
 
-    def params(self):
-        d, hd = self.c.d_model, self.head_dim
-        return d * hd * (2 * self.n_heads + 2 * self.n_kv_heads) + d
-
     def flops_per_token(self, context):
         d, hd = self.c.d_model, self.head_dim
         proj = linear_flops(d, hd * (2 * self.n_heads + 2 * self.n_kv_heads))
@@ -405,9 +391,6 @@ class ResidualBlock(PreNormResidualBlock):
 
     def state_bytes(self, batch, context, dtype):
         return self.mixer.state_bytes(batch, context, dtype)
-
-    def params(self):
-        return 2 * self.c.d_model + self.mixer.params() + self.mlp.params()
 
     def flops_per_token(self, context):
         return self.mixer.flops_per_token(context) + self.mlp.flops_per_token()

@@ -180,10 +180,6 @@ class HyenaFilter(nn.Module):
             window = torch.exp(-alpha * (t[:, None] / c.l_max).float())  # (L, D)
         return a * window[:, None, :]
 
-    def params(self) -> int:
-        c, f = self.c, self.c.filter_order
-        return (c.filter_emb + 1) * f + 2 * (f + 1) * f + f * c.order * c.d_model + f + c.order * c.d_model
-
     def flops_per_position(self) -> int:
         c, f = self.c, self.c.filter_order
         return linear_flops(c.filter_emb, f) + 2 * linear_flops(f, f) + linear_flops(f, c.order * c.d_model)
@@ -357,17 +353,6 @@ class HyenaBlock(PreNormResidualBlock):
         c, elt = self.c, torch.finfo(dtype).bits // 8
         window = batch * (c.short_conv - 1) * (c.order + 1) * c.d_model * elt
         return window + (batch + 1) * context * c.order * c.d_model * elt
-
-    def params(self):
-        c, width, hidden = self.c, (self.c.order + 1) * self.c.d_model, self.d_hidden
-        return (
-            2 * c.d_model  # two RMSNorms
-            + (c.d_model + 1) * width  # in_proj with bias
-            + (c.short_conv + 1) * width  # short conv weight and bias
-            + self.mixer.filter.params()
-            + (c.d_model + 1) * c.d_model  # out_proj with bias
-            + (c.d_model + 1) * hidden + (hidden + 1) * c.d_model  # MLP fc1, fc2 with biases
-        )
 
     def _dense_flops(self):
         """Per-token FLOPs that do not depend on the position: projections, short conv, gates, MLP."""

@@ -176,18 +176,6 @@ class MambaBlock(PreNormMixerBlock):
         c, di = self.c, self.mixer.d_inner
         return batch * di * ((c.d_conv - 1) * torch.finfo(dtype).bits // 8 + c.d_state * 4)
 
-    def params(self):
-        c, di, n = self.c, self.mixer.d_inner, self.c.d_state
-        return (
-            c.d_model  # norm
-            + c.d_model * 2 * di  # in_proj
-            + di * (c.d_conv + 1)  # conv1d weight + bias
-            + (di * (c.dt_rank + 2 * n) + c.dt_rank * di if c.selective else 2 * n)  # x_proj, dt_proj | B, C
-            + di  # dt_proj.bias | dt_bias
-            + di * n + di  # A_log, D
-            + di * c.d_model  # out_proj
-        )
-
     def flops_per_token(self, context):
         c, di, n = self.c, self.mixer.d_inner, self.c.d_state
         proj = linear_flops(c.d_model, 2 * di) + linear_flops(di, c.d_model)

@@ -228,17 +228,6 @@ class Mamba2Block(PreNormMixerBlock):
         conv = (c.d_conv - 1) * self.mixer.conv_dim * torch.finfo(dtype).bits // 8
         return batch * (conv + c.n_heads * c.head_dim * c.d_state * 4)
 
-    def params(self):
-        c, di, cd = self.c, self.mixer.d_inner, self.mixer.conv_dim
-        return (
-            c.d_model  # norm
-            + c.d_model * (di + cd + c.n_heads)  # in_proj -> z, xBC, dt
-            + cd * (c.d_conv + 1)  # conv1d weight + bias
-            + 3 * c.n_heads  # dt_bias, A_log, D
-            + di  # gated norm
-            + di * c.d_model  # out_proj
-        )
-
     def flops_per_token(self, context):
         c, di, cd = self.c, self.mixer.d_inner, self.mixer.conv_dim
         proj = linear_flops(c.d_model, di + cd + c.n_heads) + linear_flops(di, c.d_model)

@@ -245,17 +245,6 @@ class RetNetBlock(PreNormResidualBlock):
         r = self.mixer
         return batch * r.n_heads * r.key_dim * r.value_dim * 4  # fp32 whatever the model's dtype
 
-    def params(self):
-        c, dv = self.c, self.mixer.n_heads * self.mixer.value_dim
-        return (
-            2 * c.d_model  # two RMSNorms
-            + 2 * c.d_model * c.d_model  # q_proj, k_proj
-            + 2 * c.d_model * dv  # v_proj, g_proj
-            + dv * c.d_model  # o_proj
-            + 2 * dv  # GroupNorm weight and bias
-            + 2 * c.d_model * c.d_hidden  # FFN
-        )
-
     def flops_per_token(self, context):
         c, r = self.c, self.mixer
         dv = r.n_heads * r.value_dim

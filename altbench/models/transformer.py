@@ -127,11 +127,6 @@ class TransformerBlock(PreNormResidualBlock):
         a = self.mixer
         return 2 * batch * a.n_kv_heads * context * a.head_dim * torch.finfo(dtype).bits // 8
 
-    def params(self):
-        c, a = self.c, self.mixer
-        attn = c.d_model * a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads)
-        return 2 * c.d_model + attn + self.mlp.params()
-
     def flops_per_token(self, context):
         c, a = self.c, self.mixer
         proj = linear_flops(c.d_model, a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads))

@@ -297,9 +297,6 @@ class SwiGLU(nn.Module):
     def forward(self, x):
         return self.proj_down(F.silu(self.proj_up_gate(x)) * self.proj_up(x))
 
-    def params(self, d):
-        return 3 * d * self.dim
-
     def flops(self, d):
         return 3 * linear_flops(d, self.dim)
 
@@ -407,15 +404,6 @@ class XLSTMBlock(PreNormResidualBlock):
             return batch * c.d_model * ((c.conv_kernel - 1) * torch.finfo(dtype).bits // 8 + 4 * 4)
         K, V = self.mixer.qk_dim // H, self.mixer.v_dim // H
         return batch * H * (K * V + K + 1) * 4  # C, n, m in fp32
-
-    def params(self):
-        c, d, H = self.c, self.c.d_model, self.c.n_heads
-        if self.slstm:
-            mixer = d * (c.conv_kernel + 1) + 2 * (d * 2 * d + 2 * d) + 4 * d * (d // H) + d
-        else:
-            qk, v = self.mixer.qk_dim, self.mixer.v_dim
-            mixer = d * (2 * qk + 2 * v) + 2 * (d * H + H) + v + v * d  # q k v o, i f gates, head norm, out
-        return 2 * d + mixer + self.mlp.params(d)  # 2 norms
 
     def flops_per_token(self, context):
         c, d, H = self.c, self.c.d_model, self.c.n_heads
