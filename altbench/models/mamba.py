@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import PreNormMixerBlock
+from altbench.models.blocks import CausalConv1d
+from altbench.models.compose import pattern_blocks
 
 
 @dataclass
@@ -115,7 +116,7 @@ class MambaMixer(nn.Module):
         di, n = c.expand * c.d_model, c.d_state
         self.d_inner = di
         self.in_proj = nn.Linear(c.d_model, 2 * di, bias=False)
-        self.conv1d = nn.Conv1d(di, di, c.d_conv, groups=di, bias=True)
+        self.conv1d = CausalConv1d(di, c.d_conv)
         if c.selective:
             self.x_proj = nn.Linear(di, c.dt_rank + 2 * n, bias=False)
             self.dt_proj = nn.Linear(c.dt_rank, di, bias=True)
@@ -142,51 +143,50 @@ class MambaMixer(nn.Module):
 
     def forward(self, hidden, state):
         """hidden: (B, T, d_model); state: (conv window (B, K-1, Di), h (B, Di, N)) or None."""
-        Bsz, T, _ = hidden.shape
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, T, Di) each
-        window = state[0] if state is not None else x.new_zeros(Bsz, self.c.d_conv - 1, self.d_inner)
-        xw = torch.cat([window, x], dim=1)  # (B, K-1+T, Di)
-        x = F.conv1d(xw.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
-        x = F.silu(x.transpose(1, 2))  # (B, T, Di)
+        x, window = self.conv1d(x, state[0] if state is not None else None)
+        x = F.silu(x)  # (B, T, Di)
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())  # (Di, N)
         y, h = self.scan(x, delta, A, B, C, self.D.float(), state[1] if state is not None else None)
-        return self.out_proj(y * F.silu(z)), (xw[:, T:], h)
+        return self.out_proj(y * F.silu(z)), (window, h)
 
     def step(self, hidden, state):
         """hidden: (B, d_model) -> (B, d_model)."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, Di)
-        xw = torch.cat([state[0], x[:, None]], dim=1)  # (B, K, Di)
-        x = F.silu(torch.einsum("bkd,dk->bd", xw, self.conv1d.weight[:, 0]) + self.conv1d.bias)
+        x, window = self.conv1d.step(x, state[0])
+        x = F.silu(x)  # (B, Di)
         delta, B, C = self._ssm_inputs(x)
         y, h = selective_scan_step(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), state[1])
-        return self.out_proj(y * F.silu(z)), (xw[:, 1:], h)
-
-
-class MambaBlock(PreNormMixerBlock):
-    def __init__(self, c: MambaConfig):
-        super().__init__(c, MambaMixer(c))
+        return self.out_proj(y * F.silu(z)), (window, h)
 
     def init_state(self, batch, device, dtype, capacity=0):
-        c, di = self.c, self.mixer.d_inner
-        conv = torch.zeros(batch, c.d_conv - 1, di, device=device, dtype=dtype)
-        return conv, torch.zeros(batch, di, c.d_state, device=device, dtype=torch.float32)
+        h = torch.zeros(batch, self.d_inner, self.c.d_state, device=device, dtype=torch.float32)
+        return self.conv1d.init_state(batch, device, dtype), h
 
     def state_bytes(self, batch, context, dtype):
-        c, di = self.c, self.mixer.d_inner
+        c, di = self.c, self.d_inner
         return batch * di * ((c.d_conv - 1) * torch.finfo(dtype).bits // 8 + c.d_state * 4)
 
     def flops_per_token(self, context):
-        c, di, n = self.c, self.mixer.d_inner, self.c.d_state
+        c, di, n = self.c, self.d_inner, self.c.d_state
         proj = linear_flops(c.d_model, 2 * di) + linear_flops(di, c.d_model)
         if c.selective:
             proj += linear_flops(di, c.dt_rank + 2 * n) + linear_flops(c.dt_rank, di)
-        return proj + 2 * di * c.d_conv + 9 * di * n  # conv; scan: exp, 2 mul + add for h, 2 for y
+        return proj + self.conv1d.flops_per_token() + 9 * di * n  # scan: exp, 2 mul + add for h, 2 for y
 
 
 class Mamba(LanguageModel):
-    def __init__(self, config: MambaConfig):
-        super().__init__(config, [MambaBlock(config) for _ in range(config.n_layers)])
+    """Mamba blocks only: each layer is x + MambaMixer(RMSNorm(x)), no MLP (sec. 3.4)."""
+
+    def __init__(self, c: MambaConfig):
+        blocks = pattern_blocks(
+            "M" * c.n_layers,
+            mixers={"M": lambda i: MambaMixer(c)},
+            mlp=lambda i: None,
+            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
 
     def activation_bytes(self, batch, tokens, dtype):
         """The chunked scan keeps ~8 fp32 (B, chunk, d_inner, N) tensors alive per layer call."""
@@ -212,6 +212,7 @@ HF_CLASS = "MambaForCausalLM"
 HF_RENAMES = [
     (r"backbone\.embeddings\.(.*)", r"embed.\1"),
     (r"backbone\.norm_f\.(.*)", r"norm.\1"),
+    (r"backbone\.layers\.(\d+)\.norm\.(.*)", r"layers.\1.mixer_norm.\2"),
     (r"backbone\.(.*)", r"\1"),
 ]
 
