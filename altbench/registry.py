@@ -27,6 +27,7 @@ ARCHITECTURES: dict[str, str] = {
     "gla": "altbench.models.gla",
     "mamba2": "altbench.models.mamba2",
     "hyena": "altbench.models.hyena",
+    "mixtral": "altbench.models.mixtral",
 }
 
 # backend -> (module that must be importable, what it is)
@@ -99,8 +100,14 @@ def use_backend(model, arch: str, backend: str) -> None:
 
 
 def param_count(arch: str, size: str) -> int:
-    """Analytic parameter count, from a model built on the meta device (no memory, no init)."""
+    """Parameter count, from a model built on the meta device (no memory, no init)."""
     return build(arch, size, device="meta").params()
+
+
+def param_counts(arch: str, size: str) -> tuple[int, int]:
+    """(total, active) parameters, from one model built on the meta device; they differ for MoE."""
+    model = build(arch, size, device="meta")
+    return model.params(), model.active_params()
 
 
 def backend_installed(name: str) -> bool:

@@ -22,6 +22,7 @@ PARITY = {
     "griffin": dict(n_layers=4),
     "xlstm": dict(chunk_size=8),  # T=33: HF's chunkwise kernel on 32 tokens, its recurrent one on the last
     "mamba2": {},
+    "mixtral": {},
 }
 
 
