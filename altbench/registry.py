@@ -28,6 +28,7 @@ ARCHITECTURES: dict[str, str] = {
     "mamba2": "altbench.models.mamba2",
     "hyena": "altbench.models.hyena",
     "mixtral": "altbench.models.mixtral",
+    "jamba": "altbench.models.jamba",
 }
 
 # backend -> (module that must be importable, what it is)

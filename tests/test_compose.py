@@ -53,3 +53,10 @@ def test_causal_conv_forward_segments_and_step_agree_with_the_definition():
 def test_malformed_pattern_is_one_line(pattern, n_layers, message):
     with pytest.raises(UserError, match=message):
         check_pattern(pattern, n_layers, "MA")
+
+
+def test_jamba_pattern_of_the_wrong_length_is_one_line():
+    from altbench import registry
+
+    with pytest.raises(UserError, match=r"pattern 'MMMMAMMM' has 8 letters but n_layers is 7"):
+        registry.config("jamba", "tiny", n_layers=7)

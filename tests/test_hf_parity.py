@@ -23,6 +23,7 @@ PARITY = {
     "xlstm": dict(chunk_size=8),  # T=33: HF's chunkwise kernel on 32 tokens, its recurrent one on the last
     "mamba2": {},
     "mixtral": {},
+    "jamba": {},  # 8 layers: Mamba with inner norms, attention without RoPE at layer 4, MoE at odd layers
 }
 
 

@@ -77,9 +77,15 @@ def test_moe_layer_matches_qwen2_moe_block():
         assert_close("qwen2-moe loop", theirs(x), ours(x), 1e-6)
 
 
-@pytest.mark.parametrize("size, total, active", [("8x7b", 46.7e9, 12.9e9), ("8x22b", 141e9, 39e9)])
-def test_mixtral_published_total_and_active_params(size, total, active):
-    """Jiang et al. 2024 (sec. 2.1): 46.7B total, 12.9B active; Mixtral 8x22B: 141B, 39B. Counted on the meta device."""
-    model = registry.build("mixtral", size, device="meta")
+@pytest.mark.parametrize(
+    "arch, size, total, active",
+    [("mixtral", "8x7b", 46.7e9, 12.9e9), ("mixtral", "8x22b", 141e9, 39e9), ("jamba", "v0.1", 51.6e9, 12.1e9)],
+    ids=["mixtral-8x7b", "mixtral-8x22b", "jamba-v0.1"],
+)
+def test_published_total_and_active_params(arch, size, total, active):
+    """Counted on the meta device. Jiang et al. 2024 (sec. 2.1): Mixtral 8x7B 46.7B total, 12.9B active;
+    Mixtral 8x22B 141B, 39B (its model card). Lieber et al. 2024: Jamba 52B total, 12B active
+    (51.6B and 12.1B counted)."""
+    model = registry.build(arch, size, device="meta")
     assert model.params() == pytest.approx(total, rel=0.005)
     assert model.active_params() == pytest.approx(active, rel=0.005)

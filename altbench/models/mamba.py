@@ -35,6 +35,7 @@ class MambaConfig(LMConfig):
     dt_min: float = 0.001  # Delta initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
     selective: bool = True  # False: Delta, B, C are learned constants, not functions of x (an LTI SSM)
+    inner_norms: bool = False  # RMSNorm dt, B and C after x_proj (Jamba, for stability at scale)
 
     def __post_init__(self):
         if self.dt_rank == 0:
@@ -130,6 +131,10 @@ class MambaMixer(nn.Module):
         with torch.no_grad():  # Delta = softplus(bias) log-uniform in [dt_min, dt_max] (paper, sec. 3.6)
             dt = torch.exp(torch.rand(di) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
             (self.dt_proj.bias if c.selective else self.dt_bias).copy_(dt + torch.log(-torch.expm1(-dt)))
+        if c.inner_norms:
+            self.dt_layernorm = nn.RMSNorm(c.dt_rank, eps=c.norm_eps)
+            self.b_layernorm = nn.RMSNorm(n, eps=c.norm_eps)
+            self.c_layernorm = nn.RMSNorm(n, eps=c.norm_eps)
 
     def _ssm_inputs(self, x):
         """x: (..., Di) after the conv -> delta (..., Di), B (..., N), C (..., N)."""
@@ -137,6 +142,8 @@ class MambaMixer(nn.Module):
             lead = x.shape[:-1]
             return F.softplus(self.dt_bias).expand(*lead, -1), self.B.expand(*lead, -1), self.C.expand(*lead, -1)
         dt, B, C = self.x_proj(x).split([self.c.dt_rank, self.c.d_state, self.c.d_state], dim=-1)
+        if self.c.inner_norms:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         return F.softplus(self.dt_proj(dt)), B, C
 
     scan = staticmethod(selective_scan)  # the scan op; `use_backend` swaps in a kernel with the same contract
