@@ -29,6 +29,7 @@ ARCHITECTURES: dict[str, str] = {
     "hyena": "altbench.models.hyena",
     "mixtral": "altbench.models.mixtral",
     "jamba": "altbench.models.jamba",
+    "zamba2": "altbench.models.zamba2",
 }
 
 # backend -> (module that must be importable, what it is)

@@ -24,6 +24,7 @@ PARITY = {
     "mamba2": {},
     "mixtral": {},
     "jamba": {},  # 8 layers: Mamba with inner norms, attention without RoPE at layer 4, MoE at odd layers
+    "zamba2": {},  # "MMHMMH" with two shared blocks used in turn, per-use adapters
 }
 
 

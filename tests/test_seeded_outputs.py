@@ -12,7 +12,9 @@ import torch
 from altbench import registry
 
 FIXTURE = Path(__file__).parent / "fixtures" / "seeded_outputs.pt"
-RECORDED = ["transformer", "mamba", "mamba-lti", "rwkv7", "hawk", "griffin", "xlstm", "retnet", "gla", "mamba2", "hyena"]
+RECORDED = [
+    "transformer", "mamba", "mamba-lti", "rwkv7", "hawk", "griffin", "xlstm", "retnet", "gla", "mamba2", "hyena",
+]
 
 
 def outputs(arch: str) -> dict:

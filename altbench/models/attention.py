@@ -78,6 +78,25 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+def attend(q, k, v, cache: KVCache | None, scale: float | None = None) -> tuple[torch.Tensor, KVCache]:
+    """Causal attention of q over the cache's keys and values followed by k, v, which join the cache.
+
+    q: (B, H, T, D)   k, v: (B, Hkv, T, D), Hkv dividing H   scale: None means D^-1/2
+    returns o (B, H, T, D) and the cache (a new one when `cache` is None)
+    """
+    T = q.shape[2]
+    if cache is None:
+        cache, keys, values = KVCache(k, v, T), k, v
+    else:
+        keys, values = cache.append(k, v)  # (B, Hkv, start + T, D)
+    S = keys.shape[2]
+    mask = None if S == T or T == 1 else causal_lower_right(T, S)
+    o = F.scaled_dot_product_attention(
+        q, keys, values, attn_mask=mask, is_causal=(S == T and T > 1), scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    return o, cache
+
+
 class Attention(nn.Module):
     """q, k, v projections (no biases) -> RoPE -> causal SDPA over the cache -> o_proj."""
 
@@ -100,16 +119,7 @@ class Attention(nn.Module):
         if self.rotary is not None:
             cos, sin = self.rotary(start, T, x.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        if cache is None:
-            cache, keys, values = KVCache(k, v, T), k, v
-        else:
-            keys, values = cache.append(k, v)  # (B, Hkv, start + T, D)
-        S = keys.shape[2]
-        mask = None if S == T or T == 1 else causal_lower_right(T, S)
-        o = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, is_causal=(S == T and T > 1), enable_gqa=self.n_heads != self.n_kv_heads
-        )  # (B, H, T, D)
+        o, cache = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cache)  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), cache
 
     def step(self, x: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:

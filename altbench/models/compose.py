@@ -65,7 +65,9 @@ class Block(nn.Module):
 def check_pattern(pattern: str, n_layers: int, known: str, key: str = "pattern") -> None:
     """One line naming the key and the fix for a pattern of the wrong length or with an unknown letter."""
     if len(pattern) != n_layers:
-        raise UserError(f"{key} '{pattern}' has {len(pattern)} letters but n_layers is {n_layers}; give one letter per layer")
+        raise UserError(
+            f"{key} '{pattern}' has {len(pattern)} letters but n_layers is {n_layers}; give one letter per layer"
+        )
     bad = sorted(set(pattern) - set(known))
     if bad:
         raise UserError(f"{key} '{pattern}': unknown mixer letter '{bad[0]}'; known letters: {', '.join(known)}")

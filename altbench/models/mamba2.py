@@ -41,6 +41,7 @@ class Mamba2Config(LMConfig):
     chunk_size: int = 256  # L, chunk length of the SSD algorithm (no effect on the result)
     dt_min: float = 0.001  # dt initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
+    dt_floor: float = 0.0  # dt clamped to at least this after softplus (Zamba2: time_step_min); 0: no clamp
 
     def __post_init__(self):
         d_inner = self.expand * self.d_model
@@ -184,7 +185,8 @@ class Mamba2Mixer(nn.Module):
     def _split(self, hidden):
         """hidden: (..., d_model) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) after softplus."""
         z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.c.n_heads], dim=-1)
-        return z, xBC, F.softplus(dt.float() + self.dt_bias.float())
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        return z, xBC, dt.clamp_min(self.c.dt_floor) if self.c.dt_floor else dt
 
     def _ssm_inputs(self, xBC):
         """xBC: (..., conv_dim) after the conv -> x (..., H, P), B and C (..., G, N)."""

@@ -84,7 +84,8 @@ def to_hf_config(c: MixtralConfig):
     return HFMixtralConfig(
         vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads,
         num_key_value_heads=c.n_kv_heads, intermediate_size=c.d_expert, num_local_experts=c.n_experts,
-        num_experts_per_tok=c.top_k, rms_norm_eps=c.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        num_experts_per_tok=c.top_k, rms_norm_eps=c.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
         tie_word_embeddings=c.tie_embeddings, max_position_embeddings=1 << 20, sliding_window=None,
     )
 

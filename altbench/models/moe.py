@@ -72,7 +72,7 @@ def experts_grouped(x, idx, w, gate_up, down):
     projection over the contiguous runs (row offsets = cumulative tokens per expert)."""
     N, k = idx.shape
     E, H2, d = gate_up.shape
-    assert d * x.element_size() % 16 == 0 and H2 // 2 * x.element_size() % 16 == 0, "grouped GEMM rows need 16-byte strides"
+    assert (d * x.element_size()) % 16 == 0 and (H2 // 2 * x.element_size()) % 16 == 0, "rows need 16-byte strides"
     order = idx.flatten().argsort(stable=True)  # (N k,) slots, grouped by expert
     token = order // k
     offsets = torch.bincount(idx.flatten(), minlength=E).cumsum(0).to(torch.int32)  # (E,) end row of each expert

@@ -342,7 +342,8 @@ class MLSTMLayer(nn.Module):
         """Projections + the recurrent cell: C update (4 K V), C^T q (2 K V), n update and n.q (6 K)."""
         d, H = self.c.d_model, self.c.n_heads
         K, V = self.qk_dim // H, self.v_dim // H
-        return linear_flops(d, 2 * self.qk_dim + 2 * self.v_dim + 2 * H) + linear_flops(self.v_dim, d) + H * (6 * K * V + 6 * K)
+        proj = linear_flops(d, 2 * self.qk_dim + 2 * self.v_dim + 2 * H) + linear_flops(self.v_dim, d)
+        return proj + H * (6 * K * V + 6 * K)
 
 
 class SLSTMLayer(nn.Module):
@@ -390,7 +391,8 @@ class SLSTMLayer(nn.Module):
     def flops_per_token(self, context):
         """Conv, projections, R h per head, ~20 pointwise ops per channel."""
         d, H = self.c.d_model, self.c.n_heads
-        return self.conv1d.flops_per_token() + 2 * linear_flops(d, 2 * d) + 4 * H * linear_flops(d // H, d // H) + 20 * d
+        proj = 2 * linear_flops(d, 2 * d) + 4 * H * linear_flops(d // H, d // H)
+        return self.conv1d.flops_per_token() + proj + 20 * d
 
 
 class CappedHead(nn.Linear):
