@@ -11,7 +11,9 @@ import copy
 import dataclasses
 import importlib
 import importlib.util
-from types import ModuleType
+import json
+import os
+from types import ModuleType, SimpleNamespace
 
 from altbench.errors import UserError
 
@@ -46,11 +48,44 @@ FORWARD_ONLY: tuple[str, ...] = ()  # backends without backward kernels: a train
 FASTEST = ("triton", "fla", "mamba_ssm", "torch")
 
 
-def family(arch: str) -> ModuleType:
-    """The module of a registered architecture, or of a plugin given as an importable dotted path
-    (e.g. `my_project.models.my_mixer`) that defines MODEL and SIZES the same way."""
+# Hybrids declared by the suite being run ([hybrids.NAME] tables, models/hybrid.py), as JSON
+# {name: [spec, source]} in the environment, so that the worker processes it starts see them too.
+HYBRIDS_ENV = "ALTBENCH_HYBRIDS"
+
+
+def _hybrids() -> dict:
+    return json.loads(os.environ.get(HYBRIDS_ENV, "{}"))
+
+
+def declare_hybrid(name: str, spec: dict, source: str = "") -> None:
+    """Register a hybrid from its declaration (pattern, letter = mixer, mlp), checked now: a mistake is
+    one line naming `source`, the table and the key."""
+    from altbench.models import hybrid
+
+    if not isinstance(spec, dict):
+        raise UserError(f"{source} [hybrids.{name}] must be a table (pattern = \"MMAM\", M = \"mamba2\", ...)")
+    if name in ARCHITECTURES:
+        raise UserError(f"{source} [hybrids.{name}]: '{name}' is a registered architecture; rename the hybrid")
+    hybrid.sizes(name, spec, source)
+    os.environ[HYBRIDS_ENV] = json.dumps({**_hybrids(), name: [spec, source]})
+
+
+def known() -> list[str]:
+    """Registered architectures and declared hybrids."""
+    return [*ARCHITECTURES, *_hybrids()]
+
+
+def family(arch: str) -> ModuleType | SimpleNamespace:
+    """The module of a registered architecture, a declared hybrid (MODEL and SIZES), or a plugin given
+    as an importable dotted path (e.g. `my_project.models.my_mixer`) that defines MODEL and SIZES."""
     if arch in ARCHITECTURES:
         return importlib.import_module(ARCHITECTURES[arch])
+    hybrids = _hybrids()
+    if arch in hybrids:
+        from altbench.models import hybrid
+
+        spec, source = hybrids[arch]
+        return SimpleNamespace(MODEL=hybrid.Hybrid, SIZES=hybrid.sizes(arch, spec, source))
     if "." in arch:
         try:
             module = importlib.import_module(arch)
@@ -59,7 +94,7 @@ def family(arch: str) -> ModuleType:
         if not (hasattr(module, "MODEL") and hasattr(module, "SIZES")):
             raise UserError(f"architecture plugin '{arch}' must define MODEL and SIZES (see altbench/models/mamba.py)")
         return module
-    raise UserError(f"unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)} (or a plugin module path)")
+    raise UserError(f"unknown architecture '{arch}'; known: {', '.join(known())} (or a plugin module path)")
 
 
 def size_names(arch: str) -> list[str]:

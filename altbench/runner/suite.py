@@ -106,7 +106,7 @@ class Suite:
 _TOP = {
     "name": str, "description": str, "archs": list, "sizes": list, "backends": list, "dtypes": list,
     "batches": list, "seq_lens": list, "device": str, "settings": dict, "measurements": dict, "arch_sizes": dict,
-    "backend_choice": str,
+    "backend_choice": str, "hybrids": dict,
 }
 BACKEND_CHOICES = ("each", "first", "fastest")
 _SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
@@ -175,10 +175,12 @@ def load(name_or_path: str) -> Suite:
         if not data.get(key):
             raise UserError(f"{where}: key '{key}' is required and must not be empty")
 
+    for name, spec in data.get("hybrids", {}).items():
+        registry.declare_hybrid(name, spec, where)
     archs = data["archs"]
     for arch in archs:
-        if arch not in registry.ARCHITECTURES and "." not in str(arch):
-            _names(where, "archs", [arch], list(registry.ARCHITECTURES))
+        if arch not in registry.known() and "." not in str(arch):
+            _names(where, "archs", [arch], registry.known())
     sizes = data.get("sizes", ["tiny"])
     arch_sizes = data.get("arch_sizes", {})
     for arch, value in arch_sizes.items():
