@@ -32,6 +32,7 @@ ARCHITECTURES: dict[str, str] = {
     "mixtral": "altbench.models.mixtral",
     "jamba": "altbench.models.jamba",
     "zamba2": "altbench.models.zamba2",
+    "striped-hyena": "altbench.models.striped_hyena",
 }
 
 # backend -> (module that must be importable, what it is)
