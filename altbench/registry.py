@@ -30,6 +30,7 @@ ARCHITECTURES: dict[str, str] = {
     "mamba2": "altbench.models.mamba2",
     "hyena": "altbench.models.hyena",
     "mixtral": "altbench.models.mixtral",
+    "qwen2-moe": "altbench.models.qwen2_moe",
     "jamba": "altbench.models.jamba",
     "zamba2": "altbench.models.zamba2",
     "striped-hyena": "altbench.models.striped_hyena",

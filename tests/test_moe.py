@@ -79,13 +79,47 @@ def test_moe_layer_matches_qwen2_moe_block():
 
 @pytest.mark.parametrize(
     "arch, size, total, active",
-    [("mixtral", "8x7b", 46.7e9, 12.9e9), ("mixtral", "8x22b", 141e9, 39e9), ("jamba", "v0.1", 51.6e9, 12.1e9)],
-    ids=["mixtral-8x7b", "mixtral-8x22b", "jamba-v0.1"],
+    [
+        ("mixtral", "8x7b", 46.7e9, 12.9e9), ("mixtral", "8x22b", 141e9, 39e9), ("jamba", "v0.1", 51.6e9, 12.1e9),
+        ("qwen2-moe", "a2.7b", 14.3e9, 2.7e9),
+    ],
+    ids=["mixtral-8x7b", "mixtral-8x22b", "jamba-v0.1", "qwen1.5-moe-a2.7b"],
 )
 def test_published_total_and_active_params(arch, size, total, active):
     """Counted on the meta device. Jiang et al. 2024 (sec. 2.1): Mixtral 8x7B 46.7B total, 12.9B active;
     Mixtral 8x22B 141B, 39B (its model card). Lieber et al. 2024: Jamba 52B total, 12B active
-    (51.6B and 12.1B counted)."""
+    (51.6B and 12.1B counted). Qwen1.5-MoE-A2.7B: 14.3B total, 2.7B active (its name and model card)."""
     model = registry.build(arch, size, device="meta")
     assert model.params() == pytest.approx(total, rel=0.005)
     assert model.active_params() == pytest.approx(active, rel=0.005)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2-moe", "jamba"])
+def test_saved_checkpoints_with_per_expert_tensors_load(arch, tmp_path):
+    """transformers writes the published layout (one tensor per expert and projection; Mixtral's
+    block_sparse_moe.experts.E.w1/w2/w3); loading stacks them and gives transformers' logits."""
+    transformers = pytest.importorskip("transformers")
+    from altbench.models import hf
+
+    fam = registry.family(arch)
+    torch.manual_seed(0)
+    theirs = getattr(transformers, fam.HF_CLASS)(fam.to_hf_config(registry.config(arch, "tiny"))).eval()
+    theirs.save_pretrained(tmp_path)
+    hf.check_checkpoint(arch, tmp_path, "tiny")
+    ours = hf.load_pretrained(arch, tmp_path, size="tiny").eval()
+    x = torch.randint(0, 256, (1, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_close(arch, theirs(x).logits, ours(x)[0], 1e-5)
+
+
+def test_checkpoint_with_another_expert_count_is_one_line(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from altbench.models import hf, mixtral
+
+    config = registry.config("mixtral", "tiny", n_experts=8)
+    transformers.MixtralForCausalLM(mixtral.to_hf_config(config)).save_pretrained(tmp_path)
+    expected = r"tensor 'layers.0.mlp.gate.weight' has shape \(8, 64\), the model expects \(4, 64\)"
+    with pytest.raises(UserError, match=expected):
+        hf.check_checkpoint("mixtral", tmp_path, "tiny")
+    with pytest.raises(UserError, match=expected):
+        hf.load_pretrained("mixtral", tmp_path, size="tiny")

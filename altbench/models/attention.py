@@ -26,6 +26,7 @@ class AttentionConfig:
     n_heads: int
     n_kv_heads: int  # < n_heads gives grouped-query attention
     rope_theta: float | None = 10000.0  # None: no rotary position embedding
+    qkv_bias: bool = False  # biases on the q, k, v projections (Qwen)
 
 
 class KVCache:
@@ -98,14 +99,14 @@ def attend(q, k, v, cache: KVCache | None, scale: float | None = None) -> tuple[
 
 
 class Attention(nn.Module):
-    """q, k, v projections (no biases) -> RoPE -> causal SDPA over the cache -> o_proj."""
+    """q, k, v projections -> RoPE -> causal SDPA over the cache -> o_proj."""
 
     def __init__(self, c: AttentionConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.d_model // c.n_heads
-        self.q_proj = nn.Linear(c.d_model, c.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=False)
+        self.q_proj = nn.Linear(c.d_model, c.n_heads * self.head_dim, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.n_heads * self.head_dim, c.d_model, bias=False)
         self.rotary = RotaryEmbedding(self.head_dim, c.rope_theta) if c.rope_theta is not None else None
         self.d_model = c.d_model

@@ -74,6 +74,11 @@ HF_RENAMES = [
     (r"model\.layers\.(\d+)\.input_layernorm\.(.*)", r"layers.\1.mixer_norm.\2"),
     (r"model\.layers\.(\d+)\.self_attn\.(.*)", r"layers.\1.mixer.\2"),
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.(.*)", r"layers.\1.mlp_norm.\2"),
+    # the published files: block_sparse_moe with experts.E.w1 (gate), w3 (up), w2 (down)
+    (r"model\.layers\.(\d+)\.block_sparse_moe\.gate\.(.*)", r"layers.\1.mlp.gate.\2"),
+    (r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w1\.(.*)", r"layers.\1.mlp.experts.\2.gate_proj.\3"),
+    (r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w3\.(.*)", r"layers.\1.mlp.experts.\2.up_proj.\3"),
+    (r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w2\.(.*)", r"layers.\1.mlp.experts.\2.down_proj.\3"),
     (r"model\.(.*)", r"\1"),
 ]
 
@@ -93,7 +98,7 @@ def to_hf_config(c: MixtralConfig):
 def from_hf_config(d: dict) -> MixtralConfig:
     rope = d.get("rope_parameters") or {}
     if d.get("sliding_window"):
-        raise UserError("this Mixtral checkpoint uses sliding-window attention, which altbench's Mixtral does not model")
+        raise UserError("this Mixtral checkpoint uses sliding-window attention, which altbench's Mixtral lacks")
     return MixtralConfig(
         vocab_size=d["vocab_size"], d_model=d["hidden_size"], n_layers=d["num_hidden_layers"],
         n_heads=d["num_attention_heads"], n_kv_heads=d.get("num_key_value_heads", d["num_attention_heads"]),

@@ -24,6 +24,7 @@ down (E, d, H). Two forms compute the experts' sum with the same contract:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -142,6 +143,32 @@ class MoE(nn.Module):
         shared = self.shared_expert.flops_per_token() if self.shared_expert is not None else 0
         shared += linear_flops(c.d_model, 1) if self.shared_expert_gate is not None else 0
         return linear_flops(c.d_model, c.n_experts) + c.top_k * 3 * linear_flops(c.d_model, c.d_expert) + shared
+
+
+_EXPERT = re.compile(r"(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+
+
+def stack_experts(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-expert checkpoint tensors (PREFIX.experts.E.{gate,up,down}_proj.weight, the layout of the
+    published Mixtral, Qwen-MoE and Jamba files) -> the stacked PREFIX.experts.gate_up_proj (E, 2H, d)
+    and PREFIX.experts.down_proj (E, d, H). Other tensors pass through; works on meta tensors too."""
+    out, experts = {}, {}
+    for name, tensor in state_dict.items():
+        match = _EXPERT.fullmatch(name)
+        if match:
+            prefix, e, proj = match.groups()
+            experts.setdefault(prefix, {}).setdefault(proj, {})[int(e)] = tensor
+        else:
+            out[name] = tensor
+    for prefix, projs in experts.items():
+        n = 1 + max(max(ws) for ws in projs.values())
+
+        def stacked(proj):
+            return torch.stack([projs[proj][e] for e in range(n)])
+
+        out[f"{prefix}.gate_up_proj"] = torch.cat([stacked("gate_proj"), stacked("up_proj")], dim=1)
+        out[f"{prefix}.down_proj"] = stacked("down_proj")
+    return out
 
 
 def load_stats(model: nn.Module, reset: bool = True) -> dict | None:
