@@ -1,3 +1,5 @@
+import sys
+
 from altbench.cli import main
 
-main()
+sys.exit(main())

@@ -1,7 +1,7 @@
 """The `altbench` command. Each command's docstring is its help text.
 
-User mistakes raise `UserError` anywhere below; `main` turns them into one line on stderr and
-exit code 2, never a traceback.
+User mistakes raise `UserError` anywhere below; `main` turns them, and the usage errors typer
+finds in options, into one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from altbench.errors import UserError
+from altbench.errors import UserError, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark the architectures challenging the Transformer.")
@@ -83,10 +83,12 @@ def _summary_table(rows: list[dict]) -> Table:
         table.add_column(col, justify="left" if col in ("measurement", "model", "backend", "dtype") else "right")
     for r in rows:
         ok = r.get("status") == "ok"
-        ci = f" [{r['ms_ci_low']:.3g}, {r['ms_ci_high']:.3g}]" if ok and r.get("ms_ci_low") is not None else ""
+        low, high = r.get("ms_ci_low"), r.get("ms_ci_high")
+        ci = f" [{low:.3g}, {high:.3g}]" if ok and low is not None and high is not None else ""
         tps = r.get("tokens_per_s")
         table.add_row(
-            r["measurement"], f"{r['arch']} {r['size']}", *[str(r[k]) for k in varying], str(r["seq_len"]),
+            str(r.get("measurement")), f"{r.get('arch')} {r.get('size')}", *[str(r.get(k)) for k in varying],
+            str(r.get("seq_len")),
             _fmt_ms(r) + ci, f"{tps:,.0f}" if ok and tps else "-", _fmt_bytes(r.get("peak_mem_bytes")),
         )
     return table
@@ -123,30 +125,30 @@ def run(
 ) -> None:
     """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots."""
     from altbench import report
+    from altbench.runner import rundir
     from altbench.runner import run as runner
-    from altbench.runner import store
 
     retried = tuple(_names(retry) or ())
     run_dir, cells, done = runner.prepare(suite, resume, device, out, archs=_names(archs), backends=_names(backends),
-                                          weights=str(weights) if weights else None, retry=retried)
-    if gpus > 1:
-        runner.check_gpus(gpus)
-    runner.check_workers_per_gpu(workers_per_gpu, cells, done)
-    env = report.load_env(run_dir)
-    for process in env.get("gpu_busy") or []:
-        console.print(f"[yellow]warning:[/] another process is using the GPU ({process}); timings may be distorted")
+                                          weights=str(weights) if weights else None, retry=retried, gpus=gpus,
+                                          workers_per_gpu=workers_per_gpu)
     try:
-        _sweep_with_progress(run_dir, cells, done, gpus, workers_per_gpu)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished cells are stored in {run_dir}; finish with: altbench run --resume {run_dir}",
-              file=sys.stderr)
-        raise typer.Exit(130)
-    rows = store.latest_rows(run_dir)
-    console.print(_summary_table(rows))
-    failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
-    for r in failed:
-        console.print(f"[red]{r['status']}[/] {r['cell_id']}: {r.get('message', '')}")
-    report.render_run(run_dir)
+        for process in rundir.read_env(run_dir, quiet=True).get("gpu_busy") or []:
+            console.print(f"[yellow]warning:[/] another process is using the GPU ({process}); timings may be distorted")
+        try:
+            _sweep_with_progress(run_dir, cells, done, gpus, workers_per_gpu)
+        except KeyboardInterrupt:
+            print(f"interrupted: finished cells are stored in {run_dir}; finish with: altbench run --resume {run_dir}",
+                  file=sys.stderr)
+            raise typer.Exit(130)
+        rows = rundir.latest_rows(run_dir)
+        console.print(_summary_table(rows))
+        failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
+        for r in failed:
+            console.print(f"[red]{r['status']}[/] {r['cell_id']}: {r.get('message', '')}")
+        report.render_run(run_dir)
+    finally:
+        rundir.release_writer(run_dir)
     console.print(f"tables and plots: {run_dir / 'tables'}, {run_dir / 'plots'}")
     print(run_dir)
 
@@ -155,10 +157,7 @@ def run(
 def report_(run_dir: Annotated[Path, typer.Argument(help="A run directory (holds cells.jsonl).")]) -> None:
     """Re-render a run's tables and plots from its store alone (no model code runs)."""
     from altbench import report
-    from altbench.runner import store
 
-    if not store.store_path(run_dir).is_file():
-        raise UserError(f"{run_dir} is not a run directory (no {store.STORE_FILE}); give the path `altbench run` printed")
     for path in report.render_run(run_dir):
         print(path)
 
@@ -180,28 +179,30 @@ def eval_(
     out: OutDir = Path("results"),
 ) -> None:
     """Score an altbench model on lm-eval tasks as lm-eval's HF backend (--model hf) would; the scores land in a run's store beside speed."""
-    import json
-
     from altbench import report
     from altbench.evaluation import run_eval
     from altbench.measure import env as envmod
+    from altbench.runner import rundir
     from altbench.runner import run as runner
-    from altbench.runner import store
 
     runner.check_device(device)
     if size is None and weights is None:
         raise UserError("give --size NAME (random weights) or --weights PATH (a local checkpoint)")
+    for folder in include or []:
+        if not rundir.is_dir(folder):
+            raise UserError(f"--include {folder}: not a directory; give a folder of lm-eval task YAMLs")
     rows = run_eval(arch, size, tasks.split(","), device, weights=str(weights) if weights else None, limit=limit,
                     batch_size=batch_size, include_path=[str(p) for p in include] if include else None,
                     max_length=max_length, prefix_token_id=prefix_token_id, add_bos_token=add_bos_token,
                     carry_state=carry_state)
-    run_dir = runner.new_run_dir(out, "eval")
-    (run_dir / "env.json").write_text(json.dumps({**envmod.capture(sys.argv, "eval"), "device": device}, indent=2))
+    run_dir = rundir.create(out, "eval")
+    rundir.hold_writer(run_dir)
+    rundir.write_env(run_dir, {**envmod.capture(sys.argv, "eval"), "device": device})
     for i, r in enumerate(rows):
         cell = f"lm_eval/{r['task']}/{arch}/{size or weights}/torch/{device}"
-        store.append_row(run_dir, {"cell_id": f"{cell}/{i}", "cell": cell, "arch": arch, "size": size or str(weights),
-                                   "backend": "torch", "measurement": "lm_eval", "dtype": "auto", "device": device,
-                                   "batch": batch_size, "seq_len": 0, "status": "ok", "message": "", "run_id": run_dir.name, **r})
+        rundir.append_row(run_dir, {"cell_id": f"{cell}/{i}", "cell": cell, "arch": arch, "size": size or str(weights),
+                                    "backend": "torch", "measurement": "lm_eval", "dtype": "auto", "device": device,
+                                    "batch": batch_size, "seq_len": 0, "status": "ok", "message": "", "run_id": run_dir.name, **r})
     table = Table(title=f"lm-eval: {arch} {size or weights}", title_justify="left")
     for col in ("task", "metric", "value", "stderr"):
         table.add_column(col)
@@ -209,15 +210,32 @@ def eval_(
         table.add_row(r["task"], r["metric"], f"{r['value']:.4f}", f"{r['stderr']:.4f}" if r.get("stderr") is not None else "-")
     console.print(table)
     report.render_run(run_dir)
+    rundir.release_writer(run_dir)
     print(run_dir)
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> int:
+    """Run one command (`args`, default the command line) and return its exit code: a user's
+    mistake, ours or a usage error typer finds, is one line on stderr and exit code 2."""
+    from altbench.runner import rundir
+
+    # typer may run on its own copy of click: take click's base exception from one typer exports
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        app()
+        with rundir.one_command():
+            code = app(args=args, standalone_mode=False)
+    except click_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `altbench` alone: the help
+            print(e.format_message())
+            return 2
+        hint = f" (see `{e.ctx.command_path} --help`)" if getattr(e, "ctx", None) else ""
+        message = e.format_message() + hint
     except UserError as e:
-        print(f"altbench: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        message = str(e)
+    else:
+        return code if isinstance(code, int) else 0
+    print(f"altbench: error: {one_line(message)}", file=sys.stderr)
+    return 2
 
 
 # --- reports on stored runs: compare, gate ------------------------------------------------------
@@ -241,10 +259,20 @@ def compare_(
     from altbench.report import compare as comparison, resolve_run
     from altbench.runner import run as runner
 
-    runs = [resolve_run(r, RESULTS) for r in run] if run else []
+    from altbench.runner import rundir
+
+    comparison.check_archs(archs)
+    runs = [resolve_run(r, RESULTS, "--run") for r in run] if run else []
     if suite:
+        from altbench import registry
+
+        for arch in archs:  # named on the command line, not with --archs: say so before prepare could
+            registry.family(arch)
         run_dir, cells, done = runner.prepare(suite, None, device, RESULTS, archs=archs)
-        _sweep_with_progress(run_dir, cells, done)
+        try:
+            _sweep_with_progress(run_dir, cells, done)
+        finally:
+            rundir.release_writer(run_dir)
         runs.append(run_dir)
     runs = runs or comparison.find_runs(RESULTS, archs)
     paths = comparison.compare(comparison.read_runs(runs), archs, out or RESULTS / "compare" / "-vs-".join(archs))
@@ -266,15 +294,17 @@ def gate_(
         help="Leave out eager cells shorter than this many tokens (host-bound); CUDA-graph decode is always judged.")] = 0,
     update_baseline: Annotated[bool, typer.Option(
         "--update-baseline", help="After printing the verdict, copy the candidate over the baseline and exit 0.")] = False,
+    fail_undecided: Annotated[bool, typer.Option(
+        "--fail-undecided", help="Fail on a slowdown past the threshold that the cell's samples are too few to decide.")] = False,
 ) -> None:
     """CI gate: judge a run against a baseline cell by cell; exit 1 on a real regression (docs/gate.md)."""
     from altbench import gate
     from altbench.report import resolve_run
-    from altbench.runner import store
+    from altbench.runner import rundir
 
-    candidate = resolve_run(candidate, RESULTS) if candidate else gate.newest_run(RESULTS, exclude=baseline)
+    candidate = resolve_run(candidate, RESULTS, "--candidate") if candidate else gate.newest_run(RESULTS, exclude=baseline)
     if update_baseline:
-        if store.store_path(baseline).is_file():
+        if rundir.is_file(rundir.store_path(baseline)):
             try:
                 print(gate.judge(baseline, candidate, threshold, allow_env_mismatch=True).markdown())
             except UserError as e:
@@ -282,6 +312,7 @@ def gate_(
         for path in gate.update_baseline(candidate, baseline):
             print(path)
         return
-    result = gate.judge(baseline, candidate, threshold, allow_env_mismatch=allow_env_mismatch, eager_min_len=eager_min_len)
+    result = gate.judge(baseline, candidate, threshold, allow_env_mismatch=allow_env_mismatch, eager_min_len=eager_min_len,
+                        fail_undecided=fail_undecided)
     print(result.markdown())
     raise typer.Exit(result.exit_code)

@@ -7,3 +7,8 @@ is a bug in altbench and keeps its traceback.
 
 class UserError(Exception):
     """A mistake the user can fix: the message names the problem and the fix, on one line."""
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: a line break inside it (a user's value echoed back) is shown escaped."""
+    return "".join(c.encode("unicode_escape").decode() if len(f"a{c}a".splitlines()) > 1 else c for c in text)

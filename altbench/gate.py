@@ -6,21 +6,24 @@ axis: measurement/arch/size/backend/dtype/device/batch/L) and gives each one ver
     regressed             the candidate's median is more than `threshold` slower AND the slowdown is
                           distinguishable from noise (below)
     improved              more than `threshold` faster, distinguishable the same way
-    unchanged             neither
+    undecided             more than `threshold` apart, but the cell recorded too little to tell
+                          whether that is noise (below); the note says how many reps would decide
+    unchanged             none of these
     not-ok                either side did not run (OOM, error, timeout, skipped)
     missing-in-candidate  in the baseline only
     new                   in the candidate only
 
-Distinguishable: a one-sided Mann-Whitney U test (scipy.stats.mannwhitneyu) of the candidate's
-timed samples against the baseline's (`ms_samples`) gives p < `alpha`. Where a cell has no
-samples, or too few for the test ever to reach `alpha` (its smallest possible p-value,
-1 / C(n + m, n), is not below it), the 95% intervals of the two medians must not overlap.
-Where neither samples nor intervals were recorded, the threshold alone decides.
+Distinguishable (`distinguishable`, whose rule `RULE` is what the verdict prints): a one-sided
+Mann-Whitney U test (scipy.stats.mannwhitneyu) of the candidate's timed samples against the
+baseline's (`ms_samples`) gives p < `alpha`. Where a cell has no samples, or too few for the test
+ever to reach `alpha` (its smallest possible p-value, 1 / C(n + m, n), is not below it), the 95%
+intervals of the two medians must not overlap. Where neither was recorded the cell is undecided.
 
 The gate fails (`exit_code` 1) when a cell regressed, when a cell that ran in the baseline did
-not run in the candidate (a breakage, the worst slowdown), or when it refuses to judge: timings
-are only comparable on the same GPU, driver, torch and triton, so a mismatch there refuses unless
-`allow_env_mismatch`. With `eager_min_len` N, eagerly launched cells shorter than N tokens are
+not run in the candidate (a breakage, the worst slowdown), with `fail_undecided` when a cell is
+undecided about a slowdown, or when it refuses to judge: timings are only comparable on the same
+GPU, driver, torch and triton, so a mismatch there, or an env.json that is missing or damaged on
+either side (the environments cannot be compared), refuses unless `allow_env_mismatch`. With `eager_min_len` N, eagerly launched cells shorter than N tokens are
 left out: on one GPU model their time follows the host's kernel-launch rate, which differs by more
 than 15% between machines of one kind (results/README.md); CUDA-graph decode is judged at every
 length. Cells missing from the candidate, new cells and improvements are reported
@@ -32,17 +35,14 @@ exit code 2.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from altbench.errors import UserError
-from altbench.report import CAPABILITY, ENV_FILE, load_env, load_rows, runs_under
-from altbench.runner.store import STORE_FILE
+from altbench.report import CAPABILITY, load_rows, runs_under
+from altbench.runner import rundir
 
-SUITE_FILE = "suite.toml"  # as altbench.runner.run names it (importing that module would import torch)
-VERDICTS = ("regressed", "not-ok", "missing-in-candidate", "improved", "new", "unchanged")
+VERDICTS = ("regressed", "not-ok", "undecided", "missing-in-candidate", "improved", "new", "unchanged")
 
 
 def _gpu(key: str):
@@ -81,9 +81,10 @@ class CellVerdict:
     candidate_ms: float | None = None
     change: float | None = None  # candidate median / baseline median - 1
     p_value: float | None = None  # one-sided Mann-Whitney U, in the direction of the change
-    method: str = ""  # what decided: threshold (change too small) | mann-whitney | intervals | median only
+    method: str = ""  # what decided: threshold (change too small) | mann-whitney | intervals | too few samples
     fails: bool = False  # this cell alone fails the gate
     note: str = ""
+    slower: bool = False  # the median moved the slow way
 
 
 @dataclass
@@ -97,6 +98,8 @@ class GateResult:
     cells: list[CellVerdict] = field(default_factory=list)
     eager_min_len: int = 0
     host_bound: int = 0  # cells left out by eager_min_len
+    env_unknown: list[str] = field(default_factory=list)  # "baseline" / "candidate": env.json missing or damaged
+    fail_undecided: bool = False  # an undecided slowdown fails the gate
 
     @property
     def env_mismatch(self) -> list[EnvItem]:
@@ -116,7 +119,9 @@ class GateResult:
 
     def markdown(self) -> str:
         """The verdict for a CI log (GitHub renders it in a job summary too)."""
-        if self.refused:
+        if self.refused and self.env_unknown:
+            title = f"REFUSED: could not compare environments ({' and '.join(self.env_unknown)} env.json missing or damaged)"
+        elif self.refused:
             title = "REFUSED: the environments differ in " + ", ".join(i.name for i in self.env_mismatch)
         elif self.failing:
             title = f"FAIL: {len(self.failing)} of {len(self.cells)} cells regressed or broke"
@@ -124,20 +129,27 @@ class GateResult:
             title = f"PASS: no regression in {len(self.cells)} cells"
         lines = [
             f"## altbench gate: {title}", "",
-            f"Baseline `{self.baseline}`, candidate `{self.candidate}`. A cell regresses when its median is more than "
-            f"{self.threshold:.0%} slower and the slowdown is distinguishable: one-sided Mann-Whitney U on the timed "
-            f"samples with p < {self.alpha:g}, or non-overlapping 95% intervals where samples are too few.", "",
+            f"Baseline `{self.baseline}`, candidate `{self.candidate}`. "
+            + RULE.format(threshold=self.threshold, alpha=self.alpha, reps=decisive_reps(self.alpha))
+            + (" Undecided slowdowns fail the gate (--fail-undecided)." if self.fail_undecided
+               else " Undecided cells do not fail the gate (--fail-undecided makes them)."), "",
             "### Environment", "", "| | baseline | candidate | |", "|---|---|---|---|",
         ]
         for item in self.env:
             flag = ("**differs: refuses**" if item.strict else "differs") if item.differs else ""
             lines.append(f"| {item.name} | {_text(item.baseline)} | {_text(item.candidate)} | {flag} |")
+        if self.refused and self.env_unknown:
+            lines += ["", "Without both environments the timings cannot be shown to be comparable, so no cell was "
+                      "judged. Restore the env.json, or judge anyway with `--allow-env-mismatch`.", ""]
+            return "\n".join(lines)
         if self.refused:
             lines += ["", "Timings from different setups are not comparable, so no cell was judged. Run the candidate "
                       "on the baseline's setup, record a new baseline there (`altbench gate --update-baseline`), or "
                       "judge anyway with `--allow-env-mismatch`.", ""]
             return "\n".join(lines)
-        if self.env_mismatch:
+        if self.env_unknown:
+            lines += ["", "Could not compare environments; judged anyway (--allow-env-mismatch).", ""]
+        elif self.env_mismatch:
             lines += ["", "The environments differ; judged anyway (--allow-env-mismatch).", ""]
         counts = self.counts()
         if self.host_bound:
@@ -168,8 +180,23 @@ def _samples(row: dict) -> list[float]:
     return [s for s in row.get("ms_samples") or [] if s is not None and math.isfinite(s)]
 
 
-def distinguishable(base: dict, cand: dict, slower: bool, alpha: float) -> tuple[bool, float | None, str]:
-    """Whether the candidate is reliably slower (or faster) than the baseline: (yes, p, method)."""
+RULE = ("A cell regresses when its median is more than {threshold:.0%} slower and the slowdown is distinguishable: "
+        "one-sided Mann-Whitney U on the timed samples with p < {alpha:g}, or non-overlapping 95% intervals where "
+        "samples are too few for the test; a cell with neither is undecided ({reps} reps per side would decide it).")
+
+
+def decisive_reps(alpha: float, baseline: int | None = None) -> int:
+    """The fewest candidate samples (as many as the baseline's, or `baseline` of them) with which the
+    Mann-Whitney test can reach p < alpha."""
+    n = 2
+    while 1 / math.comb((baseline or n) + n, n) >= alpha:
+        n += 1
+    return n
+
+
+def distinguishable(base: dict, cand: dict, slower: bool, alpha: float) -> tuple[bool | None, float | None, str]:
+    """Whether the candidate is reliably slower (or faster) than the baseline, by `RULE`: (yes, p, method),
+    yes None when the cell recorded too little to tell."""
     from scipy.stats import mannwhitneyu
 
     b, c = _samples(base), _samples(cand)
@@ -180,10 +207,11 @@ def distinguishable(base: dict, cand: dict, slower: bool, alpha: float) -> tuple
     if all(v is not None for v in bounds):
         b_low, b_high, c_low, c_high = bounds
         return (c_low > b_high) if slower else (c_high < b_low), None, "intervals"
-    return True, None, "median only"
+    return None, None, "too few samples"
 
 
-def judge_cell(cell_id: str, base: dict | None, cand: dict | None, threshold: float, alpha: float) -> CellVerdict:
+def judge_cell(cell_id: str, base: dict | None, cand: dict | None, threshold: float, alpha: float,
+               fail_undecided: bool = False) -> CellVerdict:
     if cand is None:
         return CellVerdict(cell_id, "missing-in-candidate", base.get("ms_median"), note="not in the candidate run")
     if base is None:
@@ -197,13 +225,19 @@ def judge_cell(cell_id: str, base: dict | None, cand: dict | None, threshold: fl
         return CellVerdict(cell_id, "not-ok", base.get("ms_median"), cand.get("ms_median"), fails=b_ok, note=note)
     b_ms, c_ms = base["ms_median"], cand["ms_median"]
     change = c_ms / b_ms - 1
-    verdict = CellVerdict(cell_id, "unchanged", b_ms, c_ms, change, method="threshold")
+    verdict = CellVerdict(cell_id, "unchanged", b_ms, c_ms, change, method="threshold", slower=change > 0)
     if abs(change) > threshold:
-        slower = change > 0
-        real, verdict.p_value, verdict.method = distinguishable(base, cand, slower, alpha)
-        if real:
-            verdict.verdict = "regressed" if slower else "improved"
-            verdict.fails = slower
+        real, verdict.p_value, verdict.method = distinguishable(base, cand, verdict.slower, alpha)
+        if real is None:
+            b, c = len(_samples(base)), len(_samples(cand))
+            need = (f"{decisive_reps(alpha, b)} candidate reps" if b >= 2 and decisive_reps(alpha, b) < 100
+                    else f"{decisive_reps(alpha)} reps on each side")
+            verdict.verdict = "undecided"
+            verdict.fails = fail_undecided and verdict.slower
+            verdict.note = f"{b} + {c} samples and no intervals: {need} would decide it"
+        elif real:
+            verdict.verdict = "regressed" if verdict.slower else "improved"
+            verdict.fails = verdict.slower
         else:
             verdict.note = "within noise"
     return verdict
@@ -223,28 +257,33 @@ def _host_bound(row: dict, eager_min_len: int) -> bool:
 
 def judge(
     baseline_dir: Path, candidate_dir: Path, threshold: float = 0.05, alpha: float = 0.002,
-    allow_env_mismatch: bool = False, eager_min_len: int = 0,
+    allow_env_mismatch: bool = False, eager_min_len: int = 0, fail_undecided: bool = False,
 ) -> GateResult:
     """Verdicts for every timed cell of the two runs (see the module docstring)."""
-    if not threshold > 0:
+    if not (threshold > 0 and math.isfinite(threshold)):
         raise UserError(f"--threshold must be a positive fraction such as 0.05 (got {threshold})")
     if not 0 < alpha < 1:
-        raise UserError(f"alpha must lie between 0 and 1 (got {alpha})")
+        raise UserError(f"alpha (the gate's significance level) must lie between 0 and 1 (got {alpha})")
     baseline_dir, candidate_dir = Path(baseline_dir), Path(candidate_dir)
+    if not rundir.is_file(rundir.store_path(baseline_dir)):
+        raise UserError(f"--baseline {baseline_dir}: not a run directory (no {rundir.STORE_FILE}); give a "
+                        "committed baseline such as results/baselines/<name>")
     base, cand = _timed(load_rows(baseline_dir)), _timed(load_rows(candidate_dir))
     if not base.keys() & cand.keys():
         raise UserError(f"{baseline_dir} and {candidate_dir} share no timed cell; run the candidate with the "
                         "baseline's suite (its suite.toml) on the same device")
-    env = compare_env(load_env(baseline_dir), load_env(candidate_dir))
-    result = GateResult(baseline_dir, candidate_dir, threshold, alpha, env, refused=False, eager_min_len=eager_min_len)
-    if result.env_mismatch and not allow_env_mismatch:
+    envs = {"baseline": rundir.read_env(baseline_dir), "candidate": rundir.read_env(candidate_dir)}
+    result = GateResult(baseline_dir, candidate_dir, threshold, alpha, compare_env(*envs.values()), refused=False,
+                        eager_min_len=eager_min_len, env_unknown=[side for side, env in envs.items() if not env],
+                        fail_undecided=fail_undecided)
+    if (result.env_unknown or result.env_mismatch) and not allow_env_mismatch:
         result.refused = True
         return result
     for cell_id in sorted(base.keys() | cand.keys()):
         if _host_bound(base.get(cell_id) or cand[cell_id], eager_min_len):
             result.host_bound += 1
             continue
-        result.cells.append(judge_cell(cell_id, base.get(cell_id), cand.get(cell_id), threshold, alpha))
+        result.cells.append(judge_cell(cell_id, base.get(cell_id), cand.get(cell_id), threshold, alpha, fail_undecided))
     return result
 
 
@@ -255,17 +294,14 @@ def update_baseline(candidate_dir: Path, baseline_dir: Path) -> list[Path]:
     load_rows(candidate_dir)  # a UserError unless the candidate holds finished cells
     if candidate_dir.resolve() == baseline_dir.resolve():
         raise UserError(f"{candidate_dir} is already the baseline; give the run to promote with --candidate")
-    baseline_dir.mkdir(parents=True, exist_ok=True)
+    rundir.output_dir(baseline_dir)
     written = []
-    for name in (STORE_FILE, ENV_FILE, SUITE_FILE):
+    for name in (rundir.STORE_FILE, rundir.ENV_FILE, rundir.SUITE_FILE):
         source, target = candidate_dir / name, baseline_dir / name
         if not source.is_file():
             target.unlink(missing_ok=True)  # never leave the old baseline's file beside the new one's
             continue
-        partial = target.with_name(f".{name}.partial")
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
-        written.append(target)
+        written.append(rundir.write_bytes(target, source.read_bytes()))
     return written
 
 

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 from types import ModuleType, SimpleNamespace
 
 from altbench.errors import UserError
@@ -59,17 +60,24 @@ def _hybrids() -> dict:
     return json.loads(os.environ.get(HYBRIDS_ENV, "{}"))
 
 
-def declare_hybrid(name: str, spec: dict, source: str = "") -> None:
-    """Register a hybrid from its declaration (pattern, letter = mixer, mlp), checked now: a mistake is
-    one line naming `source`, the table and the key."""
+def declare_hybrids(tables: dict, source: str = "") -> None:
+    """Make exactly these hybrids known (name -> declaration: pattern, letter = mixer, mlp), each checked
+    now: a mistake is one line naming `source`, the table and the key."""
     from altbench.models import hybrid
 
-    if not isinstance(spec, dict):
-        raise UserError(f"{source} [hybrids.{name}] must be a table (pattern = \"MMAM\", M = \"mamba2\", ...)")
-    if name in ARCHITECTURES:
-        raise UserError(f"{source} [hybrids.{name}]: '{name}' is a registered architecture; rename the hybrid")
-    hybrid.sizes(name, spec, source)
-    os.environ[HYBRIDS_ENV] = json.dumps({**_hybrids(), name: [spec, source]})
+    for name, spec in tables.items():
+        where = f"{source} [hybrids.{name}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+            raise UserError(f"{where}: a hybrid's name is letters, digits, '-' and '_' (it names cells and files)")
+        if name in ARCHITECTURES:
+            raise UserError(f"{where}: '{name}' is a registered architecture; rename the hybrid")
+        if not isinstance(spec, dict):
+            raise UserError(f"{where} must be a table (pattern = \"MMAM\", M = \"mamba2\", ...)")
+        hybrid.sizes(name, spec, source)
+    if tables:
+        os.environ[HYBRIDS_ENV] = json.dumps({name: [spec, source] for name, spec in tables.items()})
+    else:
+        os.environ.pop(HYBRIDS_ENV, None)
 
 
 def known() -> list[str]:
@@ -91,7 +99,7 @@ def family(arch: str) -> ModuleType | SimpleNamespace:
     if "." in arch:
         try:
             module = importlib.import_module(arch)
-        except ImportError as e:
+        except Exception as e:  # a missing module, a malformed name, or the plugin's own error
             raise UserError(f"architecture plugin '{arch}' cannot be imported ({e}); is it on PYTHONPATH?") from None
         if not (hasattr(module, "MODEL") and hasattr(module, "SIZES")):
             raise UserError(f"architecture plugin '{arch}' must define MODEL and SIZES (see altbench/models/mamba.py)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from altbench.runner import store, suite as suites
+from altbench.runner import rundir, suite as suites
 from altbench.runner.cells import expand
 
 TESTS = Path(__file__).parent
@@ -30,7 +30,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_run_stores_one_ok_row_per_cell(smoke_run):
     run_dir, result = smoke_run
-    rows = store.read_rows(run_dir)
+    rows = rundir.read_rows(run_dir)
     expected = {c.cell_id for c in expand(suites.load("smoke"), "cpu")}
     assert sorted(r["cell_id"] for r in rows) == sorted(expected)
     for r in rows:
@@ -63,11 +63,11 @@ def test_report_rerenders_from_the_store_alone(smoke_run, tmp_path):
 
 def test_resume_of_a_finished_run_runs_nothing(smoke_run):
     run_dir, _ = smoke_run
-    before = store.store_path(run_dir).read_bytes()
+    before = rundir.store_path(run_dir).read_bytes()
     result = altbench("run", "--resume", str(run_dir))
     assert result.returncode == 0, result.stderr
     assert "0 cells to run" in result.stdout
-    assert store.store_path(run_dir).read_bytes() == before
+    assert rundir.store_path(run_dir).read_bytes() == before
 
 
 def test_archs_narrows_a_new_run_and_its_resume(tmp_path):
@@ -75,7 +75,7 @@ def test_archs_narrows_a_new_run_and_its_resume(tmp_path):
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     expected = {c.cell_id for c in expand(suites.load("smoke"), "cpu") if c.arch == "mamba"}
-    assert {r["cell_id"] for r in store.read_rows(run_dir)} == expected and expected
+    assert {r["cell_id"] for r in rundir.read_rows(run_dir)} == expected and expected
     again = altbench("run", "--resume", str(run_dir))
     assert again.returncode == 0 and "0 cells to run" in again.stdout, again.stderr
 
@@ -87,7 +87,7 @@ def test_backends_narrows_a_new_run(tmp_path):
     result = altbench("run", "--suite", str(suite), "--out", str(tmp_path), "--backends", "triton")
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.strip().splitlines()[-1])
-    assert [r["backend"] for r in store.read_rows(run_dir)] == ["triton"]
+    assert [r["backend"] for r in rundir.read_rows(run_dir)] == ["triton"]
     assert json.loads((run_dir / "env.json").read_text())["overrides"] == {"backends": ["triton"]}
 
 
@@ -153,7 +153,7 @@ def test_eval_scores_land_in_a_store(tmp_path, monkeypatch):
     result = altbench("eval", "--arch", "mamba", "--size", "tiny", "--tasks", "altbench_tiny_mc", "--limit", "4", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.strip().splitlines()[-1])
-    (row,) = store.read_rows(run_dir)
+    (row,) = rundir.read_rows(run_dir)
     assert row["measurement"] == "lm_eval" and row["task"] == "altbench_tiny_mc" and 0 <= row["value"] <= 1
     bad = altbench("eval", "--arch", "mamba", "--size", "tiny", "--tasks", "nosuchtask", "--out", str(tmp_path))
     assert bad.returncode == 2 and "unknown task 'nosuchtask'" in bad.stderr and "Traceback" not in bad.stderr
@@ -170,7 +170,7 @@ def test_run_with_weights_loads_a_local_checkpoint_and_checks_its_shapes(tmp_pat
     suite.write_text('archs = ["mamba"]\nsizes = ["tiny"]\nseq_lens = [16]\n[settings]\nreps = 3\nwarmup = 0\n[measurements.prefill]\n')
     result = altbench("run", "--suite", str(suite), "--weights", str(ckpt), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    (row,) = store.read_rows(Path(result.stdout.strip().splitlines()[-1]))
+    (row,) = rundir.read_rows(Path(result.stdout.strip().splitlines()[-1]))
     assert row["status"] == "ok" and row["weights"] == str(ckpt.resolve())
 
     wrong = tmp_path / "wrong.toml"
@@ -186,5 +186,5 @@ def test_compare_runs_the_missing_cells_when_given_a_suite(tmp_path):
     result = altbench("compare", "mamba", "hawk", "--suite", str(suite), "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = [p for p in (tmp_path / "results").iterdir() if p.name.startswith("suite-") or (p / "cells.jsonl").exists()]
-    assert sorted(r["arch"] for r in store.read_rows(run_dir)) == ["hawk", "mamba"]  # the suite's archs replaced
+    assert sorted(r["arch"] for r in rundir.read_rows(run_dir)) == ["hawk", "mamba"]  # the suite's archs replaced
     assert "hawk/mamba" in (tmp_path / "results" / "compare" / "mamba-vs-hawk" / "compare.md").read_text()

@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 from altbench import gate
 from altbench.cli import app
 from altbench.errors import UserError
-from altbench.runner import run as runner_run
-from altbench.runner.store import append_row, read_rows
+from altbench.runner.rundir import append_row, read_rows
 
 ENV = {
     "gpu": {"name": "NVIDIA H100 80GB HBM3", "driver": "560.35.03", "cuda": "12.6", "count": 1, "memory_bytes": 80 << 30},
@@ -130,7 +129,7 @@ def test_missing_and_new_alone_do_not_fail(tmp_path):
     base = write_run(tmp_path / "base", [timed_row(n, samples(1.0, 0.005, n)) for n in (1024, 2048)])
     cand = write_run(tmp_path / "cand", [timed_row(n, samples(1.0, 0.005, n + 1)) for n in (1024, 4096)])
     result = gate.judge(base, cand)
-    assert result.counts() == {"regressed": 0, "not-ok": 0, "missing-in-candidate": 1, "improved": 0, "new": 1, "unchanged": 1}
+    assert result.counts() == {"regressed": 0, "not-ok": 0, "undecided": 0, "missing-in-candidate": 1, "improved": 0, "new": 1, "unchanged": 1}
     assert result.exit_code == 0
 
 
@@ -166,7 +165,6 @@ def test_update_baseline_replaces_the_baseline(tmp_path):
     assert gate.judge(base, cand).exit_code == 1
     written = gate.update_baseline(cand, base)
     assert sorted(p.name for p in written) == ["cells.jsonl", "env.json", "suite.toml"]
-    assert gate.SUITE_FILE == runner_run.SUITE_FILE
     assert read_rows(base) == read_rows(cand)  # replaced, not appended to
     result = gate.judge(base, cand)
     assert set(verdicts(result).values()) == {"unchanged"} and result.exit_code == 0
@@ -216,3 +214,28 @@ def test_newest_run_skips_baselines(tmp_path):
     write_run(tmp_path / "results" / "baselines" / "h100", [timed_row(1024, [1.0])], created_at="2026-11-22T10:00:00+00:00")
     assert gate.newest_run(tmp_path / "results") == new
     assert gate.newest_run(tmp_path / "results", exclude=new) == old
+
+
+def test_a_slowdown_too_few_samples_can_decide_is_undecided_and_fails_only_when_asked(tmp_path, monkeypatch):
+    # 3 + 3 samples and no intervals: neither the test nor the intervals can tell a 20% change from noise.
+    base = write_run(tmp_path / "base", [timed_row(1024, ms_median=1.0, ms_samples=[1.0, 1.01, 0.99]),
+                                         timed_row(2048, ms_median=2.0)])
+    cand = write_run(tmp_path / "cand", [timed_row(1024, ms_median=1.2, ms_samples=[1.2, 1.21, 1.19]),
+                                         timed_row(2048, ms_median=1.5)])
+    lenient = gate.judge(base, cand)
+    assert verdicts(lenient) == {"L1024": "undecided", "L2048": "undecided"} and lenient.exit_code == 0
+    slow, fast = lenient.cells
+    assert slow.note == "3 + 3 samples and no intervals: 13 candidate reps would decide it"
+    assert fast.note == "0 + 0 samples and no intervals: 6 reps on each side would decide it"
+    text = lenient.markdown()
+    assert gate.RULE.format(threshold=0.05, alpha=0.002, reps=6) in text and "PASS" in text
+    assert "Undecided cells do not fail the gate (--fail-undecided makes them)" in text
+
+    strict = gate.judge(base, cand, fail_undecided=True)
+    assert [c.verdict for c in strict.failing] == ["undecided"]
+    assert strict.failing[0].cell_id.endswith("L1024") and strict.exit_code == 1  # a speed-up never fails
+
+    monkeypatch.chdir(tmp_path)
+    cli = CliRunner()
+    assert cli.invoke(app, ["gate", "--baseline", str(base), "--candidate", str(cand)]).exit_code == 0
+    assert cli.invoke(app, ["gate", "--baseline", str(base), "--candidate", str(cand), "--fail-undecided"]).exit_code == 1

@@ -4,6 +4,7 @@ a malformed declaration is one line naming the file, the key and the fix."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from altbench import registry
 from altbench.errors import UserError
 from altbench.models.hybrid import MIXERS
-from altbench.runner import store, suite as suites
+from altbench.runner import rundir, suite as suites
 from conftest import assert_close
 
 SUITE = """
@@ -81,7 +82,7 @@ def test_declared_hybrid_runs_in_a_suite(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    rows = store.read_rows(result.stdout.strip().splitlines()[-1])
+    rows = rundir.read_rows(Path(result.stdout.strip().splitlines()[-1]))
     assert {(r["arch"], r["measurement"], r["status"]) for r in rows} == {
         ("my-hybrid", "prefill", "ok"), ("my-hybrid", "decode", "ok")
     }
@@ -92,13 +93,17 @@ def test_declared_hybrid_runs_in_a_suite(tmp_path):
     [
         ('pattern = "MMXM"\nM = "mamba2"\nA = "attention"',
          r"hybrid.toml \[hybrids.my-hybrid\] pattern 'MMXM': unknown mixer letter 'X'; known letters: M, A$"),
-        ('pattern = "MM"\nM = "mamba3"', r"hybrid.toml \[hybrids.my-hybrid\]: M = \"mamba3\" is not a mixer; known mixers: attention, "),
-        ('pattern = "MM"\nM = "mamba2"\nmlp = "moe2"', r"\[hybrids.my-hybrid\]: mlp = \"moe2\" is unknown; known: swiglu, geglu, none"),
-        ('M = "mamba2"', r"\[hybrids.my-hybrid\]: 'pattern' is missing"),
+        ('pattern = "MM"\nM = "mamba3"',
+         r"hybrid.toml \[hybrids.my-hybrid\]: M = 'mamba3' is not a mixer; known mixers: attention, "),
+        ('pattern = "MM"\nM = "mamba2"\nmlp = "moe2"',
+         r"\[hybrids.my-hybrid\]: mlp = 'moe2' is unknown; known: swiglu, geglu, none"),
+        ('M = "mamba2"', r"\[hybrids.my-hybrid\]: 'pattern' must be a string"),
+        ('pattern = "MM"\nM = "mamba2"\nn_heads = 5', r"n_heads = 5 must divide d_model / 2 = 32"),
     ],
-    ids=["unknown-letter", "unknown-mixer", "unknown-mlp", "no-pattern"],
+    ids=["unknown-letter", "unknown-mixer", "unknown-mlp", "no-pattern", "bad-heads"],
 )
 def test_malformed_hybrid_is_one_line(tmp_path, body, message):
+    """The file, the table and the key, with the fix."""
     with pytest.raises(UserError, match=message) as e:
         declare(tmp_path, body)
     assert "\n" not in str(e.value)

@@ -15,7 +15,7 @@ from altbench.report.compare import compare, read_runs
 from altbench.report.plots import write_plots
 from altbench.report.tables import measurement_markdown, probe_cells
 from altbench.report.scaling import compute_bound_range, fit_exponent, fit_scaling
-from altbench.runner.store import append_row
+from altbench.runner.rundir import append_row
 
 ENV = {
     "gpu": {"name": "NVIDIA H100 80GB HBM3", "driver": "560.35.03", "cuda": "12.6", "count": 1, "memory_bytes": 80 << 30},

@@ -9,7 +9,7 @@ import pytest
 
 from altbench.errors import UserError
 from altbench.runner import run as runner
-from altbench.runner import store, suite as suites
+from altbench.runner import rundir, store, suite as suites
 from altbench.runner.cells import expand
 from altbench.runner.worker import Worker
 
@@ -36,7 +36,7 @@ def write(tmp_path: Path, text: str, name: str = "suite.toml") -> Path:
 def test_each_failure_costs_its_cell_only(tmp_path):
     run_dir, cells, done = runner.prepare(str(write(tmp_path, FAULTY)), None, "cpu", tmp_path / "out")
     runner.sweep(run_dir, cells, done)
-    status = {row["size"]: row for row in store.read_rows(run_dir)}
+    status = {row["size"]: row for row in rundir.read_rows(run_dir)}
     assert {k: v["status"] for k, v in status.items()} == {
         "tiny": "ok", "raise": "error", "kill": "error", "hang": "timeout", "oom": "oom",
     }
@@ -78,9 +78,9 @@ def test_cells_that_cannot_finish_in_time_are_skipped_from_the_shorter_length():
 def test_sweep_skips_the_longer_cell_of_a_series_that_timed_out(tmp_path):
     run_dir, cells, done = runner.prepare(str(write(tmp_path, FAULTY.replace('"raise", "kill", "hang", "oom"', '').replace("[16]", "[16, 24]"))), None, "cpu", tmp_path / "out")
     first = cells[0]
-    store.append_row(run_dir, {**first.identity(), "status": "timeout", "message": "no result"})  # as if it hung
+    rundir.append_row(run_dir, {**first.identity(), "status": "timeout", "message": "no result"})  # as if it hung
     runner.sweep(run_dir, cells, {first.cell_id})
-    row = {r["seq_len"]: r for r in store.read_rows(run_dir)}[24]
+    row = {r["seq_len"]: r for r in rundir.read_rows(run_dir)}[24]
     assert (row["status"], row["message"]) == ("skipped", "timed out at L=16, so L=24 cannot finish within 8 s")
 
 
@@ -89,14 +89,14 @@ def test_resume_runs_only_unfinished_cells_and_survives_a_torn_line(tmp_path):
     run_dir, cells, done = runner.prepare(str(suite), None, "cpu", tmp_path / "out")
     assert len(cells) == 4 and not done
     runner.sweep(run_dir, cells[:2], done)  # "interrupted" after two cells ...
-    with open(store.store_path(run_dir), "a") as f:
+    with open(rundir.store_path(run_dir), "a") as f:
         f.write('{"cell_id": "torn')  # ... in the middle of writing a third
-    first = store.read_rows(run_dir)
+    first = rundir.read_rows(run_dir)
     run_dir2, cells2, done2 = runner.prepare(None, run_dir.name, None, tmp_path / "out")
     assert run_dir2 == run_dir and done2 == {r["cell_id"] for r in first} and len(done2) == 2
     new = runner.sweep(run_dir2, cells2, done2)
     assert [r["cell_id"] for r in new] == [c.cell_id for c in cells[2:]]
-    rows = store.read_rows(run_dir)
+    rows = rundir.read_rows(run_dir)
     assert rows[:2] == first and len(rows) == 4  # earlier rows untouched
     env = json.loads((run_dir / "env.json").read_text())
     assert len(env["resumes"]) == 1 and env["resumes"][0]["git_commit"] == env["git_commit"]
@@ -114,9 +114,9 @@ def test_retry_runs_a_failed_cell_again_and_reports_keep_only_its_last_attempt(t
     assert {c.cell_id for c in cells2} - done2 == set(failed)
     time.sleep(0.01)  # a later started_at
     runner.sweep(run_dir, cells2, done2)
-    rows = store.read_rows(run_dir)
+    rows = rundir.read_rows(run_dir)
     assert len(rows) == 3 and [r["cell_id"] for r in rows].count(failed[0]) == 2  # the first attempt is kept
-    latest = store.latest_rows(run_dir)
+    latest = rundir.latest_rows(run_dir)
     assert len(latest) == 2 and next(r for r in latest if r["cell_id"] == failed[0]) == rows[-1]
 
 
@@ -125,7 +125,7 @@ def test_a_retried_timeout_is_judged_from_the_shorter_length_not_from_itself(tmp
     run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
     runner.sweep(run_dir, cells[:1], done)
     long_id = cells[1].cell_id
-    store.append_row(run_dir, {"cell_id": long_id, "seq_len": 32, "status": "timeout", "started_at": 1.0})
+    rundir.append_row(run_dir, {"cell_id": long_id, "seq_len": 32, "status": "timeout", "started_at": 1.0})
     _, cells, done = runner.prepare(None, str(run_dir), None, tmp_path, retry=("timeout",))
     assert [c.cell_id for c in cells if c.cell_id not in done] == [long_id]
     (row,) = runner.sweep(run_dir, cells, done)
@@ -136,12 +136,12 @@ def test_latest_rows_keep_every_point_of_a_probe_cells_last_attempt_only(tmp_pat
     point = lambda i, t, status="ok": {"cell_id": f"probe/mqar/hawk/{i}", "cell": "probe/mqar/hawk", "started_at": t,
                                        "status": status, "curve": [[10, 9.0], [20, None if t == 1 else 8.0]]}
     for r in [point(0, 1), point(1, 1), {"cell_id": "prefill/x", "started_at": 1, "status": "ok"}, point(0, 2), point(1, 2)]:
-        store.append_row(tmp_path, r)
-    latest = store.latest_rows(tmp_path)
+        rundir.append_row(tmp_path, r)
+    latest = rundir.latest_rows(tmp_path)
     assert [(r["cell_id"], r["started_at"]) for r in latest] == [("prefill/x", 1), ("probe/mqar/hawk/0", 2), ("probe/mqar/hawk/1", 2)]
-    assert [store.outcome(r) for r in store.read_rows(tmp_path)] == ["diverged", "diverged", "ok", "ok", "ok"]
-    store.append_row(tmp_path, {"cell_id": "probe/mqar/hawk", "started_at": 3, "status": "error"})  # a failed retry: one row
-    assert [r["cell_id"] for r in store.latest_rows(tmp_path)] == ["prefill/x", "probe/mqar/hawk"]
+    assert [store.outcome(r) for r in rundir.read_rows(tmp_path)] == ["diverged", "diverged", "ok", "ok", "ok"]
+    rundir.append_row(tmp_path, {"cell_id": "probe/mqar/hawk", "started_at": 3, "status": "error"})  # a failed retry: one row
+    assert [r["cell_id"] for r in rundir.latest_rows(tmp_path)] == ["prefill/x", "probe/mqar/hawk"]
 
 
 def test_summary_names_each_resumed_session_and_warns_when_its_setup_differs(tmp_path):
@@ -164,7 +164,7 @@ def test_suite_limits_become_skipped_rows(tmp_path):
     text += "[measurements.train_step]\nmax_seq_len = 16\n"
     run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
     runner.sweep(run_dir, cells, done)
-    rows = {r["cell_id"]: r for r in store.read_rows(run_dir)}
+    rows = {r["cell_id"]: r for r in rundir.read_rows(run_dir)}
     skipped = rows["train_step/plugins.faulty_arch/tiny/torch/float32/cpu/b1/L32"]
     assert skipped["status"] == "skipped" and "seq_len <= 16" in skipped["message"]
     assert rows["train_step/plugins.faulty_arch/tiny/torch/float32/cpu/b1/L16"]["status"] == "ok"
@@ -288,7 +288,7 @@ def test_parallel_sweep_assigns_one_worker_per_gpu_and_keeps_every_row(tmp_path)
     text = FAULTY.replace('"raise", "kill", "hang", "oom"', '"raise"').replace("[16]", "[16, 24]")
     run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
     rows = runner.sweep(run_dir, cells, done, gpus=2)  # CUDA_VISIBLE_DEVICES is set per worker; CPU cells ignore it
-    assert sorted(r["cell_id"] for r in store.read_rows(run_dir)) == sorted(c.cell_id for c in cells)
+    assert sorted(r["cell_id"] for r in rundir.read_rows(run_dir)) == sorted(c.cell_id for c in cells)
     assert {r["gpu"] for r in rows} <= {0, 1} and {r["status"] for r in rows} == {"ok", "error"}
     assert {r["cpu_threads"] for r in rows} == {max(1, os.cpu_count() // 2)}  # the two workers split the cores
 
@@ -398,7 +398,7 @@ def test_an_interrupt_kills_cells_in_flight_and_stores_no_row_for_them(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         runner.sweep(run_dir, cells, done, on_row=ctrl_c, gpus=2)
     assert time.perf_counter() - t0 < 30  # not the hanging cell's 60 s timeout
-    assert [r["size"] for r in store.read_rows(run_dir)] == ["tiny"]
+    assert [r["size"] for r in rundir.read_rows(run_dir)] == ["tiny"]
     _, _, done = runner.prepare(None, str(run_dir), None, tmp_path / "out")
     assert done == {cells[0].cell_id}  # resume runs the hanging cell again
 

@@ -246,7 +246,7 @@ def _load_tasks(names: list[str], include_path: list[Path], overlay_dir: Path):
         if not _named_anywhere(name, builtin):
             known = ", ".join(manager.all_tasks) or "none"
             raise UserError(
-                f"unknown task '{name}'; local tasks: {known} (add a folder of task YAMLs with include_path)"
+                f"unknown task '{name}'; local tasks: {known} (add a folder of task YAMLs with --include)"
             )
     if missing:
         manager = TaskManager(include_path=[str(p) for p in include_path], include_defaults=True)

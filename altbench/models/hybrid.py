@@ -110,18 +110,25 @@ class HybridConfig(LMConfig):
     where: str = "hybrid"  # where the declaration came from, for error messages
 
     def __post_init__(self):
+        if not isinstance(self.pattern, str) or not 0 < len(self.pattern) <= 1024:
+            raise UserError(f"{self.where}: 'pattern' must be a string, one mixer letter per layer (at most 1024), "
+                            f"e.g. \"MMAM\"")
+        for key in ("d_hidden", "n_heads"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1 << 16:
+                raise UserError(f"{self.where}: '{key}' must be a whole number from 1 to 65536, got {value!r}")
         self.n_layers = len(self.pattern)
         self.d_hidden = self.d_hidden or 3 * self.d_model
         self.n_heads = self.n_heads or max(4, self.d_model // 64)
-        if not self.pattern:
-            raise UserError(f"{self.where}: 'pattern' is missing; give one mixer letter per layer, e.g. \"MMAM\"")
+        if (self.d_model // 2) % self.n_heads:
+            raise UserError(f"{self.where}: n_heads = {self.n_heads} must divide d_model / 2 = {self.d_model // 2}")
         for letter, name in self.mixers.items():
-            if len(letter) != 1 or name not in MIXERS:
+            if len(letter) != 1 or not isinstance(name, str) or name not in MIXERS:
                 known = ", ".join(MIXERS)
-                raise UserError(f"{self.where}: {letter} = \"{name}\" is not a mixer; known mixers: {known}")
+                raise UserError(f"{self.where}: {letter} = {name!r} is not a mixer; known mixers: {known}")
         check_pattern(self.pattern, self.n_layers, "".join(self.mixers), key=f"{self.where} pattern")
-        if self.mlp not in MLPS:
-            raise UserError(f"{self.where}: mlp = \"{self.mlp}\" is unknown; known: {', '.join(MLPS)}")
+        if not isinstance(self.mlp, str) or self.mlp not in MLPS:
+            raise UserError(f"{self.where}: mlp = {self.mlp!r} is unknown; known: {', '.join(MLPS)}")
 
 
 class Hybrid(LanguageModel):

@@ -19,9 +19,8 @@ import json
 from pathlib import Path
 
 from altbench.errors import UserError
-from altbench.runner import store
+from altbench.runner import rundir, store
 
-ENV_FILE = "env.json"
 # Row fields that, with measurement and seq_len, say which series a cell belongs to.
 SERIES_FIELDS = ("arch", "size", "backend", "dtype", "device", "batch", "task", "metric")
 TIMED = ("prefill", "decode", "train_step", "kernel")  # the measurements whose figure is a time
@@ -34,30 +33,25 @@ def status_label(row: dict) -> str:
     return STATUS_LABELS.get(status, status)
 
 
-def load_env(run_dir: Path) -> dict:
-    """The run's env.json, or {} when the run has none."""
-    path = Path(run_dir) / ENV_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def load_rows(run_dir: Path) -> list[dict]:
     """The run's rows (one per cell, the last written); UserError when the directory holds no store."""
     run_dir = Path(run_dir)
-    if not store.store_path(run_dir).is_file():
-        raise UserError(f"{run_dir} is not a run directory (no {store.STORE_FILE}); give a path that `altbench run` printed")
-    rows = store.latest_rows(run_dir)
+    if not rundir.is_file(rundir.store_path(run_dir)):
+        raise UserError(f"{run_dir} is not a run directory (no {rundir.STORE_FILE}); give a path that `altbench run` printed")
+    rows = rundir.latest_rows(run_dir)
     if not rows:
-        raise UserError(f"{store.store_path(run_dir)} holds no finished cell yet; run or resume the suite first")
+        raise UserError(f"{rundir.store_path(run_dir)} holds no readable finished cell; run or resume the suite first")
     return rows
 
 
-def resolve_run(ref: Path, root: Path) -> Path:
-    """A run given as its directory or as a run id under `root`; UserError when neither holds a store."""
+def resolve_run(ref: Path, root: Path, option: str) -> Path:
+    """A run given (with the CLI option `option`) as its directory or as a run id under `root`;
+    UserError when neither holds a store."""
     for candidate in (Path(ref), Path(root) / ref):
-        if store.store_path(candidate).is_file():
+        if rundir.is_file(rundir.store_path(candidate)):
             return candidate
     recent = ", ".join(run.name for run in runs_under(root)[-5:])
-    raise UserError(f"run '{ref}' not found: no {store.STORE_FILE} there or under {root}"
+    raise UserError(f"{option}: run '{ref}' not found: no {rundir.STORE_FILE} there or under {root}"
                     + (f" (recent runs: {recent})" if recent else ""))
 
 
@@ -68,19 +62,20 @@ def runs_under(root: Path) -> list[Path]:
     """
 
     def created(run: Path) -> float:
-        stamp = load_env(run).get("created_at")
+        stamp = rundir.read_env(run, quiet=True).get("created_at")
         try:
             return datetime.datetime.fromisoformat(stamp).timestamp()
         except (TypeError, ValueError):
-            return store.store_path(run).stat().st_mtime
+            return rundir.store_path(run).stat().st_mtime
 
     root = Path(root)
-    runs = [p.parent for p in root.rglob(store.STORE_FILE)] if root.is_dir() else []
+    runs = [p.parent for p in root.rglob(rundir.STORE_FILE)] if rundir.is_dir(root) else []
     return sorted(runs, key=lambda run: (created(run), str(run)))
 
 
 def export_parquet(rows: list[dict], path: Path) -> Path:
-    """The rows as a Parquet file; dict-valued fields (and lists Arrow cannot type) become JSON text."""
+    """The rows as a Parquet file (written atomically); dict-valued fields (and lists Arrow cannot
+    type) become JSON text."""
     import pandas as pd
     import pyarrow as pa
 
@@ -97,7 +92,8 @@ def export_parquet(rows: list[dict], path: Path) -> Path:
                 nested = True
         if nested:
             frame[column] = [None if v is None else json.dumps(v, default=str) for v in values]
-    frame.to_parquet(path, index=False)
+    with rundir.atomic(path) as tmp:
+        frame.to_parquet(tmp, index=False)
     return path
 
 
@@ -132,7 +128,7 @@ def _env_headline(run_dir: Path, env: dict) -> list[str]:
     if env.get("gpu_busy"):
         lines.append(f"- **warning**: other processes were using the GPU: {'; '.join(env['gpu_busy'])}")
     if not env:
-        lines.append(f"- {ENV_FILE} is missing: the environment of these results is unknown")
+        lines.append(f"- {rundir.ENV_FILE} is missing or damaged: the environment of these results is unknown")
     return lines
 
 
@@ -173,7 +169,7 @@ def not_reached(run_dir: Path, env: dict) -> dict[str, int]:
     missing or no longer loads)."""
     from altbench.runner import run
 
-    if not (Path(run_dir) / run.SUITE_FILE).is_file():
+    if not (Path(run_dir) / rundir.SUITE_FILE).is_file():
         return {}
     try:
         cells = run.run_cells(Path(run_dir), env)
@@ -220,10 +216,8 @@ def write_summary(run_dir: Path, rows: list[dict], env: dict, written: list[Path
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.stem}](plots/{p.name})  \n[svg](plots/{p.with_suffix('.svg').name})" for p in plots]
-    lines += ["", f"Raw rows: [{store.STORE_FILE}]({store.STORE_FILE}) (the store), [cells.parquet](cells.parquet).", ""]
-    path = run_dir / "summary.md"
-    path.write_text("\n".join(lines))
-    return path
+    lines += ["", f"Raw rows: [{rundir.STORE_FILE}]({rundir.STORE_FILE}) (the store), [cells.parquet](cells.parquet).", ""]
+    return rundir.write_text(run_dir / "summary.md", "\n".join(lines))
 
 
 def render_run(run_dir: Path) -> list[Path]:
@@ -232,9 +226,9 @@ def render_run(run_dir: Path) -> list[Path]:
 
     run_dir = Path(run_dir)
     rows = load_rows(run_dir)
-    env = load_env(run_dir)
-    written = tables.write_tables(rows, env, run_dir / "tables")
-    written += plots.write_plots(rows, env, run_dir / "plots")
+    env = rundir.read_env(run_dir)
+    written = tables.write_tables(rows, env, rundir.output_dir(run_dir / "tables"))
+    written += plots.write_plots(rows, env, rundir.output_dir(run_dir / "plots"))
     written.append(export_parquet(rows, run_dir / "cells.parquet"))
     written.append(write_summary(run_dir, rows, env, written))
     return written

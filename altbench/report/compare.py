@@ -32,12 +32,12 @@ from altbench.report.tables import (
     IMPL_LEGEND, UNITS, fmt, fmt_len, is_timed, ordered_measurements, series_fields, series_fits, shown_fields,
     sort_key, timing_text, value_text,
 )
-from altbench.runner import store
+from altbench.runner import rundir
 
 
 def find_runs(root: Path, archs: list[str]) -> list[Path]:
     """Runs under `root` holding any of `archs`, oldest first (so that newer rows win)."""
-    runs = [run for run in runs_under(root) if any(r.get("arch") in archs for r in store.latest_rows(run))]
+    runs = [run for run in runs_under(root) if any(r.get("arch") in archs for r in rundir.latest_rows(run))]
     if not runs:
         raise UserError(f"no run under {root} holds {', '.join(archs)}; run a suite with them or pass --run RUN")
     return runs
@@ -48,15 +48,19 @@ def read_runs(runs: list[Path]) -> list[dict]:
     return [{"run_id": Path(run).name, **row} for run in runs for row in load_rows(run)]
 
 
+def check_archs(archs: list[str]) -> None:
+    if len(archs) < 2 or len(set(archs)) != len(archs):
+        raise UserError(f"compare needs two or more different archs (got {', '.join(archs) or 'none'}), "
+                        "e.g. `altbench compare transformer mamba`")
+
+
 def _check(rows: list[dict], archs: list[str]) -> None:
+    check_archs(archs)
     present = sorted({r["arch"] for r in rows if r.get("arch")})
     unknown = [a for a in archs if a not in present]
     if unknown:
         raise UserError(f"no results for {', '.join(unknown)} in the runs read; archs present: "
                         f"{', '.join(present) or 'none'}")
-    if len(archs) < 2 or len(set(archs)) != len(archs):
-        raise UserError(f"compare needs two or more different archs (got {', '.join(archs) or 'none'}), "
-                        "e.g. `altbench compare transformer mamba`")
 
 
 def _figure(row: dict | None, timed: bool) -> float | None:
@@ -141,8 +145,7 @@ def overlay_plot(measurement: str, rows: list[dict], archs: list[str], out_dir: 
 def compare(rows: list[dict], archs: list[str], out_dir: Path) -> list[Path]:
     """Side-by-side tables and overlaid plots of `archs` (the first is the reference) in `out_dir`."""
     _check(rows, archs)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = rundir.output_dir(Path(out_dir))
     rows = [r for r in rows if r.get("arch") in archs]
     runs = sorted({str(r["run_id"]) for r in rows if r.get("run_id")})
     lines = [f"# {' vs '.join(archs)}", "", f"Runs: {', '.join(runs) or 'not recorded'}.", ""]
@@ -155,10 +158,10 @@ def compare(rows: list[dict], archs: list[str], out_dir: Path) -> list[Path]:
         if timed and any(roofline.is_implementation_bound(r) for r in subset):
             lines += [IMPL_LEGEND, ""]
         csv = out_dir / f"compare_{measurement}.csv"
-        numeric.to_csv(csv, index=False)
+        with rundir.atomic(csv) as tmp:
+            numeric.to_csv(tmp, index=False)
         written.append(csv)
         if timed:
             written += overlay_plot(measurement, subset, archs, out_dir)
-    md = out_dir / "compare.md"
-    md.write_text("\n".join(lines))
+    md = rundir.write_text(out_dir / "compare.md", "\n".join(lines))
     return [md, *written]

@@ -28,6 +28,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from altbench.measure import roofline
 from altbench.report import status_label
+from altbench.runner import rundir
 from altbench.report.tables import (
     UNITS, ceiling_fractions, fmt_len, is_timed, ordered_measurements, probe_cells, series_fields,
     series_fits, series_key, shown_fields, sort_key,
@@ -35,10 +36,12 @@ from altbench.report.tables import (
 
 
 def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """<out_dir>/<stem>.png and .svg, each written atomically."""
     png, svg = out_dir / f"{stem}.png", out_dir / f"{stem}.svg"
-    fig.savefig(png, dpi=100)
-    with rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, searchable, faster
-        fig.savefig(svg, metadata={"Date": None})
+    with rundir.atomic(png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    with rundir.atomic(svg) as tmp, rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, searchable
+        fig.savefig(tmp, metadata={"Date": None})
     return [png, svg]
 
 
@@ -292,7 +295,7 @@ def probe_curves_plot(rows: list[dict], out_dir: Path) -> list[Path]:
 def write_plots(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
     """Every plot the rows support; a measurement with no ok timed cell gets none, probes get
     theirs when the rows hold any probe cell."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rundir.output_dir(out_dir)
     written = []
     for measurement in ordered_measurements(rows):
         subset = [r for r in rows if r.get("measurement") == measurement]

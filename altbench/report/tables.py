@@ -24,7 +24,7 @@ import pandas as pd
 from altbench.measure import roofline
 from altbench.report import CAPABILITY, SERIES_FIELDS, TIMED, status_label
 from altbench.report.scaling import GROWTH, Fit, fit_scaling
-from altbench.runner import store
+from altbench.runner import rundir, store
 
 NOT_MEASURED = "–"
 UNITS = {
@@ -430,14 +430,15 @@ def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple
 
 
 def write_tables(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
-    """<out_dir>/<measurement>.md and .csv for every measurement in the rows."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """<out_dir>/<measurement>.md and .csv for every measurement in the rows, each written atomically."""
+    rundir.output_dir(out_dir)
     written = []
     for measurement in ordered_measurements(rows):
         subset = [r for r in rows if r.get("measurement") == measurement]
         markdown, frame = measurement_markdown(measurement, subset, env)
         md, csv = out_dir / f"{measurement}.md", out_dir / f"{measurement}.csv"
-        md.write_text(markdown)
-        frame.to_csv(csv, index=False)
+        rundir.write_text(md, markdown)
+        with rundir.atomic(csv) as tmp:
+            frame.to_csv(tmp, index=False)
         written += [md, csv]
     return written

@@ -1,20 +1,16 @@
 """A sweep: expand the suite, run each unfinished cell in an isolated worker, append each row as it lands.
 
-    <out>/<run-id>/suite.toml    the suite exactly as run (a resumed run re-reads it from here)
-    <out>/<run-id>/env.json      environment (measure/env.py), written before the first cell
-    <out>/<run-id>/cells.jsonl   the store (runner/store.py)
+The run directory (runner/rundir.py) gets its suite copy and env.json (measure/env.py) before the
+first cell, and is written by one process at a time: `prepare` makes this process its writer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import queue
-import shutil
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -22,43 +18,24 @@ from typing import Callable
 from altbench import registry
 from altbench.errors import UserError
 from altbench.measure import ceilings, env as envmod, roofline
-from altbench.runner import store, suite as suites
+from altbench.runner import rundir, store, suite as suites
 from altbench.runner.cells import CAPABILITY, Cell, expand, series_of
 from altbench.runner.worker import Worker, call_isolated, run_cell
 
-SUITE_FILE = "suite.toml"
-
-
-def new_run_dir(out: Path, suite_name: str) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir, n = out / f"{suite_name}-{stamp}", 1
-        while run_dir.exists():
-            n += 1
-            run_dir = out / f"{suite_name}-{stamp}-{n}"
-        run_dir.mkdir()
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write results under {out}: {e.strerror}; pass a writable directory with --out") from None
-    return run_dir
-
 
 def find_run(ref: str, out: Path) -> Path:
-    """A run given as a directory path or as a run id under `out`."""
+    """The run `--resume` names, as a directory path or as a run id under `out`."""
     for candidate in (Path(ref), out / ref):
-        if (candidate / SUITE_FILE).is_file():
+        if rundir.is_file(candidate / rundir.SUITE_FILE):
             return candidate
-    runs = sorted(p.name for p in out.glob("*/") if (p / SUITE_FILE).is_file()) if out.is_dir() else []
+    runs = sorted(p.name for p in out.glob("*/") if (p / rundir.SUITE_FILE).is_file()) if rundir.is_dir(out) else []
     hint = f"runs under {out}: {', '.join(runs[-5:])}" if runs else f"no runs under {out}"
-    raise UserError(f"run '{ref}' not found ({hint})")
+    raise UserError(f"--resume: run '{ref}' not found ({hint})")
 
 
 def check_device(device: str) -> None:
     if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown device '{device}'; use cpu or cuda")
+        raise UserError(f"--device: unknown device '{device}'; use cpu or cuda")
     if device == "cuda":
         import torch
 
@@ -90,13 +67,16 @@ def _apply_overrides(suite: suites.Suite, overrides: dict) -> suites.Suite:
     if archs:
         for arch in archs:
             for size in suite.arch_sizes.get(arch, suite.sizes):
-                registry.config(arch, size)  # unknown arch or size -> one clear line
-        suite = dataclasses.replace(suite, archs=list(archs))
+                try:
+                    registry.config(arch, size)
+                except UserError as e:
+                    raise UserError(f"--archs: {e}") from None
+        suite = dataclasses.replace(suite, archs=list(dict.fromkeys(archs)))
     if backends:
         unknown = [b for b in backends if b not in registry.BACKENDS]
         if unknown:
-            raise UserError(f"unknown backend {unknown[0]!r}; known: {', '.join(registry.BACKENDS)}")
-        suite = dataclasses.replace(suite, backends=list(backends))
+            raise UserError(f"--backends: unknown backend {unknown[0]!r}; known: {', '.join(registry.BACKENDS)}")
+        suite = dataclasses.replace(suite, backends=list(dict.fromkeys(backends)))
     if overrides.get("weights") and len(suite.archs) * len(suite.sizes) != 1:
         raise UserError("--weights needs a suite with one architecture and one size (the checkpoint's)")
     return suite
@@ -105,14 +85,14 @@ def _apply_overrides(suite: suites.Suite, overrides: dict) -> suites.Suite:
 def run_cells(run_dir: Path, env: dict, device: str | None = None) -> list[Cell]:
     """Every cell of an existing run: its own suite.toml with the overrides its env.json keeps."""
     overrides = env.get("overrides", {})
-    suite = _apply_overrides(suites.load(str(run_dir / SUITE_FILE)), overrides)
+    suite = _apply_overrides(suites.load(str(run_dir / rundir.SUITE_FILE)), overrides)
     return expand(suite, device or env.get("device") or suite.device, overrides.get("weights", ""))
 
 
 def finished(run_dir: Path, retry: tuple[str, ...] = ()) -> set[str]:
     """Ids of the run's cells that have a row (a capability cell's rows name it in `cell`), less those
     whose last attempt's outcome is in `retry` (e.g. "timeout", "diverged"): they run again."""
-    return {store.cell_of(row) for row in store.latest_rows(run_dir) if store.outcome(row) not in retry}
+    return {store.cell_of(row) for row in rundir.latest_rows(run_dir) if store.outcome(row) not in retry}
 
 
 def check_retry(retry: tuple[str, ...], resume: str | None) -> None:
@@ -127,23 +107,29 @@ SESSION_KEYS = ("created_at", "command", "hostname", "cpu", "torch", "triton", "
                 "triton_cache", "inductor_cache")
 
 
-def _record_session(run_dir: Path, env: dict, device: str) -> None:
-    """Append this resumed session's machine and versions to env.json's `resumes`: cells that start
-    after its created_at ran there, which may be another host (with its own launch cost) or commit."""
+def _record_session(run_dir: Path, device: str) -> None:
+    """Append this resumed session's machine and versions to env.json's `resumes` (read again here,
+    under the writer's lock, so no session is lost): cells that start after its created_at ran there,
+    which may be another host (with its own launch cost) or commit."""
+    env = rundir.read_env(run_dir)
     session = {k: v for k, v in envmod.capture(sys.argv, env.get("suite", "")).items() if k in SESSION_KEYS}
     if device == "cuda":
         session["ceilings"] = call_isolated(ceilings.measure, ("cuda",), timeout_s=300)
     env.setdefault("resumes", []).append(session)
-    (run_dir / "env.json").write_text(json.dumps(env, indent=2))
+    rundir.write_env(run_dir, env)
 
 
 def prepare(
     suite_ref: str | None, resume: str | None, device: str | None, out: Path,
     archs: list[str] | None = None, weights: str | None = None, retry: tuple[str, ...] = (),
-    backends: list[str] | None = None,
+    backends: list[str] | None = None, gpus: int = 1, workers_per_gpu: int = 1,
 ) -> tuple[Path, list[Cell], set[str]]:
     """The run directory, its cells, and the ids of cells already finished (when resuming; a cell whose
     last outcome is in `retry` counts as not finished, and its new rows supersede the old in reports).
+
+    This process becomes the run directory's writer (`rundir.hold_writer`) until it calls
+    `rundir.release_writer` or exits. Every option and suite value is checked before anything is
+    written, so a refused command leaves nothing behind.
 
     `archs` and `backends` replace the suite's architectures and backends, and `weights` (a local
     Hugging Face checkpoint) replaces random weights; all are kept in env.json so `--resume` runs
@@ -155,12 +141,15 @@ def prepare(
                         "drop --archs / --backends / --weights, or start a new run")
     if resume:
         run_dir = find_run(resume, out)
-        env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").is_file() else {}
-        device = device or env.get("device") or suites.load(str(run_dir / SUITE_FILE)).device
+        env = rundir.read_env(run_dir)
+        device = device or env.get("device") or suites.load(str(run_dir / rundir.SUITE_FILE)).device
         check_device(device)
-        cells, done = run_cells(run_dir, env, device), finished(run_dir, retry)
+        cells = run_cells(run_dir, env, device)
+        _check_parallel(gpus, workers_per_gpu, cells, finished(run_dir, retry))
+        rundir.hold_writer(run_dir)
+        done = finished(run_dir, retry)  # again as the writer: another one may have finished cells meanwhile
         if any(cell.cell_id not in done for cell in cells):
-            _record_session(run_dir, env, device)
+            _record_session(run_dir, device)
         return run_dir, cells, done
     if not suite_ref:
         raise UserError("give --suite NAME|PATH.toml (known: " + ", ".join(suites.known_suites()) + ") or --resume RUN")
@@ -169,19 +158,30 @@ def prepare(
     if weights:
         from altbench.models import hf
 
+        if not rundir.is_dir(weights):
+            raise UserError(f"--weights {weights}: not a directory; point it at a local Hugging Face checkpoint directory")
         weights = str(Path(weights).resolve())
         overrides["weights"] = weights
         hf.check_checkpoint(suite.archs[0], weights, suite.sizes_of(suite.archs[0])[0])
     device = device or suite.device
     check_device(device)
-    run_dir = new_run_dir(out, suite.name)
-    shutil.copyfile(suite.path, run_dir / SUITE_FILE)
+    cells = expand(suite, device, overrides.get("weights", ""))
+    _check_parallel(gpus, workers_per_gpu, cells, set())
+    run_dir = rundir.create(out, suite.name)
+    rundir.hold_writer(run_dir)
+    rundir.write_bytes(run_dir / rundir.SUITE_FILE, suite.path.read_bytes())
     env = envmod.capture(sys.argv, suite.name)
     env["device"], env["overrides"] = device, overrides
     if device == "cuda":
         env["ceilings"] = call_isolated(ceilings.measure, ("cuda",), timeout_s=300)
-    (run_dir / "env.json").write_text(json.dumps(env, indent=2))
-    return run_dir, expand(suite, device, overrides.get("weights", "")), set()
+    rundir.write_env(run_dir, env)
+    return run_dir, cells, set()
+
+
+def _check_parallel(gpus: int, workers_per_gpu: int, cells: list[Cell], done: set[str]) -> None:
+    if gpus > 1:
+        check_gpus(gpus)
+    check_workers_per_gpu(workers_per_gpu, cells, done)
 
 
 def sweep(
@@ -204,11 +204,9 @@ def sweep(
         if row.get("seq_len") and row.get("status") != "skipped":
             measured.setdefault(series_of(row["cell_id"]), {})[row["seq_len"]] = row
 
-    for row in store.latest_rows(run_dir):
+    for row in rundir.latest_rows(run_dir):
         note(row)
-    env_path = run_dir / "env.json"
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    device_ceilings = roofline.run_ceilings(env)  # each row carries its roofline bound
+    device_ceilings = roofline.run_ceilings(rundir.read_env(run_dir, quiet=True))  # each row carries its roofline bound
 
     def run_one(cell: Cell, worker: Worker) -> None:
         on_start(cell)
@@ -221,7 +219,7 @@ def sweep(
             row["run_id"] = run_dir.name
             row.update(roofline.bounds(row, device_ceilings))
             with lock:
-                store.append_row(run_dir, row)
+                rundir.append_row(run_dir, row)
                 rows.append(row)
                 note(row)
         on_row(row)

@@ -1,8 +1,8 @@
-"""The results store of a run: one JSON object per line in `<run>/cells.jsonl`, one line per cell.
+"""What a row of a run's store (`<run>/cells.jsonl`, one JSON object per line) holds, and how to
+read its outcome. Reading and writing the file is runner/rundir.py's.
 
-Rows are appended the moment a cell finishes, each with a single write of a complete line followed
-by fsync, so an interrupted run keeps every finished cell and a crash can at worst leave one
-partial last line, which `read_rows` ignores. Nothing ever rewrites the file.
+Rows are appended the moment a cell finishes and the file is never rewritten, so an interrupted
+run keeps every finished cell.
 
 Row fields (absent when not applicable):
   identity   cell_id, arch, size, backend, measurement, dtype, device, batch, seq_len
@@ -19,72 +19,54 @@ Row fields (absent when not applicable):
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
-STORE_FILE = "cells.jsonl"
 STATUSES = ("ok", "oom", "error", "timeout", "skipped")
 OUTCOMES = (*STATUSES, "diverged")  # diverged: an 'ok' probe row whose training loss turned NaN
 
+_NUMBER = (int, float)
+# The JSON type of every field a reader indexes into; a row is an object with cell_id and status.
+FIELD_TYPES = {
+    "cell_id": str, "cell": str, "arch": str, "size": str, "backend": str, "measurement": str, "dtype": str,
+    "device": str, "batch": int, "seq_len": int, "status": str, "message": str, "traceback": str, "task": str,
+    "metric": str, "run_id": str, "ms_median": _NUMBER, "ms_ci_low": _NUMBER, "ms_ci_high": _NUMBER,
+    "ms_samples": list, "reps": int, "warmup": int, "first_call_ms": _NUMBER, "tokens_per_s": _NUMBER,
+    "tflops": _NUMBER, "flops": _NUMBER, "bandwidth_gbs": _NUMBER, "peak_mem_bytes": _NUMBER,
+    "predicted_mem_bytes": _NUMBER, "state_bytes": _NUMBER, "params": _NUMBER, "value": _NUMBER,
+    "stderr": _NUMBER, "curve": list, "started_at": _NUMBER, "wall_s": _NUMBER, "cuda_graphs": bool,
+}
+REQUIRED = ("cell_id", "status")
 
-def store_path(run_dir: Path) -> Path:
-    return Path(run_dir) / STORE_FILE
 
-
-def _finite(value):
-    """NaN / inf are not JSON: store them as null."""
+def _typed(value, expected) -> bool:
+    if isinstance(value, bool) and expected is not bool:
+        return False
     if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+        return False
+    return isinstance(value, expected)
 
 
-def append_row(run_dir: Path, row: dict) -> None:
-    """Append one complete line atomically (one write, then fsync)."""
-    row = {k: _finite(v) for k, v in row.items()}
-    line = (json.dumps(row, default=str, allow_nan=False) + "\n").encode()
-    path = store_path(run_dir)
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":  # a torn line from a crash: end it so this row stays whole
-                line = b"\n" + line
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_rows(run_dir: Path) -> list[dict]:
-    """Every complete row, in the order written; a torn final line is skipped."""
-    path = store_path(run_dir)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+def row_problem(value) -> str | None:
+    """Why `value` (a parsed JSON line) is not a row, or None when it is one."""
+    if not isinstance(value, dict):
+        return "not a JSON object"
+    missing = [k for k in REQUIRED if k not in value]
+    if missing:
+        return f"no {missing[0]}"
+    wrong = [k for k, t in FIELD_TYPES.items() if value.get(k) is not None and not _typed(value[k], t)]
+    if wrong or value["cell_id"] is None or value["status"] is None:
+        return f"{(wrong or ['cell_id'])[0]} has the wrong type"
+    if not all(s is None or _typed(s, _NUMBER) for s in value.get("ms_samples") or []):
+        return "ms_samples holds something other than numbers"
+    points = value.get("curve") or []
+    if not all(isinstance(p, list) and len(p) == 2 and all(v is None or _typed(v, _NUMBER) for v in p) for p in points):
+        return "curve is not a list of [step, loss] points"
+    return None
 
 
 def cell_of(row: dict) -> str:
     """The cell a row belongs to (a probe cell stores one row per scored point, each naming its cell)."""
     return row.get("cell", row["cell_id"])
-
-
-def latest_rows(run_dir: Path) -> list[dict]:
-    """The rows of each cell's last attempt (`--resume --retry` may have run a cell again; the rows of
-    one attempt share its started_at), in the order written."""
-    rows = read_rows(run_dir)
-    last = {cell_of(row): row.get("started_at") for row in rows}
-    return list({row["cell_id"]: row for row in rows if row.get("started_at") == last[cell_of(row)]}.values())
 
 
 def diverged_at(row: dict) -> int | None:

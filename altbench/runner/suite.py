@@ -38,13 +38,15 @@ measurement) raises `UserError` naming the file, the key and the fix.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
 from altbench import registry
-from altbench.errors import UserError
+from altbench.errors import UserError, one_line
+from altbench.runner import rundir
 
 MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "probe", "lm_eval")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -111,6 +113,8 @@ _TOP = {
 BACKEND_CHOICES = ("each", "first", "fastest")
 _SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
 _PY = {"int": int, "float": (int, float), "bool": bool}
+# The smallest value each numeric setting may take (the rest: at least 0).
+_SETTING_MIN = {"reps": 1, "decode_tokens": 1, "timeout_s": 1e-3}
 
 
 def suite_dir() -> Path:
@@ -124,12 +128,12 @@ def known_suites() -> list[str]:
 def resolve(name_or_path: str) -> Path:
     """A suite name from suites/ or a path to a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.is_file():
-        if not path.is_file():
+    if path.suffix == ".toml" or rundir.is_file(path):
+        if not rundir.is_file(path):
             raise UserError(f"suite file {path} does not exist")
         return path
     candidate = suite_dir() / f"{name_or_path}.toml"
-    if not candidate.is_file():
+    if not rundir.is_file(candidate):
         raise UserError(f"unknown suite '{name_or_path}'; known: {', '.join(known_suites())} (or give a path to a .toml)")
     return candidate
 
@@ -147,14 +151,28 @@ def _settings(where: str, table: dict, base: Settings) -> tuple[Settings, dict]:
     for key, value in table.items():
         if key in _SETTING_TYPES:
             _check_type(where, key, value, _PY[_SETTING_TYPES[key]])
+            least = _SETTING_MIN.get(key, 0)
+            if not isinstance(value, bool) and not (math.isfinite(value) and value >= least):
+                raise UserError(f"{where}: key '{key}' must be a finite number >= {least:g}, got {value!r}")
             known[key] = value
         else:
             rest[key] = value
     return Settings(**{**base.__dict__, **known}), rest
 
 
-def _names(where: str, key: str, values: list, known: list[str]) -> list[str]:
+def _strings(where: str, key: str, values: list) -> list:
+    """`values` when it is a list of distinct strings; UserError naming the key otherwise."""
     for v in values:
+        if not isinstance(v, str):
+            raise UserError(f"{where}: '{key}' must hold strings, got {type(v).__name__} {v!r}")
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise UserError(f"{where}: '{key}' lists '{twice}' twice")
+    return values
+
+
+def _names(where: str, key: str, values: list, known: list[str]) -> list[str]:
+    for v in _strings(where, key, values):
         if v not in known:
             raise UserError(f"{where}: unknown {key[:-1] if key.endswith('s') else key} '{v}' in '{key}'; known: {', '.join(known)}")
     return values
@@ -164,9 +182,11 @@ def load(name_or_path: str) -> Suite:
     path = resolve(name_or_path)
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{where}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise UserError(f"{where}: cannot read the suite: {e.strerror}") from None
     for key, value in data.items():
         if key not in _TOP:
             raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(_TOP)}")
@@ -174,19 +194,28 @@ def load(name_or_path: str) -> Suite:
     for key in ("archs", "seq_lens", "measurements"):
         if not data.get(key):
             raise UserError(f"{where}: key '{key}' is required and must not be empty")
+    for key in ("sizes", "backends", "dtypes", "batches"):
+        if key in data and not data[key]:
+            raise UserError(f"{where}: key '{key}' must not be empty (leave it out for its default)")
 
-    for name, spec in data.get("hybrids", {}).items():
-        registry.declare_hybrid(name, spec, where)
-    archs = data["archs"]
+    suite_name = data.get("name", path.stem)
+    if suite_name.strip(".") == "" or len(suite_name) > 100 or suite_name != one_line(suite_name) \
+            or any(c in suite_name for c in "/\\\0"):
+        raise UserError(f"{where}: key 'name' names the run directories, so it must be one line of at most 100 "
+                        f"characters, not '.' or '..', without '/' or '\\', got {suite_name!r}")
+    registry.declare_hybrids(data.get("hybrids", {}), where)
+    archs = _strings(where, "archs", data["archs"])
     for arch in archs:
-        if arch not in registry.known() and "." not in str(arch):
+        if arch not in registry.known() and "." not in arch:
             _names(where, "archs", [arch], registry.known())
-    sizes = data.get("sizes", ["tiny"])
+    sizes = _strings(where, "sizes", data.get("sizes", ["tiny"]))
     arch_sizes = data.get("arch_sizes", {})
     for arch, value in arch_sizes.items():
         if arch not in archs:
             raise UserError(f"{where} [arch_sizes]: '{arch}' is not in 'archs' ({', '.join(archs)})")
         _check_type(f"{where} [arch_sizes]", arch, value, list)
+        if not _strings(f"{where} [arch_sizes]", arch, value):
+            raise UserError(f"{where} [arch_sizes]: '{arch}' must list at least one size")
     for arch in archs:
         for size in arch_sizes.get(arch, sizes):
             if size not in registry.size_names(arch):  # also imports plugins: a bad one fails here
@@ -198,9 +227,12 @@ def load(name_or_path: str) -> Suite:
         raise UserError(f"{where}: key 'backend_choice' must be one of {', '.join(BACKEND_CHOICES)}, got {backend_choice!r}")
     dtypes = _names(where, "dtypes", data.get("dtypes", ["float32"]), list(DTYPES))
     for key in ("batches", "seq_lens"):
-        for v in data.get(key, []):
+        values = data.get(key, [])
+        for v in values:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise UserError(f"{where}: '{key}' must hold positive integers, got {v!r}")
+        if len(set(values)) != len(values):
+            raise UserError(f"{where}: '{key}' lists a value twice")
     device = data.get("device", "cpu")
     if device not in ("cpu", "cuda"):
         raise UserError(f"{where}: key 'device' must be 'cpu' or 'cuda', got {device!r}")
@@ -219,7 +251,7 @@ def load(name_or_path: str) -> Suite:
                 f"{where} [measurements.{name}]: unknown key '{next(iter(extra[name]))}'; known: {', '.join(_SETTING_TYPES)}"
             )
     return Suite(
-        name=data.get("name", path.stem), path=path, archs=archs, sizes=sizes, backends=backends, dtypes=dtypes,
+        name=suite_name, path=path, archs=archs, sizes=sizes, backends=backends, dtypes=dtypes,
         batches=data.get("batches", [1]), seq_lens=data["seq_lens"], measurements=measurements,
         description=data.get("description", ""), device=device, extra=extra, arch_sizes=arch_sizes,
         backend_choice=backend_choice,
