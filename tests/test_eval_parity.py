@@ -283,7 +283,7 @@ def test_eval_command_metrics_match_hflm_per_architecture(checkpoints, task_dir,
     from typer.testing import CliRunner
 
     from altbench.cli import app
-    from altbench.runner import store
+    from altbench.runner import rundir
 
     path = checkpoints(arch, "adds-bos")
     theirs = hflm_metrics(path, 8, task_dir, monkeypatch)
@@ -291,7 +291,7 @@ def test_eval_command_metrics_match_hflm_per_architecture(checkpoints, task_dir,
     result = CliRunner().invoke(app, ["eval", "--arch", arch, "--weights", str(path), "--tasks", ",".join(TASKS),
                                       "--include", str(task_dir), "--max-length", str(MAX_LENGTH), "--out", "runs"])
     assert result.exit_code == 0, result.output
-    rows = store.read_rows(Path(result.output.strip().splitlines()[-1]))  # the command prints its run directory
+    rows = rundir.read_rows(Path(result.output.strip().splitlines()[-1]))  # the command prints its run directory
     assert_same_metrics({(r["task"], r["metric"]): r["value"] for r in rows}, theirs)
 
 
