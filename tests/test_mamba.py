@@ -36,3 +36,17 @@ def test_mamba_lti_makes_delta_b_c_input_independent(arch, selective):
     first, second = mixer._ssm_inputs(x1), mixer._ssm_inputs(x2)
     assert [tuple(t.shape) for t in first] == [(2, 5, mixer.d_inner), (2, 5, 8), (2, 5, 8)]
     assert all(torch.equal(a, b) for a, b in zip(first, second)) is not selective
+
+
+def test_predicted_memory_counts_the_scan_workspace_of_the_torch_scan_only():
+    from altbench import registry
+    from altbench.measure.scenarios import predicted_bytes
+    from altbench.runner.cells import Cell
+    from altbench.runner.suite import Settings
+
+    cell = dict(arch="mamba", size="1.4b", measurement="decode", dtype="bfloat16", device="cuda", batch=256,
+                seq_len=2048, settings=Settings(prefill_segment=256))
+    torch_form = predicted_bytes(registry.build("mamba", "1.4b", device="meta"), Cell(backend="torch", **cell))
+    kernel = predicted_bytes(registry.build("mamba", "1.4b", device="meta", backend="triton"), Cell(backend="triton", **cell))
+    # 8 fp32 (256, 256, 4096, 16) tensors: 128 GiB that the Triton scan keeps in registers instead
+    assert (torch_form - kernel) / 2**30 == 128.0 and kernel / 2**30 < 16

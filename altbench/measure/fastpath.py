@@ -109,8 +109,8 @@ def fast_call(
             graphed = True
         except Exception as e:  # noqa: BLE001 - any capture failure falls back to launching eagerly
             note = f"CUDA graph capture failed, timed without a graph ({_first_line(e)})"
-            try:  # a failed capture can leave the context unusable: then the cell fails instead
-                torch.ones(1, device=device).add_(1).item()
+            try:  # a failed capture can leave the context or its RNG unusable: then the cell fails instead
+                torch.rand(1, device=device).add_(1).item()
             except Exception as poisoned:  # noqa: BLE001
                 raise RuntimeError(f"{note}; the CUDA context is unusable after it: {_first_line(poisoned)}") from e
     if device.type == "cuda":

@@ -196,9 +196,11 @@ class Mamba(LanguageModel):
         super().__init__(c, blocks)
 
     def activation_bytes(self, batch, tokens, dtype):
-        """The chunked scan keeps ~8 fp32 (B, chunk, d_inner, N) tensors alive per layer call."""
+        """The PyTorch chunked scan keeps ~8 fp32 (B, chunk, d_inner, N) tensors alive per layer call;
+        a kernel backend (its scan swapped by `use_backend`) keeps its states in registers."""
         c = self.config
-        scan = 8 * batch * min(tokens, 256) * c.expand * c.d_model * c.d_state * 4
+        torch_scan = self.layers[0].mixer.scan is selective_scan
+        scan = 8 * batch * min(tokens, 256) * c.expand * c.d_model * c.d_state * 4 if torch_scan else 0
         return super().activation_bytes(batch, tokens, dtype) + scan
 
 

@@ -49,7 +49,7 @@ def measure_cell(cell: Cell) -> dict:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(cell.seq_len * 1_000_003 + cell.batch)
     dtype = getattr(torch, cell.dtype)
-    model = registry.build(cell.arch, cell.size, device="meta")
+    model = registry.build(cell.arch, cell.size, device="meta", backend=cell.backend)  # the backend sets its workspace
     figures = {"params": model.params(), "state_bytes": model.state_bytes(cell.batch, cell.seq_len, dtype)}
     figures["predicted_mem_bytes"] = scenarios.predicted_bytes(model, cell)
     capacity = memory.device_capacity(device)
