@@ -51,7 +51,10 @@ def list_() -> None:
     archs.add_column("arch")
     archs.add_column("sizes")
     for arch in registry.ARCHITECTURES:
-        sizes = [f"{s} ({registry.param_count(arch, s) / 1e6:,.1f}M)" for s in registry.size_names(arch)]
+        sizes = []
+        for s in registry.size_names(arch):
+            total, active = registry.param_counts(arch, s)
+            sizes.append(f"{s} ({total / 1e6:,.1f}M" + (f", {active / 1e6:,.1f}M active)" if active < total else ")"))
         archs.add_row(arch, ", ".join(sizes))
     console.print(archs)
 

@@ -11,7 +11,10 @@ import copy
 import dataclasses
 import importlib
 import importlib.util
-from types import ModuleType
+import json
+import os
+import re
+from types import ModuleType, SimpleNamespace
 
 from altbench.errors import UserError
 
@@ -27,6 +30,11 @@ ARCHITECTURES: dict[str, str] = {
     "gla": "altbench.models.gla",
     "mamba2": "altbench.models.mamba2",
     "hyena": "altbench.models.hyena",
+    "mixtral": "altbench.models.mixtral",
+    "qwen2-moe": "altbench.models.qwen2_moe",
+    "jamba": "altbench.models.jamba",
+    "zamba2": "altbench.models.zamba2",
+    "striped-hyena": "altbench.models.striped_hyena",
 }
 
 # backend -> (module that must be importable, what it is)
@@ -43,11 +51,51 @@ FORWARD_ONLY: tuple[str, ...] = ()  # backends without backward kernels: a train
 FASTEST = ("triton", "fla", "mamba_ssm", "torch")
 
 
-def family(arch: str) -> ModuleType:
-    """The module of a registered architecture, or of a plugin given as an importable dotted path
-    (e.g. `my_project.models.my_mixer`) that defines MODEL and SIZES the same way."""
+# Hybrids declared by the suite being run ([hybrids.NAME] tables, models/hybrid.py), as JSON
+# {name: [spec, source]} in the environment, so that the worker processes it starts see them too.
+HYBRIDS_ENV = "ALTBENCH_HYBRIDS"
+
+
+def _hybrids() -> dict:
+    return json.loads(os.environ.get(HYBRIDS_ENV, "{}"))
+
+
+def declare_hybrids(tables: dict, source: str = "") -> None:
+    """Make exactly these hybrids known (name -> declaration: pattern, letter = mixer, mlp), each checked
+    now: a mistake is one line naming `source`, the table and the key."""
+    from altbench.models import hybrid
+
+    for name, spec in tables.items():
+        where = f"{source} [hybrids.{name}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name):
+            raise UserError(f"{where}: a hybrid's name is letters, digits, '-' and '_' (it names cells and files)")
+        if name in ARCHITECTURES:
+            raise UserError(f"{where}: '{name}' is a registered architecture; rename the hybrid")
+        if not isinstance(spec, dict):
+            raise UserError(f"{where} must be a table (pattern = \"MMAM\", M = \"mamba2\", ...)")
+        hybrid.sizes(name, spec, source)
+    if tables:
+        os.environ[HYBRIDS_ENV] = json.dumps({name: [spec, source] for name, spec in tables.items()})
+    else:
+        os.environ.pop(HYBRIDS_ENV, None)
+
+
+def known() -> list[str]:
+    """Registered architectures and declared hybrids."""
+    return [*ARCHITECTURES, *_hybrids()]
+
+
+def family(arch: str) -> ModuleType | SimpleNamespace:
+    """The module of a registered architecture, a declared hybrid (MODEL and SIZES), or a plugin given
+    as an importable dotted path (e.g. `my_project.models.my_mixer`) that defines MODEL and SIZES."""
     if arch in ARCHITECTURES:
         return importlib.import_module(ARCHITECTURES[arch])
+    hybrids = _hybrids()
+    if arch in hybrids:
+        from altbench.models import hybrid
+
+        spec, source = hybrids[arch]
+        return SimpleNamespace(MODEL=hybrid.Hybrid, SIZES=hybrid.sizes(arch, spec, source))
     if "." in arch:
         try:
             module = importlib.import_module(arch)
@@ -56,7 +104,7 @@ def family(arch: str) -> ModuleType:
         if not (hasattr(module, "MODEL") and hasattr(module, "SIZES")):
             raise UserError(f"architecture plugin '{arch}' must define MODEL and SIZES (see altbench/models/mamba.py)")
         return module
-    raise UserError(f"unknown architecture '{arch}'; known: {', '.join(ARCHITECTURES)} (or a plugin module path)")
+    raise UserError(f"unknown architecture '{arch}'; known: {', '.join(known())} (or a plugin module path)")
 
 
 def size_names(arch: str) -> list[str]:
@@ -99,8 +147,14 @@ def use_backend(model, arch: str, backend: str) -> None:
 
 
 def param_count(arch: str, size: str) -> int:
-    """Analytic parameter count, from a model built on the meta device (no memory, no init)."""
+    """Parameter count, from a model built on the meta device (no memory, no init)."""
     return build(arch, size, device="meta").params()
+
+
+def param_counts(arch: str, size: str) -> tuple[int, int]:
+    """(total, active) parameters, from one model built on the meta device; they differ for MoE."""
+    model = build(arch, size, device="meta")
+    return model.params(), model.active_params()
 
 
 def backend_installed(name: str) -> bool:

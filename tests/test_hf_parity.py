@@ -22,6 +22,10 @@ PARITY = {
     "griffin": dict(n_layers=4),
     "xlstm": dict(chunk_size=8),  # T=33: HF's chunkwise kernel on 32 tokens, its recurrent one on the last
     "mamba2": {},
+    "mixtral": {},
+    "qwen2-moe": {},  # 8 fine-grained experts, top-4 not renormalised, a gated shared expert, q/k/v biases
+    "jamba": {},  # 8 layers: Mamba with inner norms, attention without RoPE at layer 4, MoE at odd layers
+    "zamba2": {},  # "MMHMMH" with two shared blocks used in turn, per-use adapters
 }
 
 

@@ -127,11 +127,11 @@ def test_sizes_have_the_stated_parameter_counts():
 
 def test_prefill_flops_follow_the_fft_formula():
     model = tiny()
-    block = model.layers[0]
+    mixer = model.layers[0].mixer
     # L = 1024: n = 2048, per long convolution and channel 7.5 n log2 n + 6 (n/2 + 1) FLOPs
     fft = 2 * 64 * (7.5 * 2048 * 11 + 6 * 1025)
-    per_token = block._dense_flops() + block.mixer.filter.flops_per_position()
-    assert block.prefill_flops(1024) == 1024 * per_token + int(fft)
+    per_token = mixer._dense_flops()  # projections, short conv, gates and the filter at one position
+    assert mixer.prefill_flops(1024) == 1024 * per_token + int(fft)
     # a prefill grows as L log L, a decode step linearly in the context
     assert model.prefill_flops(2048) / model.prefill_flops(1024) < 2.2
     assert model.flops_per_token(65536) > 30 * model.flops_per_token(1024)

@@ -7,10 +7,12 @@ owns its slice of the recurrent state (an SSM state, a conv window, a KV cache, 
     step(x, state)    -> (x, state)   one token, x: (B, d_model); O(1) in context for recurrences
     init_state(batch, device, dtype, capacity) -> state
     state_bytes(batch, context, dtype) -> int    analytic size of that state
-    params() -> int                              analytic parameter count
     flops_per_token(context) -> int              forward FLOPs of one token at position `context`
 
-so that the model can expose the same methods. `state=None` means the zero / empty state.
+so that the model can expose the same methods. Parameters are counted from the modules, not
+derived: `params()` (free on the meta device) and `active_params()`, the parameters one token
+uses, which differ where a module runs only part of itself per token (a Mixture-of-Experts MLP
+reports what it skips through `inactive_params()`). `state=None` means the zero / empty state.
 Passing the state returned by `forward` into the next call continues the sequence: a long
 prefill can run in segments with memory that does not grow with its length (recurrent models).
 """
@@ -94,10 +96,13 @@ class LanguageModel(nn.Module):
         return sum(layer.state_bytes(batch, context, dtype) for layer in self.layers)
 
     def params(self) -> int:
-        """Analytic parameter count (embedding counted once when tied)."""
-        c = self.config
-        head = 0 if c.tie_embeddings else c.vocab_size * c.d_model
-        return c.vocab_size * c.d_model + head + c.d_model + sum(layer.params() for layer in self.layers)
+        """Parameters held by the modules (a tied embedding counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def active_params(self) -> int:
+        """Parameters one token uses: all, less what routed modules skip per token (`inactive_params`)."""
+        skipped = sum(m.inactive_params() for m in self.modules() if hasattr(m, "inactive_params"))
+        return self.params() - skipped
 
     def flops_per_token(self, context: int) -> int:
         """Forward FLOPs for one token at position `context` (LM head included, embedding lookup not)."""

@@ -1,4 +1,5 @@
-"""Pieces shared by several architectures: the SwiGLU MLP, pre-norm residual blocks and rotary position embedding."""
+"""Pieces shared by the architectures: MLPs, norms, rotary position embedding and the causal
+depthwise convolution with its window state. Each exists once; mixers and blocks compose them."""
 
 from __future__ import annotations
 
@@ -22,69 +23,90 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
-    def params(self) -> int:
-        return 3 * self.d_model * self.d_hidden
+    def flops_per_token(self) -> int:
+        return 3 * linear_flops(self.d_model, self.d_hidden)
+
+
+class GeGLU(nn.Module):
+    """Gated GeLU MLP with biases (Shazeer 2020; Griffin's MLP block, sec. 2.2): down( gelu(gate x) * up x ),
+    GeLU in its tanh approximation."""
+
+    def __init__(self, d_model: int, d_hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_hidden)
+        self.up_proj = nn.Linear(d_model, d_hidden)
+        self.down_proj = nn.Linear(d_hidden, d_model)
+        self.d_model, self.d_hidden = d_model, d_hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
     def flops_per_token(self) -> int:
         return 3 * linear_flops(self.d_model, self.d_hidden)
 
 
-class PreNormMixerBlock(nn.Module):
-    """x + mixer(RMSNorm(x)): the whole block of Mamba and Mamba-2 (no separate MLP). Subclasses
-    give the mixer and the analytic state / parameter / FLOP counts."""
+class GeluMLP(nn.Module):
+    """Two-matrix MLP of GPT-2 and RetNet (eq. 9): fc2( gelu(fc1 x) ), GeLU exact or in its tanh form."""
 
-    def __init__(self, c, mixer: nn.Module):
+    def __init__(self, d_model: int, d_hidden: int, bias: bool, approximate: str = "none"):
         super().__init__()
-        self.c = c
-        self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
-        self.mixer = mixer
+        self.fc1 = nn.Linear(d_model, d_hidden, bias=bias)
+        self.fc2 = nn.Linear(d_hidden, d_model, bias=bias)
+        self.d_model, self.d_hidden, self.approximate = d_model, d_hidden, approximate
 
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm or residual): the `kernel` measurement."""
-        return self.mixer(x, state)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
-    def forward(self, x, state):
-        y, state = self.mixer(self.norm(x), state)
-        return x + y, state
-
-    def step(self, x, state):
-        y, state = self.mixer.step(self.norm(x), state)
-        return x + y, state
+    def flops_per_token(self) -> int:
+        return 2 * linear_flops(self.d_model, self.d_hidden)
 
 
-class PreNormResidualBlock(nn.Module):
-    """A sequence mixer, then an MLP, each on a normalised input and added back (GPT-2, Llama):
+class GemmaRMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019) with its scale stored as an offset from one: x / rms(x) * (1 + w),
+    computed in fp32 as Gemma and RecurrentGemma do."""
 
-        h = x + mixer(mixer_norm(x))
-        y = h + mlp(mlp_norm(h))
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
 
-    The block of the Transformer, Griffin, GLA, RetNet, xLSTM and Hyena. The mixer maps
-    (x (B, T, d_model), state) -> (y, state) in `forward` and (x (B, d_model), state) -> (y, state)
-    in `step`; both norms are `norm(d_model, norm_eps)`. Subclasses give the mixer and the MLP, and
-    the analytic state / parameter / FLOP counts.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + self.weight.float())).type_as(x)
+
+
+class CausalConv1d(nn.Conv1d):
+    """Depthwise causal convolution over time, y_t = b + sum_k w_k * x_{t-K+1+k}, carrying the last
+    K-1 inputs as its state (the window) so that a sequence can continue across calls.
+
+    x: (B, T, C); window: (B, K-1, C), zeros at a sequence start. Parameters are nn.Conv1d's
+    (weight (C, 1, K), bias (C,)), so checkpoints and seeded initialisation are those of a Conv1d.
     """
 
-    def __init__(self, c, mixer: nn.Module, mlp: nn.Module, norm: type[nn.Module] = nn.RMSNorm):
-        super().__init__()
-        self.c = c
-        self.mixer_norm = norm(c.d_model, c.norm_eps)
-        self.mixer = mixer
-        self.mlp_norm = norm(c.d_model, c.norm_eps)
-        self.mlp = mlp
+    def __init__(self, channels: int, width: int, bias: bool = True):
+        super().__init__(channels, channels, width, groups=channels, bias=bias)
 
-    def mix(self, x, state):
-        """The sequence mixer alone (no norm, residual or MLP): the `kernel` measurement."""
-        return self.mixer(x, state)
+    def init_state(self, batch: int, device=None, dtype=None) -> torch.Tensor:
+        return torch.zeros(batch, self.kernel_size[0] - 1, self.in_channels, device=device, dtype=dtype)
 
-    def forward(self, x, state):
-        y, state = self.mixer(self.mixer_norm(x), state)
-        h = x + y
-        return h + self.mlp(self.mlp_norm(h)), state
+    def forward(self, x: torch.Tensor, window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, C) -> y (B, T, C), the window after x (B, K-1, C)."""
+        T = x.shape[1]
+        if window is None:
+            window = x.new_zeros(x.shape[0], self.kernel_size[0] - 1, x.shape[2])
+        xw = torch.cat([window, x], dim=1)  # (B, K-1+T, C)
+        y = F.conv1d(xw.transpose(1, 2), self.weight, self.bias, groups=self.groups)  # (B, C, T)
+        return y.transpose(1, 2), xw[:, T:].clone()
 
-    def step(self, x, state):
-        y, state = self.mixer.step(self.mixer_norm(x), state)
-        h = x + y
-        return h + self.mlp(self.mlp_norm(h)), state
+    def step(self, x: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token: x: (B, C) -> y (B, C), the window after x."""
+        xw = torch.cat([window, x[:, None]], dim=1)  # (B, K, C)
+        y = torch.einsum("bkc,ck->bc", xw, self.weight[:, 0])
+        return (y + self.bias if self.bias is not None else y), xw[:, 1:]
+
+    def flops_per_token(self) -> int:
+        return 2 * self.in_channels * self.kernel_size[0]
 
 
 class RotaryEmbedding(nn.Module):

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import PreNormResidualBlock, SwiGLU
+from altbench.models.blocks import SwiGLU
+from altbench.models.compose import pattern_blocks
 
 
 @dataclass
@@ -194,44 +195,28 @@ class GatedLinearAttention(nn.Module):
         o, S = gla_step(q, k, v, self.log_alpha(x), state)
         return self._output(x, o), S
 
-
-class GLABlock(PreNormResidualBlock):
-    def __init__(self, c: GLAConfig):
-        super().__init__(c, GatedLinearAttention(c), SwiGLU(c.d_model, c.d_hidden))
-
     def init_state(self, batch, device, dtype, capacity=0):
-        a = self.mixer
-        return torch.zeros(batch, a.n_heads, a.key_dim, a.value_dim, device=device, dtype=torch.float32)
+        return torch.zeros(batch, self.n_heads, self.key_dim, self.value_dim, device=device, dtype=torch.float32)
 
     def state_bytes(self, batch, context, dtype):
-        a = self.mixer
-        return batch * a.n_heads * a.key_dim * a.value_dim * 4  # fp32 whatever the model's dtype
-
-    def params(self):
-        c, a = self.c, self.mixer
-        dk, dv = a.n_heads * a.key_dim, a.n_heads * a.value_dim
-        return (
-            2 * c.d_model  # two RMSNorms
-            + 2 * c.d_model * dk  # q_proj, k_proj
-            + 2 * c.d_model * dv  # v_proj, g_proj
-            + c.d_model * c.gate_rank + c.gate_rank * dk + dk  # low-rank gate and its bias
-            + dv * c.d_model  # o_proj
-            + 2 * dv  # GroupNorm weight and bias
-            + self.mlp.params()
-        )
+        return batch * self.n_heads * self.key_dim * self.value_dim * 4  # fp32 whatever the model's dtype
 
     def flops_per_token(self, context):
-        c, a = self.c, self.mixer
-        dk, dv = a.n_heads * a.key_dim, a.n_heads * a.value_dim
+        c, dk, dv = self.c, self.n_heads * self.key_dim, self.n_heads * self.value_dim
         proj = linear_flops(c.d_model, 2 * dk + 2 * dv + c.gate_rank) + linear_flops(c.gate_rank, dk)
         proj += linear_flops(dv, c.d_model)
-        recurrence = 5 * a.n_heads * a.key_dim * a.value_dim  # decay S, add k^T v (2), read q S (2)
-        return proj + recurrence + self.mlp.flops_per_token()
+        return proj + 5 * self.n_heads * self.key_dim * self.value_dim  # decay S, add k^T v (2), read q S (2)
 
 
 class GLA(LanguageModel):
-    def __init__(self, config: GLAConfig):
-        super().__init__(config, [GLABlock(config) for _ in range(config.n_layers)])
+    def __init__(self, c: GLAConfig):
+        blocks = pattern_blocks(
+            "G" * c.n_layers,
+            mixers={"G": lambda i: GatedLinearAttention(c)},
+            mlp=lambda i: SwiGLU(c.d_model, c.d_hidden),
+            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
 
 
 LLAMA_VOCAB = 32000  # Llama tokenizer, fla's GLA default; tied, it gives the paper's 340M and 1.3B totals

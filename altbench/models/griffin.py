@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
-from altbench.models.blocks import PreNormResidualBlock, RotaryEmbedding, apply_rotary
+from altbench.models.blocks import CausalConv1d, GeGLU, GemmaRMSNorm, RotaryEmbedding, apply_rotary
+from altbench.models.compose import pattern_blocks
 from altbench.models.mamba import linear_scan
 
 C = 8.0  # the constant c of a_t = a^(c r_t) (sec. 2.4)
@@ -220,41 +221,6 @@ def local_attention(q, k, v, window):
 # --- blocks ---------------------------------------------------------------------------------------
 
 
-class GemmaRMSNorm(nn.Module):
-    """RMSNorm (Zhang & Sennrich 2019) with its scale stored as an offset from one: x / rms(x) * (1 + w),
-    computed in fp32 as Gemma and RecurrentGemma do."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.float()
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * (1.0 + self.weight.float())).type_as(x)
-
-
-class GatedMLP(nn.Module):
-    """The MLP block (sec. 2.2, fig. 2b): down( gelu(gate x) * up x ), with biases."""
-
-    def __init__(self, d_model: int, d_hidden: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(d_model, d_hidden)
-        self.up_proj = nn.Linear(d_model, d_hidden)
-        self.down_proj = nn.Linear(d_hidden, d_model)
-        self.d_model, self.d_hidden = d_model, d_hidden
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
-
-    def params(self) -> int:
-        return 3 * self.d_model * self.d_hidden + 2 * self.d_hidden + self.d_model
-
-    def flops_per_token(self) -> int:
-        return 3 * linear_flops(self.d_model, self.d_hidden)
-
-
 class RGLRU(nn.Module):
     """The RG-LRU's parameters: block-diagonal gate weights and Lambda, stored as -Lambda so that
     log a = log sigma(Lambda) = -softplus(recurrent_param), as in the official code."""
@@ -284,9 +250,6 @@ class RGLRU(nn.Module):
     def log_a(self) -> torch.Tensor:
         return -F.softplus(self.recurrent_param.float())  # (W,)
 
-    def params(self) -> int:
-        return self.blocks * self.block_width * (2 * self.block_width + 3)
-
 
 class RecurrentBlock(nn.Module):
     """The recurrent block (fig. 2c): linear_out( RG-LRU(conv(linear_x u)) * gelu(linear_y u) )."""
@@ -298,44 +261,35 @@ class RecurrentBlock(nn.Module):
         self.linear_y = nn.Linear(c.d_model, w)
         self.linear_x = nn.Linear(c.d_model, w)
         self.linear_out = nn.Linear(w, c.d_model)
-        self.conv_1d = nn.Conv1d(w, w, c.conv_width, groups=w)
+        self.conv_1d = CausalConv1d(w, c.conv_width)
         self.rg_lru = RGLRU(w, c.lru_blocks)
 
     def forward(self, u, state, scan=rglru_scan):
         """u: (B, T, d_model); state: (conv window (B, K-1, W), h (B, W) fp32, tokens seen) or None."""
-        B, T, _ = u.shape
         gate = F.gelu(self.linear_y(u), approximate="tanh")  # (B, T, W)
-        x = self.linear_x(u)  # (B, T, W)
-        window = state[0] if state is not None else x.new_zeros(B, self.c.conv_width - 1, self.width)
-        xw = torch.cat([window, x], dim=1)  # (B, K-1+T, W)
-        x = F.conv1d(xw.transpose(1, 2), self.conv_1d.weight, self.conv_1d.bias, groups=self.width).transpose(1, 2)
+        x, window = self.conv_1d(self.linear_x(u), state[0] if state is not None else None)  # (B, T, W)
         seen = state[2] if state is not None else 0
         y, h = scan(x, *self.rg_lru.gates(x), self.rg_lru.log_a(), state[1] if seen else None)  # (B, T, W)
-        return self.linear_out(y * gate), (xw[:, T:].clone(), h, seen + T)
+        return self.linear_out(y * gate), (window, h, seen + u.shape[1])
 
     def step(self, u, state):
         """u: (B, d_model) -> (B, d_model)."""
         gate = F.gelu(self.linear_y(u), approximate="tanh")  # (B, W)
-        xw = torch.cat([state[0], self.linear_x(u)[:, None]], dim=1)  # (B, K, W)
-        x = torch.einsum("bkw,wk->bw", xw, self.conv_1d.weight[:, 0]) + self.conv_1d.bias
+        x, window = self.conv_1d.step(self.linear_x(u), state[0])  # (B, W)
         y, h = rglru_step(x, *self.rg_lru.gates(x), self.rg_lru.log_a(), state[1] if state[2] else None)
-        return self.linear_out(y * gate), (xw[:, 1:], h, state[2] + 1)
+        return self.linear_out(y * gate), (window, h, state[2] + 1)
 
-    def init_state(self, batch, device, dtype):
-        conv = torch.zeros(batch, self.c.conv_width - 1, self.width, device=device, dtype=dtype)
-        return conv, torch.zeros(batch, self.width, device=device, dtype=torch.float32), 0
+    def init_state(self, batch, device, dtype, capacity=0):
+        h = torch.zeros(batch, self.width, device=device, dtype=torch.float32)
+        return self.conv_1d.init_state(batch, device, dtype), h, 0
 
     def state_bytes(self, batch, context, dtype):
         return batch * self.width * ((self.c.conv_width - 1) * torch.finfo(dtype).bits // 8 + 4)
 
-    def params(self):
-        d, w = self.c.d_model, self.width
-        return 2 * (d * w + w) + w * d + d + w * (self.c.conv_width + 1) + self.rg_lru.params()
-
     def flops_per_token(self, context):
         d, w, bw = self.c.d_model, self.width, self.rg_lru.block_width
         proj = 2 * linear_flops(d, w) + linear_flops(w, d) + 2 * linear_flops(bw, w)  # x, y, out; two gates
-        return proj + 2 * w * self.c.conv_width + 10 * w  # conv; gates, a_t, sqrt, eq. 4, gelu branch
+        return proj + self.conv_1d.flops_per_token() + 10 * w  # gates, a_t, sqrt, eq. 4, gelu branch
 
 
 class LocalAttention(nn.Module):
@@ -375,7 +329,7 @@ class LocalAttention(nn.Module):
         y, state = self(u[:, None], state)
         return y[:, 0], state
 
-    def init_state(self, batch, device, dtype):
+    def init_state(self, batch, device, dtype, capacity=0):
         empty = torch.zeros(batch, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
         return empty, empty.clone(), 0
 
@@ -383,34 +337,10 @@ class LocalAttention(nn.Module):
         cached = min(context, self.window - 1)
         return 2 * batch * cached * self.n_kv_heads * self.head_dim * torch.finfo(dtype).bits // 8
 
-    def params(self):
-        d, hd = self.c.d_model, self.head_dim
-        return d * hd * (2 * self.n_heads + 2 * self.n_kv_heads) + d
-
     def flops_per_token(self, context):
         d, hd = self.c.d_model, self.head_dim
         proj = linear_flops(d, hd * (2 * self.n_heads + 2 * self.n_kv_heads))
         return proj + 2 * 2 * self.n_heads * hd * min(context + 1, self.window)  # q.k, then p.v
-
-
-class ResidualBlock(PreNormResidualBlock):
-    """The residual block (sec. 2.1, fig. 2a): x + Temporal(norm x), then + MLP(norm .)."""
-
-    def __init__(self, c: GriffinConfig, kind: str):
-        temporal = RecurrentBlock(c) if kind == "recurrent" else LocalAttention(c)
-        super().__init__(c, temporal, GatedMLP(c.d_model, c.d_hidden), norm=GemmaRMSNorm)
-
-    def init_state(self, batch, device, dtype, capacity=0):
-        return self.mixer.init_state(batch, device, dtype)
-
-    def state_bytes(self, batch, context, dtype):
-        return self.mixer.state_bytes(batch, context, dtype)
-
-    def params(self):
-        return 2 * self.c.d_model + self.mixer.params() + self.mlp.params()
-
-    def flops_per_token(self, context):
-        return self.mixer.flops_per_token(context) + self.mlp.flops_per_token()
 
 
 class Griffin(LanguageModel):
@@ -418,7 +348,15 @@ class Griffin(LanguageModel):
     norms, and RecurrentGemma's optional embedding scale and logit soft-cap."""
 
     def __init__(self, config: GriffinConfig):
-        super().__init__(config, [ResidualBlock(config, kind) for kind in config.layer_types()])
+        c = config
+        pattern = "".join("A" if kind == "attention" else "R" for kind in c.layer_types())
+        blocks = pattern_blocks(
+            pattern,
+            mixers={"R": lambda i: RecurrentBlock(c), "A": lambda i: LocalAttention(c)},
+            mlp=lambda i: GeGLU(c.d_model, c.d_hidden),
+            norm=lambda: GemmaRMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
         self.norm = GemmaRMSNorm(config.d_model, config.norm_eps)
         # sqrt(d) rounded to bfloat16, the factor the released checkpoints were trained with (and transformers uses)
         root = torch.tensor(config.d_model**0.5, dtype=torch.bfloat16, device="cpu")

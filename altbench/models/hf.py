@@ -22,6 +22,7 @@ import torch
 
 from altbench import registry
 from altbench.errors import UserError
+from altbench.models.moe import stack_experts
 
 
 def rename(state_dict: dict[str, torch.Tensor], renames: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -74,7 +75,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def from_hf(arch: str, hf_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return rename(hf_state_dict, registry.family(arch).HF_RENAMES)
+    """Names mapped, and per-expert MoE tensors of a published checkpoint stacked (models/moe.py)."""
+    return stack_experts(rename(hf_state_dict, registry.family(arch).HF_RENAMES))
 
 
 def load_pretrained(arch: str, path: str | Path, size: str | None = None):
@@ -112,7 +114,9 @@ def check_checkpoint(arch: str, path: str | Path, size: str) -> None:
     for f in files:
         with safe_open(str(f), framework="pt") as handle:
             shapes.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})
-    check_shapes(registry.build(arch, size, device="meta"), rename(shapes, fam.HF_RENAMES), str(path))
+    meta = {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    mapped = {name: tuple(t.shape) for name, t in from_hf(arch, meta).items()}
+    check_shapes(registry.build(arch, size, device="meta"), mapped, str(path))
 
 
 def hf_archs() -> list[str]:

@@ -57,7 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
-from altbench.models.blocks import PreNormResidualBlock
+from altbench.models.blocks import CausalConv1d, GeluMLP
+from altbench.models.compose import pattern_blocks
 
 
 @dataclass
@@ -180,10 +181,6 @@ class HyenaFilter(nn.Module):
             window = torch.exp(-alpha * (t[:, None] / c.l_max).float())  # (L, D)
         return a * window[:, None, :]
 
-    def params(self) -> int:
-        c, f = self.c, self.c.filter_order
-        return (c.filter_emb + 1) * f + 2 * (f + 1) * f + f * c.order * c.d_model + f + c.order * c.d_model
-
     def flops_per_position(self) -> int:
         c, f = self.c, self.c.filter_order
         return linear_flops(c.filter_emb, f) + 2 * linear_flops(f, f) + linear_flops(f, c.order * c.d_model)
@@ -285,7 +282,7 @@ class HyenaOperator(nn.Module):
         self.c = c
         width = (c.order + 1) * c.d_model
         self.in_proj = nn.Linear(c.d_model, width)
-        self.short_conv = nn.Conv1d(width, width, c.short_conv, groups=width)
+        self.short_conv = CausalConv1d(width, c.short_conv)
         self.filter = HyenaFilter(c)
         self.out_proj = nn.Linear(c.d_model, c.d_model)
 
@@ -298,12 +295,9 @@ class HyenaOperator(nn.Module):
 
     def forward(self, u: torch.Tensor, cache: HyenaCache | None) -> tuple[torch.Tensor, HyenaCache]:
         """u: (B, T, d_model); cache: the state after the tokens before u, or None."""
-        B, T, _ = u.shape
-        p = self.in_proj(u)  # (B, T, (N+1) D)
-        window = cache.window if cache is not None else p.new_zeros(B, self.c.short_conv - 1, p.shape[-1])
-        pw = torch.cat([window, p], dim=1)  # (B, K-1+T, (N+1) D)
-        q = F.conv1d(pw.transpose(1, 2), self.short_conv.weight, self.short_conv.bias, groups=p.shape[-1])
-        v, x = self._split(q.transpose(1, 2))  # (B, T, D), (B, T, N, D)
+        T = u.shape[1]
+        q, window = self.short_conv(self.in_proj(u), cache.window if cache is not None else None)  # (B, T, (N+1) D)
+        v, x = self._split(q)  # (B, T, D), (B, T, N, D)
         S = cache.length if cache is not None else 0
         taps = self.filter(S, T)  # (T, N, D) h at the new positions
         if S:
@@ -311,41 +305,21 @@ class HyenaOperator(nn.Module):
         else:
             y, z = self.op(v, x, taps, self.filter.bias)  # (B, T, D), (B, T, N, D)
         if cache is None:
-            cache = HyenaCache(pw[:, T:].clone(), z, taps.detach().flip(0).to(z.dtype), T)
+            cache = HyenaCache(window, z, taps.detach().flip(0).to(z.dtype), T)
         else:
-            cache.window = pw[:, T:].clone()
+            cache.window = window
             cache.append(z[:, S:], taps.detach())
         return self.out_proj(y), cache
 
     def step(self, u: torch.Tensor, cache: HyenaCache) -> tuple[torch.Tensor, HyenaCache]:
         """u: (B, d_model) -> (B, d_model), one token at position cache.length."""
-        p = self.in_proj(u)  # (B, (N+1) D)
-        pw = torch.cat([cache.window, p[:, None]], dim=1)  # (B, K, (N+1) D)
-        v, x = self._split(torch.einsum("bkw,wk->bw", pw, self.short_conv.weight[:, 0]) + self.short_conv.bias)
+        q, window = self.short_conv.step(self.in_proj(u), cache.window)  # (B, (N+1) D)
+        v, x = self._split(q)
         taps, history = cache.open_slot(self.filter(cache.length, 1)[0].detach())
         y, z = hyena_step(v, x, taps, self.filter.bias, history)
         cache.fill_slot(z)
-        cache.window.copy_(pw[:, 1:])
+        cache.window.copy_(window)
         return self.out_proj(y), cache
-
-
-class HyenaMLP(nn.Module):
-    """GPT-style MLP: fc2(gelu(fc1 x)), with biases."""
-
-    def __init__(self, d_model: int, d_hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(d_model, d_hidden)
-        self.fc2 = nn.Linear(d_hidden, d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
-class HyenaBlock(PreNormResidualBlock):
-    def __init__(self, c: HyenaConfig):
-        d_hidden = c.d_hidden or 2 * c.d_model
-        super().__init__(c, HyenaOperator(c), HyenaMLP(c.d_model, d_hidden))
-        self.d_hidden = d_hidden
 
     def init_state(self, batch, device, dtype, capacity=0):
         return HyenaCache.empty(batch, self.c, capacity, device, dtype)
@@ -358,44 +332,40 @@ class HyenaBlock(PreNormResidualBlock):
         window = batch * (c.short_conv - 1) * (c.order + 1) * c.d_model * elt
         return window + (batch + 1) * context * c.order * c.d_model * elt
 
-    def params(self):
-        c, width, hidden = self.c, (self.c.order + 1) * self.c.d_model, self.d_hidden
-        return (
-            2 * c.d_model  # two RMSNorms
-            + (c.d_model + 1) * width  # in_proj with bias
-            + (c.short_conv + 1) * width  # short conv weight and bias
-            + self.mixer.filter.params()
-            + (c.d_model + 1) * c.d_model  # out_proj with bias
-            + (c.d_model + 1) * hidden + (hidden + 1) * c.d_model  # MLP fc1, fc2 with biases
-        )
-
     def _dense_flops(self):
-        """Per-token FLOPs that do not depend on the position: projections, short conv, gates, MLP."""
+        """Per-token FLOPs that do not depend on the position: projections, short conv, gates, filter."""
         c, width = self.c, (self.c.order + 1) * self.c.d_model
         proj = linear_flops(c.d_model, width) + linear_flops(c.d_model, c.d_model)
-        mlp = 2 * linear_flops(c.d_model, self.d_hidden)
-        return proj + 2 * width * c.short_conv + 4 * c.order * c.d_model + mlp
+        return proj + self.short_conv.flops_per_token() + 4 * c.order * c.d_model + self.filter.flops_per_position()
 
     def flops_per_token(self, context):
         """A decode step at position `context`: causal sums over context + 1 inputs, the filter at one position."""
-        sums = 2 * self.c.order * self.c.d_model * (context + 1)
-        return self._dense_flops() + sums + self.mixer.filter.flops_per_position()
+        return self._dense_flops() + 2 * self.c.order * self.c.d_model * (context + 1)
 
     def prefill_flops(self, length):
         """A one-segment forward over `length` tokens: FFT convolutions (module docstring)."""
         c, n = self.c, fft_size(2 * length - 1)
         fft = c.order * c.d_model * (7.5 * n * math.log2(n) + 6 * (n // 2 + 1))
-        return length * (self._dense_flops() + self.mixer.filter.flops_per_position()) + int(fft)
+        return length * self._dense_flops() + int(fft)
 
 
 class Hyena(LanguageModel):
-    def __init__(self, config: HyenaConfig):
-        super().__init__(config, [HyenaBlock(config) for _ in range(config.n_layers)])
+    """Hyena operator + GPT-style MLP (fc2(gelu(fc1 x)), with biases) per layer."""
+
+    def __init__(self, c: HyenaConfig):
+        blocks = pattern_blocks(
+            "H" * c.n_layers,
+            mixers={"H": lambda i: HyenaOperator(c)},
+            mlp=lambda i: GeluMLP(c.d_model, c.d_hidden or 2 * c.d_model, bias=True, approximate="tanh"),
+            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
 
     def prefill_flops(self, length):
         """FFT convolutions cost O(L log L), not a per-token cost at the mean position (base class)."""
         head = length * linear_flops(self.config.d_model, self.config.vocab_size)
-        return head + sum(layer.prefill_flops(length) for layer in self.layers)
+        per_layer = (layer.mixer.prefill_flops(length) + length * layer.mlp.flops_per_token() for layer in self.layers)
+        return head + sum(per_layer)
 
     def activation_bytes(self, batch, tokens, dtype):
         """Added to the generic bound: one long convolution's FFT buffers, fp32 and complex64 of n ~ 2

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import PreNormMixerBlock
+from altbench.models.blocks import CausalConv1d
+from altbench.models.compose import pattern_blocks
 
 
 @dataclass
@@ -34,6 +35,7 @@ class MambaConfig(LMConfig):
     dt_min: float = 0.001  # Delta initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
     selective: bool = True  # False: Delta, B, C are learned constants, not functions of x (an LTI SSM)
+    inner_norms: bool = False  # RMSNorm dt, B and C after x_proj (Jamba, for stability at scale)
 
     def __post_init__(self):
         if self.dt_rank == 0:
@@ -115,7 +117,7 @@ class MambaMixer(nn.Module):
         di, n = c.expand * c.d_model, c.d_state
         self.d_inner = di
         self.in_proj = nn.Linear(c.d_model, 2 * di, bias=False)
-        self.conv1d = nn.Conv1d(di, di, c.d_conv, groups=di, bias=True)
+        self.conv1d = CausalConv1d(di, c.d_conv)
         if c.selective:
             self.x_proj = nn.Linear(di, c.dt_rank + 2 * n, bias=False)
             self.dt_proj = nn.Linear(c.dt_rank, di, bias=True)
@@ -129,6 +131,10 @@ class MambaMixer(nn.Module):
         with torch.no_grad():  # Delta = softplus(bias) log-uniform in [dt_min, dt_max] (paper, sec. 3.6)
             dt = torch.exp(torch.rand(di) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
             (self.dt_proj.bias if c.selective else self.dt_bias).copy_(dt + torch.log(-torch.expm1(-dt)))
+        if c.inner_norms:
+            self.dt_layernorm = nn.RMSNorm(c.dt_rank, eps=c.norm_eps)
+            self.b_layernorm = nn.RMSNorm(n, eps=c.norm_eps)
+            self.c_layernorm = nn.RMSNorm(n, eps=c.norm_eps)
 
     def _ssm_inputs(self, x):
         """x: (..., Di) after the conv -> delta (..., Di), B (..., N), C (..., N)."""
@@ -136,69 +142,58 @@ class MambaMixer(nn.Module):
             lead = x.shape[:-1]
             return F.softplus(self.dt_bias).expand(*lead, -1), self.B.expand(*lead, -1), self.C.expand(*lead, -1)
         dt, B, C = self.x_proj(x).split([self.c.dt_rank, self.c.d_state, self.c.d_state], dim=-1)
+        if self.c.inner_norms:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
         return F.softplus(self.dt_proj(dt)), B, C
 
     scan = staticmethod(selective_scan)  # the scan op; `use_backend` swaps in a kernel with the same contract
 
     def forward(self, hidden, state):
         """hidden: (B, T, d_model); state: (conv window (B, K-1, Di), h (B, Di, N)) or None."""
-        Bsz, T, _ = hidden.shape
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, T, Di) each
-        window = state[0] if state is not None else x.new_zeros(Bsz, self.c.d_conv - 1, self.d_inner)
-        xw = torch.cat([window, x], dim=1)  # (B, K-1+T, Di)
-        x = F.conv1d(xw.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
-        x = F.silu(x.transpose(1, 2))  # (B, T, Di)
+        x, window = self.conv1d(x, state[0] if state is not None else None)
+        x = F.silu(x)  # (B, T, Di)
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())  # (Di, N)
         y, h = self.scan(x, delta, A, B, C, self.D.float(), state[1] if state is not None else None)
-        return self.out_proj(y * F.silu(z)), (xw[:, T:], h)
+        return self.out_proj(y * F.silu(z)), (window, h)
 
     def step(self, hidden, state):
         """hidden: (B, d_model) -> (B, d_model)."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, Di)
-        xw = torch.cat([state[0], x[:, None]], dim=1)  # (B, K, Di)
-        x = F.silu(torch.einsum("bkd,dk->bd", xw, self.conv1d.weight[:, 0]) + self.conv1d.bias)
+        x, window = self.conv1d.step(x, state[0])
+        x = F.silu(x)  # (B, Di)
         delta, B, C = self._ssm_inputs(x)
         y, h = selective_scan_step(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), state[1])
-        return self.out_proj(y * F.silu(z)), (xw[:, 1:], h)
-
-
-class MambaBlock(PreNormMixerBlock):
-    def __init__(self, c: MambaConfig):
-        super().__init__(c, MambaMixer(c))
+        return self.out_proj(y * F.silu(z)), (window, h)
 
     def init_state(self, batch, device, dtype, capacity=0):
-        c, di = self.c, self.mixer.d_inner
-        conv = torch.zeros(batch, c.d_conv - 1, di, device=device, dtype=dtype)
-        return conv, torch.zeros(batch, di, c.d_state, device=device, dtype=torch.float32)
+        h = torch.zeros(batch, self.d_inner, self.c.d_state, device=device, dtype=torch.float32)
+        return self.conv1d.init_state(batch, device, dtype), h
 
     def state_bytes(self, batch, context, dtype):
-        c, di = self.c, self.mixer.d_inner
+        c, di = self.c, self.d_inner
         return batch * di * ((c.d_conv - 1) * torch.finfo(dtype).bits // 8 + c.d_state * 4)
 
-    def params(self):
-        c, di, n = self.c, self.mixer.d_inner, self.c.d_state
-        return (
-            c.d_model  # norm
-            + c.d_model * 2 * di  # in_proj
-            + di * (c.d_conv + 1)  # conv1d weight + bias
-            + (di * (c.dt_rank + 2 * n) + c.dt_rank * di if c.selective else 2 * n)  # x_proj, dt_proj | B, C
-            + di  # dt_proj.bias | dt_bias
-            + di * n + di  # A_log, D
-            + di * c.d_model  # out_proj
-        )
-
     def flops_per_token(self, context):
-        c, di, n = self.c, self.mixer.d_inner, self.c.d_state
+        c, di, n = self.c, self.d_inner, self.c.d_state
         proj = linear_flops(c.d_model, 2 * di) + linear_flops(di, c.d_model)
         if c.selective:
             proj += linear_flops(di, c.dt_rank + 2 * n) + linear_flops(c.dt_rank, di)
-        return proj + 2 * di * c.d_conv + 9 * di * n  # conv; scan: exp, 2 mul + add for h, 2 for y
+        return proj + self.conv1d.flops_per_token() + 9 * di * n  # scan: exp, 2 mul + add for h, 2 for y
 
 
 class Mamba(LanguageModel):
-    def __init__(self, config: MambaConfig):
-        super().__init__(config, [MambaBlock(config) for _ in range(config.n_layers)])
+    """Mamba blocks only: each layer is x + MambaMixer(RMSNorm(x)), no MLP (sec. 3.4)."""
+
+    def __init__(self, c: MambaConfig):
+        blocks = pattern_blocks(
+            "M" * c.n_layers,
+            mixers={"M": lambda i: MambaMixer(c)},
+            mlp=lambda i: None,
+            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
 
     def activation_bytes(self, batch, tokens, dtype):
         """The PyTorch chunked scan keeps ~8 fp32 (B, chunk, d_inner, N) tensors alive per layer call;
@@ -226,6 +221,7 @@ HF_CLASS = "MambaForCausalLM"
 HF_RENAMES = [
     (r"backbone\.embeddings\.(.*)", r"embed.\1"),
     (r"backbone\.norm_f\.(.*)", r"norm.\1"),
+    (r"backbone\.layers\.(\d+)\.norm\.(.*)", r"layers.\1.mixer_norm.\2"),
     (r"backbone\.(.*)", r"\1"),
 ]
 

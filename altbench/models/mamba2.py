@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import PreNormMixerBlock
+from altbench.models.blocks import CausalConv1d
+from altbench.models.compose import pattern_blocks
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Mamba2Config(LMConfig):
     chunk_size: int = 256  # L, chunk length of the SSD algorithm (no effect on the result)
     dt_min: float = 0.001  # dt initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
+    dt_floor: float = 0.0  # dt clamped to at least this after softplus (Zamba2: time_step_min); 0: no clamp
 
     def __post_init__(self):
         d_inner = self.expand * self.d_model
@@ -168,7 +170,7 @@ class Mamba2Mixer(nn.Module):
         self.d_inner = di = c.expand * c.d_model
         self.conv_dim = di + 2 * c.n_groups * c.d_state  # channels of (x, B, C)
         self.in_proj = nn.Linear(c.d_model, di + self.conv_dim + c.n_heads, bias=False)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, c.d_conv, groups=self.conv_dim, bias=True)
+        self.conv1d = CausalConv1d(self.conv_dim, c.d_conv)
         self.dt_bias = nn.Parameter(torch.empty(c.n_heads))
         self.A_log = nn.Parameter(torch.empty(c.n_heads))
         self.D = nn.Parameter(torch.ones(c.n_heads))
@@ -183,7 +185,8 @@ class Mamba2Mixer(nn.Module):
     def _split(self, hidden):
         """hidden: (..., d_model) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H) after softplus."""
         z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.c.n_heads], dim=-1)
-        return z, xBC, F.softplus(dt.float() + self.dt_bias.float())
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        return z, xBC, dt.clamp_min(self.c.dt_floor) if self.c.dt_floor else dt
 
     def _ssm_inputs(self, xBC):
         """xBC: (..., conv_dim) after the conv -> x (..., H, P), B and C (..., G, N)."""
@@ -193,62 +196,50 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, hidden, state):
         """hidden: (B, T, d_model); state: (conv window (B, K-1, conv_dim), h (B, H, P, N)) or None."""
-        Bsz, T, _ = hidden.shape
         z, xBC, dt = self._split(hidden)  # (B, T, Di), (B, T, conv_dim), (B, T, H)
-        window = state[0] if state is not None else xBC.new_zeros(Bsz, self.c.d_conv - 1, self.conv_dim)
-        xw = torch.cat([window, xBC], dim=1)  # (B, K-1+T, conv_dim)
-        xBC = F.conv1d(xw.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
-        x, B, C = self._ssm_inputs(F.silu(xBC.transpose(1, 2)))  # (B, T, H, P), (B, T, G, N) x 2
+        xBC, window = self.conv1d(xBC, state[0] if state is not None else None)  # (B, T, conv_dim)
+        x, B, C = self._ssm_inputs(F.silu(xBC))  # (B, T, H, P), (B, T, G, N) x 2
         A = -torch.exp(self.A_log.float())  # (H,)
         h0 = state[1] if state is not None else None
         y, h = self.ssd(x, dt, A, B, C, self.D, h0, self.c.chunk_size)  # (B, T, H, P)
-        return self.out_proj(self.norm(y.flatten(-2), z)), (xw[:, T:], h)
+        return self.out_proj(self.norm(y.flatten(-2), z)), (window, h)
 
     def step(self, hidden, state):
         """hidden: (B, d_model) -> (B, d_model)."""
         z, xBC, dt = self._split(hidden)  # (B, Di), (B, conv_dim), (B, H)
-        xw = torch.cat([state[0], xBC[:, None]], dim=1)  # (B, K, conv_dim)
-        xBC = F.silu(torch.einsum("bkd,dk->bd", xw, self.conv1d.weight[:, 0]) + self.conv1d.bias)
-        x, B, C = self._ssm_inputs(xBC)  # (B, H, P), (B, G, N) x 2
+        xBC, window = self.conv1d.step(xBC, state[0])
+        x, B, C = self._ssm_inputs(F.silu(xBC))  # (B, H, P), (B, G, N) x 2
         y, h = ssd_step(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, state[1])
-        return self.out_proj(self.norm(y.flatten(-2), z)), (xw[:, 1:], h)
-
-
-class Mamba2Block(PreNormMixerBlock):
-    def __init__(self, c: Mamba2Config):
-        super().__init__(c, Mamba2Mixer(c))
+        return self.out_proj(self.norm(y.flatten(-2), z)), (window, h)
 
     def init_state(self, batch, device, dtype, capacity=0):
         c = self.c
-        conv = torch.zeros(batch, c.d_conv - 1, self.mixer.conv_dim, device=device, dtype=dtype)
-        return conv, torch.zeros(batch, c.n_heads, c.head_dim, c.d_state, device=device, dtype=torch.float32)
+        h = torch.zeros(batch, c.n_heads, c.head_dim, c.d_state, device=device, dtype=torch.float32)
+        return self.conv1d.init_state(batch, device, dtype), h
 
     def state_bytes(self, batch, context, dtype):
         c = self.c
-        conv = (c.d_conv - 1) * self.mixer.conv_dim * torch.finfo(dtype).bits // 8
+        conv = (c.d_conv - 1) * self.conv_dim * torch.finfo(dtype).bits // 8
         return batch * (conv + c.n_heads * c.head_dim * c.d_state * 4)
 
-    def params(self):
-        c, di, cd = self.c, self.mixer.d_inner, self.mixer.conv_dim
-        return (
-            c.d_model  # norm
-            + c.d_model * (di + cd + c.n_heads)  # in_proj -> z, xBC, dt
-            + cd * (c.d_conv + 1)  # conv1d weight + bias
-            + 3 * c.n_heads  # dt_bias, A_log, D
-            + di  # gated norm
-            + di * c.d_model  # out_proj
-        )
-
     def flops_per_token(self, context):
-        c, di, cd = self.c, self.mixer.d_inner, self.mixer.conv_dim
+        c, di, cd = self.c, self.d_inner, self.conv_dim
         proj = linear_flops(c.d_model, di + cd + c.n_heads) + linear_flops(di, c.d_model)
         # conv; recurrence per state element: decay mul, dt x B^T mul and add, C read-out mul-add
-        return proj + 2 * cd * c.d_conv + 5 * di * c.d_state
+        return proj + self.conv1d.flops_per_token() + 5 * di * c.d_state
 
 
 class Mamba2(LanguageModel):
-    def __init__(self, config: Mamba2Config):
-        super().__init__(config, [Mamba2Block(config) for _ in range(config.n_layers)])
+    """Mamba-2 blocks only: each layer is x + Mamba2Mixer(RMSNorm(x)), no MLP (sec. 7.1)."""
+
+    def __init__(self, c: Mamba2Config):
+        blocks = pattern_blocks(
+            "M" * c.n_layers,
+            mixers={"M": lambda i: Mamba2Mixer(c)},
+            mlp=lambda i: None,
+            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
 
 
 # Dao & Gu 2024 (sec. 9.2) and the state-spaces/mamba2-* config.json files: width and depth per size,
@@ -272,6 +263,7 @@ HF_CLASS = "Mamba2ForCausalLM"
 HF_RENAMES = [
     (r"backbone\.embeddings?\.(.*)", r"embed.\1"),  # transformers: embeddings; mamba_ssm: embedding
     (r"backbone\.norm_f\.(.*)", r"norm.\1"),
+    (r"backbone\.layers\.(\d+)\.norm\.(.*)", r"layers.\1.mixer_norm.\2"),
     (r"backbone\.(.*)", r"\1"),
 ]
 

@@ -48,7 +48,8 @@ from torch import nn
 
 from altbench.errors import UserError
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import PreNormResidualBlock, RotaryEmbedding, apply_rotary
+from altbench.models.blocks import GeluMLP, RotaryEmbedding, apply_rotary
+from altbench.models.compose import pattern_blocks
 
 
 @dataclass
@@ -220,53 +221,27 @@ class MultiScaleRetention(nn.Module):
         o, S = retention_step(q[:, 0], k[:, 0], v[:, 0], retention_gammas(self.n_heads, x.device), S)
         return self._output(x, o), (S, position + 1)
 
-
-class FFN(nn.Module):
-    """The paper's FFN (eq. 9): gelu(x W_1) W_2."""
-
-    def __init__(self, d_model: int, d_hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(d_model, d_hidden, bias=False)
-        self.fc2 = nn.Linear(d_hidden, d_model, bias=False)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class RetNetBlock(PreNormResidualBlock):
-    def __init__(self, c: RetNetConfig):
-        super().__init__(c, MultiScaleRetention(c), FFN(c.d_model, c.d_hidden))
-
     def init_state(self, batch, device, dtype, capacity=0):
-        r = self.mixer
-        return torch.zeros(batch, r.n_heads, r.key_dim, r.value_dim, device=device, dtype=torch.float32), 0
+        return torch.zeros(batch, self.n_heads, self.key_dim, self.value_dim, device=device, dtype=torch.float32), 0
 
     def state_bytes(self, batch, context, dtype):
-        r = self.mixer
-        return batch * r.n_heads * r.key_dim * r.value_dim * 4  # fp32 whatever the model's dtype
-
-    def params(self):
-        c, dv = self.c, self.mixer.n_heads * self.mixer.value_dim
-        return (
-            2 * c.d_model  # two RMSNorms
-            + 2 * c.d_model * c.d_model  # q_proj, k_proj
-            + 2 * c.d_model * dv  # v_proj, g_proj
-            + dv * c.d_model  # o_proj
-            + 2 * dv  # GroupNorm weight and bias
-            + 2 * c.d_model * c.d_hidden  # FFN
-        )
+        return batch * self.n_heads * self.key_dim * self.value_dim * 4  # fp32 whatever the model's dtype
 
     def flops_per_token(self, context):
-        c, r = self.c, self.mixer
-        dv = r.n_heads * r.value_dim
-        proj = linear_flops(c.d_model, 2 * c.d_model + 2 * dv) + linear_flops(dv, c.d_model)
-        recurrence = 5 * r.n_heads * r.key_dim * r.value_dim  # decay S, add k^T v (2), read q S (2)
-        return proj + recurrence + 2 * linear_flops(c.d_model, c.d_hidden)
+        d, dv = self.c.d_model, self.n_heads * self.value_dim
+        proj = linear_flops(d, 2 * d + 2 * dv) + linear_flops(dv, d)
+        return proj + 5 * self.n_heads * self.key_dim * self.value_dim  # decay S, add k^T v (2), read q S (2)
 
 
 class RetNet(LanguageModel):
-    def __init__(self, config: RetNetConfig):
-        super().__init__(config, [RetNetBlock(config) for _ in range(config.n_layers)])
+    def __init__(self, c: RetNetConfig):
+        blocks = pattern_blocks(
+            "R" * c.n_layers,
+            mixers={"R": lambda i: MultiScaleRetention(c)},
+            mlp=lambda i: GeluMLP(c.d_model, c.d_hidden, bias=False),
+            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
 
 
 # Sun et al. 2023, Table 2 (sizes 1.3B / 2.7B / 6.7B: width, depth, heads; head key width 256), with

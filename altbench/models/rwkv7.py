@@ -180,9 +180,6 @@ class LoRA(nn.Module):
         h = self.down(x)
         return self.up(self.activation(h) if self.activation is not None else h)
 
-    def params(self) -> int:
-        return self.d_in * self.rank + self.rank * self.d_out + (self.d_out if self.has_bias else 0)
-
     def flops_per_token(self) -> int:
         return linear_flops(self.d_in, self.rank) + linear_flops(self.rank, self.d_out)
 
@@ -264,12 +261,6 @@ class RWKV7TimeMix(nn.Module):
         o, S = rwkv7_step(r[:, 0], log_w[:, 0], k[:, 0], v[:, 0], a[:, 0], b[:, 0], state[1])
         return self._output(o[:, None], r, k, v, g)[:, 0], (x, S), v_first
 
-    def params(self) -> int:
-        d = self.c.d_model
-        loras = self.w_lora.params() + self.a_lora.params() + self.g_lora.params()
-        loras += self.v_lora.params() if self.layer_idx > 0 else 0
-        return 6 * d + 2 * d + d + 4 * d * d + loras + 2 * d  # mixes, k_k k_a, r_k, projections, g_norm
-
     def flops_per_token(self) -> int:
         c, d = self.c, self.c.d_model
         loras = self.w_lora.flops_per_token() + self.a_lora.flops_per_token() + self.g_lora.flops_per_token()
@@ -342,11 +333,6 @@ class RWKV7Block(nn.Module):
         c = self.c
         return batch * (2 * c.d_model * torch.finfo(dtype).bits // 8 + c.n_heads * c.head_size**2 * 4)
 
-    def params(self):
-        c, d = self.c, self.c.d_model
-        norms = 2 * d * (3 if self.layer_idx == 0 else 2)  # LayerNorms with bias (ln0 in block 0)
-        return norms + self.attn.params() + d + 2 * d * c.ffn_dim
-
     def flops_per_token(self, context):
         c = self.c
         return self.attn.flops_per_token() + 2 * linear_flops(c.d_model, c.ffn_dim)
@@ -379,9 +365,6 @@ class RWKV7(LanguageModel):
             x, s, v_first = layer.step(x, s, v_first)
             new_state.append(s)
         return self.lm_head(self.norm(x)), new_state
-
-    def params(self) -> int:
-        return super().params() + self.config.d_model  # the base counts the final norm's weight; add its bias
 
 
 # Peng et al. 2025 (arXiv:2503.14456), the RWKV7-World3 models: depth and width per size, head size 64,

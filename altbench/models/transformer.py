@@ -3,22 +3,20 @@
     h = x + Attn(RMSNorm(x))          causal softmax attention with RoPE and grouped KV heads
     y = h + SwiGLU(RMSNorm(h))
 
-Attention runs through `torch.nn.functional.scaled_dot_product_attention`, so on a GPU it uses
-FlashAttention / memory-efficient kernels. The state of a layer is its KV cache; `step` appends
-one token and attends over the cache: O(context) per token, unlike a recurrence.
+Every layer is a `Block` of the attention mixer (models/attention.py; its state is a KV cache,
+so `step` costs O(context) per token, unlike a recurrence) and a SwiGLU MLP.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
 
-from altbench.models.base import LanguageModel, LMConfig, linear_flops
-from altbench.models.blocks import PreNormResidualBlock, RotaryEmbedding, SwiGLU, apply_rotary
+from altbench.models.attention import Attention, AttentionConfig
+from altbench.models.base import LanguageModel, LMConfig
+from altbench.models.blocks import SwiGLU
+from altbench.models.compose import pattern_blocks
 
 
 @dataclass
@@ -29,119 +27,16 @@ class TransformerConfig(LMConfig):
     rope_theta: float = 10000.0
 
 
-class KVCache:
-    """Keys and values seen so far, (B, H_kv, capacity, D) each; the first `length` slots are valid.
-
-    Capacity doubles when an append would overflow, so appends are amortised O(1) per token.
-    The cache is updated in place: a state passed to `forward` or `step` is consumed.
-    """
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, length: int):
-        self.k, self.v, self.length = k, v, length
-
-    @classmethod
-    def empty(cls, batch, n_kv_heads, head_dim, capacity, device, dtype) -> "KVCache":
-        shape = (batch, n_kv_heads, capacity, head_dim)
-        return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype), 0)
-
-    def _grow(self, capacity: int) -> None:
-        def grown(t: torch.Tensor) -> torch.Tensor:
-            new = t.new_empty(t.shape[0], t.shape[1], capacity, t.shape[3])
-            new[:, :, : self.length] = t[:, :, : self.length]
-            return new
-
-        self.k, self.v = grown(self.k), grown(self.v)
-
-    def fill_random(self, length: int, headroom: int = 0) -> None:
-        """Extend the cache to `length` tokens of random keys and values, with room for `headroom` more.
-
-        For decode timing at long contexts: attention's cost depends on the cache's size, not its
-        values, and a real 1M-token prefill would cost minutes per cell.
-        """
-        if length + headroom > self.k.shape[2]:
-            self._grow(length + headroom)
-        self.k[:, :, self.length : length].normal_()
-        self.v[:, :, self.length : length].normal_()
-        self.length = max(self.length, length)
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The filled part of the cache."""
-        return self.k[:, :, : self.length], self.v[:, :, : self.length]
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: (B, H_kv, T, D). Returns views of all valid keys and values, (B, H_kv, length, D)."""
-        end = self.length + k.shape[2]
-        if end > self.k.shape[2]:
-            self._grow(max(end, 2 * self.k.shape[2]))
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
-class Attention(nn.Module):
-    def __init__(self, c: TransformerConfig):
-        super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.d_model // c.n_heads
-        self.q_proj = nn.Linear(c.d_model, c.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(c.n_heads * self.head_dim, c.d_model, bias=False)
-        self.rotary = RotaryEmbedding(self.head_dim, c.rope_theta)
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache]:
-        B, T, _ = x.shape
-        start = cache.length if cache is not None else 0
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        cos, sin = self.rotary(start, T, x.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
-        if cache is None:
-            cache, keys, values = KVCache(k, v, T), k, v
-        else:
-            keys, values = cache.append(k, v)  # (B, Hkv, start + T, D)
-        S = keys.shape[2]
-        mask = None if S == T or T == 1 else causal_lower_right(T, S)
-        o = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, is_causal=(S == T and T > 1), enable_gqa=self.n_heads != self.n_kv_heads
-        )  # (B, H, T, D)
-        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), cache
-
-    def step(self, x: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """x: (B, d_model) -> (B, d_model): `forward` on a sequence of one token."""
-        y, cache = self(x[:, None], cache)
-        return y[:, 0], cache
-
-
-class TransformerBlock(PreNormResidualBlock):
-    def __init__(self, c: TransformerConfig):
-        super().__init__(c, Attention(c), SwiGLU(c.d_model, c.d_hidden))
-
-    def init_state(self, batch, device, dtype, capacity=0):
-        a = self.mixer
-        return KVCache.empty(batch, a.n_kv_heads, a.head_dim, capacity, device, dtype)
-
-    def state_bytes(self, batch, context, dtype):
-        a = self.mixer
-        return 2 * batch * a.n_kv_heads * context * a.head_dim * torch.finfo(dtype).bits // 8
-
-    def params(self):
-        c, a = self.c, self.mixer
-        attn = c.d_model * a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads)
-        return 2 * c.d_model + attn + self.mlp.params()
-
-    def flops_per_token(self, context):
-        c, a = self.c, self.mixer
-        proj = linear_flops(c.d_model, a.head_dim * (2 * a.n_heads + 2 * a.n_kv_heads))
-        scores_and_mix = 2 * 2 * a.n_heads * a.head_dim * (context + 1)  # q.k over context+1 keys, then p.v
-        return proj + scores_and_mix + self.mlp.flops_per_token()
-
-
 class Transformer(LanguageModel):
-    def __init__(self, config: TransformerConfig):
-        super().__init__(config, [TransformerBlock(config) for _ in range(config.n_layers)])
+    def __init__(self, c: TransformerConfig):
+        attention = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta)
+        blocks = pattern_blocks(
+            "A" * c.n_layers,
+            mixers={"A": lambda i: Attention(attention)},
+            mlp=lambda i: SwiGLU(c.d_model, c.d_hidden),
+            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
 
 
 # Matched to Mamba's published sizes (Gu & Dao 2023, Table 12): same width and vocabulary, half the

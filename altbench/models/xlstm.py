@@ -58,7 +58,8 @@ from torch import nn
 
 from altbench.errors import UserError
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
-from altbench.models.blocks import PreNormResidualBlock
+from altbench.models.blocks import CausalConv1d, SwiGLU
+from altbench.models.compose import pattern_blocks
 
 
 @dataclass
@@ -284,26 +285,6 @@ class HeadNorm(nn.Module):
         return y.flatten(-2) * self.weight
 
 
-class SwiGLU(nn.Module):
-    """down( silu(gate(x)) * up(x) ), names as transformers' xLSTMFeedForward."""
-
-    def __init__(self, c: XLSTMConfig):
-        super().__init__()
-        self.dim = math.ceil(c.d_model * c.ffn_proj_factor / c.ffn_multiple_of) * c.ffn_multiple_of
-        self.proj_up_gate = nn.Linear(c.d_model, self.dim, bias=False)
-        self.proj_up = nn.Linear(c.d_model, self.dim, bias=False)
-        self.proj_down = nn.Linear(self.dim, c.d_model, bias=False)
-
-    def forward(self, x):
-        return self.proj_down(F.silu(self.proj_up_gate(x)) * self.proj_up(x))
-
-    def params(self, d):
-        return 3 * d * self.dim
-
-    def flops(self, d):
-        return 3 * linear_flops(d, self.dim)
-
-
 class MLSTMLayer(nn.Module):
     """q, k, v, output gate and the two scalar-per-head gates from x; mLSTM; head norm; gate; out_proj."""
 
@@ -343,6 +324,27 @@ class MLSTMLayer(nn.Module):
         h, state = mlstm_step(*self._cell_inputs(x), state, eps=self.c.eps)
         return self._out(x, h), state
 
+    def init_state(self, batch, device, dtype, capacity=0):
+        H = self.c.n_heads
+        K, V = self.qk_dim // H, self.v_dim // H
+        return (
+            torch.zeros(batch, H, K, V, device=device),
+            torch.zeros(batch, H, K, device=device),
+            torch.zeros(batch, H, device=device),
+        )
+
+    def state_bytes(self, batch, context, dtype):
+        H = self.c.n_heads
+        K, V = self.qk_dim // H, self.v_dim // H
+        return batch * H * (K * V + K + 1) * 4  # C, n, m in fp32
+
+    def flops_per_token(self, context):
+        """Projections + the recurrent cell: C update (4 K V), C^T q (2 K V), n update and n.q (6 K)."""
+        d, H = self.c.d_model, self.c.n_heads
+        K, V = self.qk_dim // H, self.v_dim // H
+        proj = linear_flops(d, 2 * self.qk_dim + 2 * self.v_dim + 2 * H) + linear_flops(self.v_dim, d)
+        return proj + H * (6 * K * V + 6 * K)
+
 
 class SLSTMLayer(nn.Module):
     """x -> causal conv -> silu feeds the i, f gates; x feeds z, o; sLSTM with head-wise R; head norm."""
@@ -351,7 +353,7 @@ class SLSTMLayer(nn.Module):
         super().__init__()
         self.c = c
         d, H = c.d_model, c.n_heads
-        self.conv1d = nn.Conv1d(d, d, c.conv_kernel, groups=d, bias=True)
+        self.conv1d = CausalConv1d(d, c.conv_kernel)
         self.zo_preact = nn.Linear(d, 2 * d, bias=True)
         self.if_preact = nn.Linear(d, 2 * d, bias=True)
         self.R = nn.Parameter(torch.randn(4, H, d // H, d // H) * (d // H) ** -0.5)
@@ -367,65 +369,30 @@ class SLSTMLayer(nn.Module):
 
     def forward(self, x, state):
         """x: (B, T, d); state: (conv window (B, K-1, d), (c, n, m, h)) or None."""
-        B, T, d = x.shape
-        window = state[0] if state is not None else x.new_zeros(B, self.c.conv_kernel - 1, d)
-        xw = torch.cat([window, x], dim=1)  # (B, K-1+T, d)
-        xc = F.conv1d(xw.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=d).transpose(1, 2)
+        xc, window = self.conv1d(x, state[0] if state is not None else None)  # (B, T, d)
         h, cell = slstm_ref(self._pre(x, xc), self.R, state[1] if state is not None else None)  # (B, T, H, D)
-        return self.multihead_norm(h), (xw[:, T:], cell)
+        return self.multihead_norm(h), (window, cell)
 
     def step(self, x, state):
         """x: (B, d) -> (B, d)."""
-        xw = torch.cat([state[0], x[:, None]], dim=1)  # (B, K, d)
-        xc = torch.einsum("bkd,dk->bd", xw, self.conv1d.weight[:, 0]) + self.conv1d.bias
+        xc, window = self.conv1d.step(x, state[0])
         h, cell = slstm_step(self._pre(x, xc), self.R, state[1])
-        return self.multihead_norm(h), (xw[:, 1:], cell)
-
-
-class XLSTMBlock(PreNormResidualBlock):
-    """x + mixer(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); the mixer is an mLSTM or an sLSTM layer."""
-
-    def __init__(self, c: XLSTMConfig, slstm: bool = False):
-        super().__init__(c, SLSTMLayer(c) if slstm else MLSTMLayer(c), SwiGLU(c))
-        self.slstm = slstm
+        return self.multihead_norm(h), (window, cell)
 
     def init_state(self, batch, device, dtype, capacity=0):
         c, H = self.c, self.c.n_heads
-        if self.slstm:
-            conv = torch.zeros(batch, c.conv_kernel - 1, c.d_model, device=device, dtype=dtype)
-            return conv, tuple(torch.zeros(batch, H, c.d_model // H, device=device) for _ in range(4))
-        K, V = self.mixer.qk_dim // H, self.mixer.v_dim // H
-        return (
-            torch.zeros(batch, H, K, V, device=device),
-            torch.zeros(batch, H, K, device=device),
-            torch.zeros(batch, H, device=device),
-        )
+        cell = tuple(torch.zeros(batch, H, c.d_model // H, device=device) for _ in range(4))
+        return self.conv1d.init_state(batch, device, dtype), cell
 
     def state_bytes(self, batch, context, dtype):
-        c, H = self.c, self.c.n_heads
-        if self.slstm:  # conv window in dtype; c, n, m, h in fp32
-            return batch * c.d_model * ((c.conv_kernel - 1) * torch.finfo(dtype).bits // 8 + 4 * 4)
-        K, V = self.mixer.qk_dim // H, self.mixer.v_dim // H
-        return batch * H * (K * V + K + 1) * 4  # C, n, m in fp32
-
-    def params(self):
-        c, d, H = self.c, self.c.d_model, self.c.n_heads
-        if self.slstm:
-            mixer = d * (c.conv_kernel + 1) + 2 * (d * 2 * d + 2 * d) + 4 * d * (d // H) + d
-        else:
-            qk, v = self.mixer.qk_dim, self.mixer.v_dim
-            mixer = d * (2 * qk + 2 * v) + 2 * (d * H + H) + v + v * d  # q k v o, i f gates, head norm, out
-        return 2 * d + mixer + self.mlp.params(d)  # 2 norms
+        c = self.c  # conv window in dtype; c, n, m, h in fp32
+        return batch * c.d_model * ((c.conv_kernel - 1) * torch.finfo(dtype).bits // 8 + 4 * 4)
 
     def flops_per_token(self, context):
-        c, d, H = self.c, self.c.d_model, self.c.n_heads
-        if self.slstm:  # conv, projections, R h per head, ~20 pointwise ops per channel
-            mixer = 2 * d * c.conv_kernel + 2 * linear_flops(d, 2 * d) + 4 * H * linear_flops(d // H, d // H) + 20 * d
-        else:  # projections + the recurrent cell: C update (4 K V), C^T q (2 K V), n update and n.q (6 K)
-            qk, v = self.mixer.qk_dim, self.mixer.v_dim
-            K, V = qk // H, v // H
-            mixer = linear_flops(d, 2 * qk + 2 * v + 2 * H) + linear_flops(v, d) + H * (6 * K * V + 6 * K)
-        return mixer + self.mlp.flops(d)
+        """Conv, projections, R h per head, ~20 pointwise ops per channel."""
+        d, H = self.c.d_model, self.c.n_heads
+        proj = 2 * linear_flops(d, 2 * d) + 4 * H * linear_flops(d // H, d // H)
+        return self.conv1d.flops_per_token() + proj + 20 * d
 
 
 class CappedHead(nn.Linear):
@@ -444,8 +411,15 @@ class XLSTM(LanguageModel):
         bad = [i for i in config.slstm_at if not 0 <= i < config.n_layers]
         if bad:
             raise UserError(f"slstm_at {bad} is outside the {config.n_layers} blocks")
-        blocks = [XLSTMBlock(config, slstm=i in config.slstm_at) for i in range(config.n_layers)]
-        super().__init__(config, blocks)
+        c = config
+        d_ffn = math.ceil(c.d_model * c.ffn_proj_factor / c.ffn_multiple_of) * c.ffn_multiple_of
+        blocks = pattern_blocks(
+            "".join("S" if i in c.slstm_at else "M" for i in range(c.n_layers)),
+            mixers={"M": lambda i: MLSTMLayer(c), "S": lambda i: SLSTMLayer(c)},
+            mlp=lambda i: SwiGLU(c.d_model, d_ffn),
+            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+        )
+        super().__init__(c, blocks)
         self.lm_head = CappedHead(config.d_model, config.vocab_size, config.logit_soft_cap)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -495,7 +469,9 @@ HF_RENAMES = [
     (r"backbone\.blocks\.(\d+)\.norm_mlstm\.(.*)", r"layers.\1.mixer_norm.\2"),
     (r"backbone\.blocks\.(\d+)\.mlstm_layer\.(.*)", r"layers.\1.mixer.\2"),
     (r"backbone\.blocks\.(\d+)\.norm_ffn\.(.*)", r"layers.\1.mlp_norm.\2"),
-    (r"backbone\.blocks\.(\d+)\.ffn\.(.*)", r"layers.\1.mlp.\2"),
+    (r"backbone\.blocks\.(\d+)\.ffn\.proj_up_gate\.(.*)", r"layers.\1.mlp.gate_proj.\2"),
+    (r"backbone\.blocks\.(\d+)\.ffn\.proj_up\.(.*)", r"layers.\1.mlp.up_proj.\2"),
+    (r"backbone\.blocks\.(\d+)\.ffn\.proj_down\.(.*)", r"layers.\1.mlp.down_proj.\2"),
 ]
 
 

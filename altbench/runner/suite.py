@@ -108,7 +108,7 @@ class Suite:
 _TOP = {
     "name": str, "description": str, "archs": list, "sizes": list, "backends": list, "dtypes": list,
     "batches": list, "seq_lens": list, "device": str, "settings": dict, "measurements": dict, "arch_sizes": dict,
-    "backend_choice": str,
+    "backend_choice": str, "hybrids": dict,
 }
 BACKEND_CHOICES = ("each", "first", "fastest")
 _SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
@@ -203,10 +203,11 @@ def load(name_or_path: str) -> Suite:
             or any(c in suite_name for c in "/\\\0"):
         raise UserError(f"{where}: key 'name' names the run directories, so it must be one line of at most 100 "
                         f"characters, not '.' or '..', without '/' or '\\', got {suite_name!r}")
+    registry.declare_hybrids(data.get("hybrids", {}), where)
     archs = _strings(where, "archs", data["archs"])
     for arch in archs:
-        if arch not in registry.ARCHITECTURES and "." not in arch:
-            _names(where, "archs", [arch], list(registry.ARCHITECTURES))
+        if arch not in registry.known() and "." not in arch:
+            _names(where, "archs", [arch], registry.known())
     sizes = _strings(where, "sizes", data.get("sizes", ["tiny"]))
     arch_sizes = data.get("arch_sizes", {})
     for arch, value in arch_sizes.items():
