@@ -187,9 +187,10 @@ def _check_parallel(gpus: int, workers_per_gpu: int, cells: list[Cell], done: se
 def sweep(
     run_dir: Path, cells: list[Cell], done: set[str],
     on_start: Callable[[Cell], None] = lambda cell: None, on_row: Callable[[dict], None] = lambda row: None,
-    gpus: int = 1, workers_per_gpu: int = 1,
+    gpus: int = 1, workers_per_gpu: int = 1, shard: str | None = None,
 ) -> list[dict]:
-    """Run every cell not in `done`, appending each row to the store as soon as it exists.
+    """Run every cell not in `done`, appending each row to the store (or shard `shard`'s file, whose
+    own env file gives the roofline ceilings) as soon as it exists.
 
     One worker process serves the cells in turn; with gpus > 1, cells run in parallel, one worker
     per GPU (each sees only its own device), and `workers_per_gpu` workers share each GPU
@@ -206,7 +207,8 @@ def sweep(
 
     for row in rundir.latest_rows(run_dir):
         note(row)
-    device_ceilings = roofline.run_ceilings(rundir.read_env(run_dir, quiet=True))  # each row carries its roofline bound
+    env = rundir.read_env(run_dir, quiet=True)
+    device_ceilings = roofline.run_ceilings(env["shards"][shard] if shard is not None else env)  # each row carries its roofline bound
 
     def run_one(cell: Cell, worker: Worker) -> None:
         on_start(cell)
@@ -219,7 +221,7 @@ def sweep(
             row["run_id"] = run_dir.name
             row.update(roofline.bounds(row, device_ceilings))
             with lock:
-                rundir.append_row(run_dir, row)
+                rundir.append_row(run_dir, row, shard)
                 rows.append(row)
                 note(row)
         on_row(row)
@@ -241,7 +243,7 @@ def sweep(
     pool = ThreadPoolExecutor(max_workers=len(workers))
     try:
         list(pool.map(on_free_worker, todo))
-    except KeyboardInterrupt:  # Ctrl-C: stop now, keep every row already stored
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a preempted job's exit: stop now, keep every row already stored
         interrupted.set()
         raise
     finally:
