@@ -223,6 +223,15 @@ def append_row(run_dir: Path, row: dict, shard: str | None = None) -> None:
         raise _unwritable(path, e) from None
 
 
+def ensure_store(run_dir: Path) -> Path:
+    """The run's cells.jsonl, created empty if missing: a run whose rows all sit in shard files is
+    still found, like any run, by its cells.jsonl."""
+    path = store_path(run_dir)
+    if not path.exists():
+        write_bytes(path, b"")
+    return path
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 def _ranges(numbers: list[int], shown: int = 5) -> str:
@@ -290,17 +299,28 @@ def read_env(run_dir: Path, quiet: bool = False) -> dict:
     """env.json as a dict, with each shard's env.<k>.json under "shards" (shard -> its session); {} (an
     unknown environment) when env.json is missing, empty or not a JSON object, with one warning unless
     `quiet`. Known keys holding the wrong type are dropped, and damaged shard files skipped, with a warning."""
-    env = _read_json_object(Path(run_dir) / ENV_FILE, quiet, "the environment of these results is unknown")
+    env = _typed_env(Path(run_dir) / ENV_FILE, quiet, "the environment of these results is unknown")
     shards = {}
     for path in sorted(Path(run_dir).glob("env.*.json")):
-        if session := _read_json_object(path, quiet, "that shard's environment is unknown"):
+        if session := _typed_env(path, quiet, "that shard's environment is unknown"):
             shards[path.name[len("env."):-len(".json")]] = session
     if shards:
         env["shards"] = shards
     return env
 
 
-def _read_json_object(path: Path, quiet: bool, unknown: str) -> dict:
+def _typed_env(path: Path, quiet: bool, unknown: str) -> dict:
+    env = _read_object(path, quiet, unknown)
+    wrong = [k for k, t in ENV_TYPES.items() if env.get(k) is not None and not isinstance(env[k], t)]
+    wrong += [k for k, t in (("resumes", dict), ("gpu_busy", str))
+              if k not in wrong and not all(isinstance(v, t) for v in env.get(k) or [])]
+    if wrong and not quiet:
+        warn(f"{path}: ignored {', '.join(wrong)} (unexpected values); that part of the environment is unknown")
+    return {k: v for k, v in env.items() if k not in wrong}
+
+
+def _read_object(path: Path, quiet: bool, unknown: str) -> dict:
+    """A JSON object file; {} when missing, unreadable or not one, with one warning (ending `unknown`) unless `quiet`."""
     env, problem = {}, ""
     try:
         data = path.read_bytes()
@@ -319,12 +339,7 @@ def _read_json_object(path: Path, quiet: bool, unknown: str) -> dict:
         if not quiet:
             warn(f"{path} {problem}: {unknown}")
         return {}
-    wrong = [k for k, t in ENV_TYPES.items() if env.get(k) is not None and not isinstance(env[k], t)]
-    wrong += [k for k, t in (("resumes", dict), ("gpu_busy", str))
-              if k not in wrong and not all(isinstance(v, t) for v in env.get(k) or [])]
-    if wrong and not quiet:
-        warn(f"{path}: ignored {', '.join(wrong)} (unexpected values); that part of the environment is unknown")
-    return {k: v for k, v in env.items() if k not in wrong}
+    return env
 
 
 def write_env(run_dir: Path, env: dict, shard: str | None = None) -> Path:
@@ -340,7 +355,11 @@ def read_jobs(run_dir: Path) -> dict:
     damaged one reads as {} with one warning."""
     if not (Path(run_dir) / JOBS_FILE).exists():
         return {}
-    return _read_json_object(Path(run_dir) / JOBS_FILE, False, "the submitted jobs are unknown")
+    jobs = _read_object(Path(run_dir) / JOBS_FILE, False, "the submitted jobs are unknown")
+    if not isinstance(jobs.get("shards", []), list) or not all(isinstance(s, dict) for s in jobs.get("shards", [])):
+        warn(f"{Path(run_dir) / JOBS_FILE} is damaged (shards is not a list of objects): the submitted jobs are unknown")
+        return {}
+    return jobs
 
 
 def write_jobs(run_dir: Path, jobs: dict) -> Path:
