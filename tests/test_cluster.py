@@ -4,6 +4,8 @@ shards write their own store files, readers merge them, preempted jobs and resum
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -97,6 +99,9 @@ def test_report_compare_gate_and_status_read_a_sharded_run(runs, tmp_path):
     assert status.code == 0, status.stderr
     lines = [line for line in status.stdout.splitlines() if "FINISHED" in line]
     assert len(lines) == 2 and all([c.strip() for c in line.split("│")][4:7] == ["2", "0", "0"] for line in lines), status.stdout
+    promoted = altbench("gate", "--baseline", tmp_path / "baseline", "--candidate", sharded, "--update-baseline")
+    assert promoted.code == 0, promoted.stderr
+    assert counts(tmp_path / "baseline") == counts(sharded)
     plain_status = altbench("status", plain)
     assert plain_status.code == 2 and "not submitted as jobs" in plain_status.stderr
 
@@ -113,6 +118,15 @@ def test_resume_after_a_failed_shard_submits_only_its_missing_cells(runs, tmp_pa
     rundir.store_path(run, "1").write_text(kept)
     shard1 = rundir.read_jobs(run)["shards"][1]["cells"]
     missing = sorted(set(shard1) - {json.loads(kept)["cell_id"]})
+    holding = subprocess.Popen([sys.executable, "-c", "import sys, time; from altbench.runner import rundir; "
+                                f"rundir.hold_writer({str(run)!r}, '1'); print(flush=True); time.sleep(60)"],
+                               stdout=subprocess.PIPE, text=True)
+    holding.stdout.readline()  # shard 1's job, still at work
+    refused = altbench("run", "--resume", run, "--executor", "submitit-local")
+    holding.kill()
+    holding.wait()
+    assert refused.code == 2 and "shard 1" in refused.stderr and "still running" in refused.stderr, refused.stderr
+    assert len(rundir.read_jobs(run)["shards"]) == 2
     result = altbench("run", "--resume", run, "--executor", "submitit-local", "--wait")
     assert result.code == 0, result.stderr
     assert sorted(rundir.read_jobs(run)["shards"][2]["cells"]) == missing

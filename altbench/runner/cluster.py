@@ -29,10 +29,7 @@ EXECUTORS = ("local", "submitit-local", "slurm")
 FOLDER = "submitit"  # submitit's pickles and logs, inside the run directory
 ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED")
 
-try:
-    from submitit.helpers import Checkpointable
-except ImportError:  # checked by `check` before any job is made
-    Checkpointable = object
+from submitit.helpers import Checkpointable
 
 
 @dataclass(frozen=True)
@@ -63,8 +60,6 @@ def check(res: Resources, gpus: int) -> None:
         raise UserError("--nodes, --gpus-per-node and --time (minutes) must be at least 1")
     if res.executor == "submitit-local" and (res.partition or res.account):
         raise UserError("--partition and --account are Slurm's: give them with --executor slurm")
-    if Checkpointable is object:
-        raise UserError(f"--executor {res.executor} needs submitit: pip install submitit")
     if res.executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--executor slurm: no `sbatch` on PATH; run on a Slurm login node, "
                         "or use --executor submitit-local to run the shards on this machine")

@@ -18,7 +18,7 @@ from typing import Callable
 from altbench import registry
 from altbench.errors import UserError
 from altbench.measure import ceilings, env as envmod, roofline
-from altbench.runner import rundir, store, suite as suites
+from altbench.runner import cluster, rundir, store, suite as suites
 from altbench.runner.cells import CAPABILITY, Cell, expand, series_of
 from altbench.runner.worker import Worker, call_isolated, run_cell
 
@@ -151,6 +151,11 @@ def prepare(
         cells = run_cells(run_dir, env, device)
         _check_parallel(gpus, workers_per_gpu, cells, finished(run_dir, retry), sharded)
         rundir.hold_writer(run_dir)
+        try:
+            cluster.check_idle(run_dir)  # a shard of the run still at work would run its cells a second time
+        except UserError:
+            rundir.release_writer(run_dir)
+            raise
         done = finished(run_dir, retry)  # again as the writer: another one may have finished cells meanwhile
         if not sharded and any(cell.cell_id not in done for cell in cells):
             _record_session(run_dir, device)

@@ -83,6 +83,14 @@ def store_path(run_dir: Path, shard: str | None = None) -> Path:
     return Path(run_dir) / (STORE_FILE if shard is None else f"cells.{shard}.jsonl")
 
 
+def run_files(run_dir: Path) -> list[Path]:
+    """The files that hold a run's results, wherever they exist: its store files, suite, env.json and
+    the shards' env files (what a copy of the run, e.g. a new gate baseline, needs)."""
+    run_dir = Path(run_dir)
+    files = [*store_files(run_dir), run_dir / SUITE_FILE, run_dir / ENV_FILE, *sorted(run_dir.glob("env.*.json"))]
+    return [p for p in files if p.is_file()]
+
+
 def store_files(run_dir: Path) -> list[Path]:
     """Every store file of the run: cells.jsonl, then the shards' files in shard order."""
     shards = [p for p in Path(run_dir).glob("cells.*.jsonl") if not p.name.startswith(".")]
