@@ -175,7 +175,6 @@ def _submit(run_dir: Path, cells: list, done: set[str], resources, retry: tuple[
     from altbench.runner import run as runner
 
     try:
-        cluster.check_idle(run_dir)
         device = rundir.read_env(run_dir, quiet=True).get("device") or cells[0].device
         jobs = cluster.submit(run_dir, cells, done, resources, device, retry)
     finally:
