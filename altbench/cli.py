@@ -137,7 +137,7 @@ def run(
     from altbench.runner import run as runner
 
     retried = tuple(_names(retry) or ())
-    resources = cluster.Resources(executor, nodes, gpus_per_node, partition, account, time_min)
+    resources = cluster.Resources(executor, nodes, gpus_per_node, workers_per_gpu, partition, account, time_min)
     cluster.check(resources, gpus)
     sharded = executor != "local"
     run_dir, cells, done = runner.prepare(suite, resume, device, out, archs=_names(archs), backends=_names(backends),
@@ -189,13 +189,17 @@ def _submit(run_dir: Path, cells: list, done: set[str], resources, retry: tuple[
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as progress:
             task = progress.add_task(f"{len(jobs)} job(s)", total=len(todo))
-            while True:
-                finished = not any(not job.done() for job in jobs)
-                progress.update(task, completed=len(todo & runner.finished(run_dir)),
-                                description=f"{sum(not job.done() for job in jobs)} of {len(jobs)} job(s) running")
-                if finished:
-                    break
-                time.sleep(1.0)
+            try:
+                while True:
+                    left = sum(not job.done() for job in jobs)
+                    progress.update(task, completed=len(todo & runner.finished(run_dir)),
+                                    description=f"{left} of {len(jobs)} job(s) not finished")
+                    if not left:
+                        break
+                    time.sleep(1.0)
+            except KeyboardInterrupt:  # the jobs are not this command's to stop
+                print(f"stopped waiting; the jobs go on: altbench status {run_dir}", file=sys.stderr)
+                raise typer.Exit(130)
         failed = [(job, job.exception()) for job in jobs if job.exception() is not None]
         for job, error in failed:
             print(f"job {job.job_id} failed: {one_line(str(error).strip().splitlines()[-1] if str(error).strip() else repr(error))}",

@@ -39,6 +39,7 @@ class Resources:
     executor: str = "local"
     nodes: int = 1  # shards, one job (array task) on one node each
     gpus_per_node: int = 1  # the sweep's worker pool on each node: one worker per GPU
+    workers_per_gpu: int = 1  # workers sharing each GPU (untimed cells only, see runner.check_workers_per_gpu)
     partition: str | None = None
     account: str | None = None
     time_min: int | None = None  # each job's time limit; a job past it is requeued
@@ -82,10 +83,10 @@ class ShardJob(Checkpointable):
     Each call (the first, or a requeued one after preemption) reads the store again: a cell counts as
     done when it has a row, except one whose last outcome is in `retry` and started before `since`."""
 
-    def __init__(self, run_dir: str, shard: str, cell_ids: list[str], gpus: int,
+    def __init__(self, run_dir: str, shard: str, cell_ids: list[str], gpus: int, workers_per_gpu: int = 1,
                  retry: tuple[str, ...] = (), since: float = 0.0):
-        self.run_dir, self.shard, self.cell_ids, self.gpus = run_dir, shard, cell_ids, gpus
-        self.retry, self.since = retry, since
+        self.run_dir, self.shard, self.cell_ids = run_dir, shard, cell_ids
+        self.gpus, self.workers_per_gpu, self.retry, self.since = gpus, workers_per_gpu, retry, since
 
     def __call__(self) -> int:
         from altbench.measure import ceilings, env as envmod
@@ -103,7 +104,8 @@ class ShardJob(Checkpointable):
             rundir.write_env(run_dir, session, self.shard)
             ids = set(self.cell_ids)
             cells = [c for c in runner.run_cells(run_dir, env, device) if c.cell_id in ids]
-            return len(runner.sweep(run_dir, cells, self.done(), gpus=self.gpus, shard=self.shard))
+            return len(runner.sweep(run_dir, cells, self.done(), gpus=self.gpus, workers_per_gpu=self.workers_per_gpu,
+                                    shard=self.shard))
         finally:
             rundir.release_writer(run_dir, self.shard)
 
@@ -162,7 +164,8 @@ def submit(run_dir: Path, cells: list[Cell], done: set[str], res: Resources, dev
     first = len(jobs["shards"])
     run_path = str(Path(run_dir).resolve())
     since = time.time()
-    fns = [ShardJob(run_path, str(first + i), ids, res.gpus_per_node, retry, since) for i, ids in enumerate(shards)]
+    fns = [ShardJob(run_path, str(first + i), ids, res.gpus_per_node, res.workers_per_gpu, retry, since)
+           for i, ids in enumerate(shards)]
     if not fns:
         return []
     executor = _executor(Path(run_dir), res, device, len(fns))
@@ -170,7 +173,7 @@ def submit(run_dir: Path, cells: list[Cell], done: set[str], res: Resources, dev
         submitted = [executor.submit(fn) for fn in fns]
     for fn, job in zip(fns, submitted):
         jobs["shards"].append({"shard": fn.shard, "executor": res.executor, "job_id": str(job.job_id),
-                               "gpus": fn.gpus, "submitted_at": since, "cells": fn.cell_ids})
+                               "workers": fn.gpus * fn.workers_per_gpu, "submitted_at": since, "cells": fn.cell_ids})
     rundir.write_jobs(run_dir, jobs)
     rundir.ensure_store(run_dir)
     return submitted
@@ -185,7 +188,7 @@ def shard_status(run_dir: Path) -> list[dict]:
         state = job_state(run_dir, shard)
         cells = shard["cells"]
         done = sum(c in finished for c in cells)
-        running = min(len(cells) - done, shard.get("gpus", 1)) if state == "RUNNING" else 0
+        running = min(len(cells) - done, shard.get("workers", 1)) if state == "RUNNING" else 0
         out.append({"shard": shard["shard"], "job_id": shard["job_id"], "state": state, "done": done,
                     "running": running, "left": len(cells) - done - running})
     return out
