@@ -88,7 +88,8 @@ def test_report_compare_gate_and_status_read_a_sharded_run(runs, tmp_path):
     plain, sharded, _ = runs
     report = altbench("report", sharded)
     assert report.code == 0, report.stderr
-    assert "prefill" in (sharded / "summary.md").read_text()
+    summary = (sharded / "summary.md").read_text()
+    assert "prefill" in summary and "- shard 0: " in summary and "- shard 1: " in summary
     compare = altbench("compare", "transformer", "mamba", "--run", sharded, "--out", tmp_path / "cmp")
     assert compare.code == 0, compare.stderr
     assert "mamba" in (tmp_path / "cmp" / "compare.md").read_text()
