@@ -161,7 +161,7 @@ def submit(run_dir: Path, cells: list[Cell], done: set[str], res: Resources, dev
     shards = split(todo, res.nodes)
     jobs = rundir.read_jobs(run_dir)
     jobs.setdefault("shards", [])
-    first = len(jobs["shards"])
+    first = max(len(jobs["shards"]), len(rundir.store_files(run_dir)) - 1)  # numbered on: no file gets a second writer
     run_path = str(Path(run_dir).resolve())
     since = time.time()
     fns = [ShardJob(run_path, str(first + i), ids, res.gpus_per_node, res.workers_per_gpu, retry, since)
