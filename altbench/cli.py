@@ -7,6 +7,7 @@ finds in options, into one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -122,16 +123,32 @@ def run(
     archs: Annotated[Optional[str], typer.Option("--archs", help="Run the suite for these architectures only, comma-separated (a new run).")] = None,
     backends: Annotated[Optional[str], typer.Option("--backends", help="Run the suite on these backends only, comma-separated (a new run), e.g. fla,mamba_ssm.")] = None,
     retry: Annotated[Optional[str], typer.Option("--retry", help="With --resume: also re-run cells whose last outcome is one of these, comma-separated (error, timeout, oom, skipped, diverged); earlier rows stay in the store.")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (this process), slurm (one job per node through submitit) or submitit-local (the same jobs on this machine).")] = "local",
+    nodes: Annotated[int, typer.Option("--nodes", help="Shards: one job (Slurm array task) on one node each.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs each job asks for; its sweep runs one worker per GPU.")] = 1,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition of the jobs.")] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="Slurm account charged for the jobs.")] = None,
+    time_min: Annotated[Optional[int], typer.Option("--time", help="Each job's time limit in minutes; a job past it (or preempted) is requeued and skips its stored cells.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="With --executor slurm or submitit-local: show progress until every job ends, then the tables.")] = False,
 ) -> None:
-    """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots."""
+    """Run a suite: each cell in an isolated worker, each result stored as it lands, then tables and plots.
+
+    With --executor slurm (or submitit-local) the cells are split into --nodes shards, one submitit job
+    each; the command prints the run directory and job ids and returns (see docs/cluster.md)."""
     from altbench import report
-    from altbench.runner import rundir
+    from altbench.runner import cluster, rundir
     from altbench.runner import run as runner
 
     retried = tuple(_names(retry) or ())
+    resources = cluster.Resources(executor, nodes, gpus_per_node, workers_per_gpu, partition, account, time_min)
+    cluster.check(resources, gpus)
+    sharded = executor != "local"
     run_dir, cells, done = runner.prepare(suite, resume, device, out, archs=_names(archs), backends=_names(backends),
                                           weights=str(weights) if weights else None, retry=retried, gpus=gpus,
-                                          workers_per_gpu=workers_per_gpu)
+                                          workers_per_gpu=workers_per_gpu, sharded=sharded)
+    if sharded:
+        _submit(run_dir, cells, done, resources, retried, wait)
+        return
     try:
         for process in rundir.read_env(run_dir, quiet=True).get("gpu_busy") or []:
             console.print(f"[yellow]warning:[/] another process is using the GPU ({process}); timings may be distorted")
@@ -151,6 +168,73 @@ def run(
         rundir.release_writer(run_dir)
     console.print(f"tables and plots: {run_dir / 'tables'}, {run_dir / 'plots'}")
     print(run_dir)
+
+
+def _submit(run_dir: Path, cells: list, done: set[str], resources, retry: tuple[str, ...], wait: bool) -> None:
+    """Submit the run's missing cells as shards (this process is the run's writer until they are
+    recorded), print the run directory and job ids, and with `wait` follow them to the end."""
+    from altbench import report
+    from altbench.runner import cluster, rundir
+    from altbench.runner import run as runner
+
+    try:
+        device = rundir.read_env(run_dir, quiet=True).get("device") or cells[0].device
+        jobs = cluster.submit(run_dir, cells, done, resources, device, retry)
+    finally:
+        rundir.release_writer(run_dir)
+    todo = {c.cell_id for c in cells if c.cell_id not in done}
+    console.print(f"run [bold]{run_dir}[/]: {len(todo)} cells to run in {len(jobs)} {resources.executor} job(s)"
+                  + (f", {len(done)} already done" if done else ""))
+    recorded = rundir.read_jobs(run_dir).get("shards", [])
+    for shard in recorded[len(recorded) - len(jobs):]:
+        print(f"shard {shard['shard']}: job {shard['job_id']}, {len(shard['cells'])} cells")
+    if wait and jobs:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task(f"{len(jobs)} job(s)", total=len(todo))
+            try:
+                while True:
+                    left = sum(not job.done() for job in jobs)
+                    progress.update(task, completed=len(todo & runner.finished(run_dir)),
+                                    description=f"{left} of {len(jobs)} job(s) not finished")
+                    if not left:
+                        break
+                    time.sleep(1.0)
+            except KeyboardInterrupt:  # the jobs are not this command's to stop
+                print(f"stopped waiting; the jobs go on: altbench status {run_dir}", file=sys.stderr)
+                raise typer.Exit(130)
+        failed = [(job, job.exception()) for job in jobs if job.exception() is not None]
+        for job, error in failed:
+            print(f"job {job.job_id} failed: {one_line(str(error).strip().splitlines()[-1] if str(error).strip() else repr(error))}",
+                  file=sys.stderr)
+        rows = rundir.latest_rows(run_dir)
+        if rows:
+            console.print(_summary_table(rows))
+            report.render_run(run_dir)
+        if failed or todo - runner.finished(run_dir):
+            print(f"cells are missing: finish with `altbench run --resume {run_dir} --executor {resources.executor}`",
+                  file=sys.stderr)
+            print(run_dir)
+            raise typer.Exit(1)
+    print(run_dir)
+
+
+@app.command("status")
+def status_(run_dir: Annotated[Path, typer.Argument(help="A run directory submitted with --executor slurm or submitit-local.")]) -> None:
+    """Cells done / running / left per shard of a submitted run, and each job's state as submitit reports it."""
+    from altbench.runner import cluster, rundir
+
+    if not rundir.is_file(rundir.store_path(run_dir)):
+        raise UserError(f"{run_dir} is not a run directory (no {rundir.STORE_FILE}); give a path that `altbench run` printed")
+    shards = cluster.shard_status(run_dir)
+    if not shards:
+        raise UserError(f"{run_dir} was run here, not submitted as jobs (no {rundir.JOBS_FILE}); `altbench report {run_dir}` shows its cells")
+    table = Table(title=f"{run_dir}: shards", title_justify="left")
+    for col in ("shard", "job", "state", "done", "running", "left"):
+        table.add_column(col, justify="right" if col in ("done", "running", "left") else "left")
+    for s in shards:
+        table.add_row(s["shard"], s["job_id"], s["state"], str(s["done"]), str(s["running"]), str(s["left"]))
+    console.print(table)
 
 
 @app.command("report")

@@ -288,21 +288,19 @@ def judge(
 
 
 def update_baseline(candidate_dir: Path, baseline_dir: Path) -> list[Path]:
-    """Make the candidate run the new baseline: copy its store, env.json and suite.toml over the
-    baseline's (each file replaced atomically); returns the baseline's files."""
+    """Make the candidate run the new baseline: copy its store files, env files and suite.toml over the
+    baseline's (each file replaced atomically, the old baseline's others removed); returns the baseline's files."""
     candidate_dir, baseline_dir = Path(candidate_dir), Path(baseline_dir)
     load_rows(candidate_dir)  # a UserError unless the candidate holds finished cells
     if candidate_dir.resolve() == baseline_dir.resolve():
         raise UserError(f"{candidate_dir} is already the baseline; give the run to promote with --candidate")
     rundir.output_dir(baseline_dir)
-    written = []
-    for name in (rundir.STORE_FILE, rundir.ENV_FILE, rundir.SUITE_FILE):
-        source, target = candidate_dir / name, baseline_dir / name
-        if not source.is_file():
-            target.unlink(missing_ok=True)  # never leave the old baseline's file beside the new one's
-            continue
-        written.append(rundir.write_bytes(target, source.read_bytes()))
-    return written
+    sources = rundir.run_files(candidate_dir)
+    names = {p.name for p in sources}
+    for old in rundir.run_files(baseline_dir):
+        if old.name not in names:
+            old.unlink()  # never leave the old baseline's file beside the new one's
+    return [rundir.write_bytes(baseline_dir / p.name, p.read_bytes()) for p in sources]
 
 
 def newest_run(root: Path, exclude: Path | None = None) -> Path:

@@ -124,7 +124,7 @@ def _env_headline(run_dir: Path, env: dict) -> list[str]:
     ]
     if env.get("triton_cache"):
         lines.append(f"- Triton cache at start: {_cache_state(env['triton_cache'])}")
-    lines += _resumed_lines(env)
+    lines += _resumed_lines(env) + _shard_lines(env)
     if env.get("gpu_busy"):
         lines.append(f"- **warning**: other processes were using the GPU: {'; '.join(env['gpu_busy'])}")
     if not env:
@@ -161,6 +161,18 @@ def _resumed_lines(env: dict) -> list[str]:
         if changed:
             lines.append(f"- **warning**: that session ran on a different setup ({'; '.join(changed)}); "
                          "cells started after it are not comparable one-to-one with earlier ones")
+    return lines
+
+
+def _shard_lines(env: dict) -> list[str]:
+    """One line per shard of a run spread over jobs (runner/cluster.py): where its cells ran, and a
+    warning when the shards ran on different setups."""
+    shards = env.get("shards") or {}
+    lines = [f"- shard {name}: {s.get('hostname', '?')}, " + ", ".join(f"{k} {v}" for k, v in _setup(s).items() if v)
+             for name, s in shards.items()]
+    if len({tuple(_setup(s).values()) for s in shards.values()}) > 1:
+        lines.append("- **warning**: the shards ran on different setups; cells of different shards are not "
+                     "comparable one-to-one")
     return lines
 
 

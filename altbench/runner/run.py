@@ -18,7 +18,7 @@ from typing import Callable
 from altbench import registry
 from altbench.errors import UserError
 from altbench.measure import ceilings, env as envmod, roofline
-from altbench.runner import rundir, store, suite as suites
+from altbench.runner import cluster, rundir, store, suite as suites
 from altbench.runner.cells import CAPABILITY, Cell, expand, series_of
 from altbench.runner.worker import Worker, call_isolated, run_cell
 
@@ -33,10 +33,11 @@ def find_run(ref: str, out: Path) -> Path:
     raise UserError(f"--resume: run '{ref}' not found ({hint})")
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, here: bool = True) -> None:
+    """UserError for an unknown device, or for cuda where the cells run `here` and no GPU is visible."""
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device: unknown device '{device}'; use cpu or cuda")
-    if device == "cuda":
+    if device == "cuda" and here:
         import torch
 
         if not torch.cuda.is_available():
@@ -122,7 +123,7 @@ def _record_session(run_dir: Path, device: str) -> None:
 def prepare(
     suite_ref: str | None, resume: str | None, device: str | None, out: Path,
     archs: list[str] | None = None, weights: str | None = None, retry: tuple[str, ...] = (),
-    backends: list[str] | None = None, gpus: int = 1, workers_per_gpu: int = 1,
+    backends: list[str] | None = None, gpus: int = 1, workers_per_gpu: int = 1, sharded: bool = False,
 ) -> tuple[Path, list[Cell], set[str]]:
     """The run directory, its cells, and the ids of cells already finished (when resuming; a cell whose
     last outcome is in `retry` counts as not finished, and its new rows supersede the old in reports).
@@ -134,6 +135,9 @@ def prepare(
     `archs` and `backends` replace the suite's architectures and backends, and `weights` (a local
     Hugging Face checkpoint) replaces random weights; all are kept in env.json so `--resume` runs
     the same cells.
+
+    `sharded`: the cells will run as jobs on other hosts (runner/cluster.py), so this host's devices
+    are not checked or measured; each shard records its own host and ceilings.
     """
     check_retry(retry, resume)
     if resume and (archs or backends or weights):
@@ -143,12 +147,17 @@ def prepare(
         run_dir = find_run(resume, out)
         env = rundir.read_env(run_dir)
         device = device or env.get("device") or suites.load(str(run_dir / rundir.SUITE_FILE)).device
-        check_device(device)
+        check_device(device, here=not sharded)
         cells = run_cells(run_dir, env, device)
-        _check_parallel(gpus, workers_per_gpu, cells, finished(run_dir, retry))
+        _check_parallel(gpus, workers_per_gpu, cells, finished(run_dir, retry), sharded)
         rundir.hold_writer(run_dir)
+        try:
+            cluster.check_idle(run_dir)  # a shard of the run still at work would run its cells a second time
+        except UserError:
+            rundir.release_writer(run_dir)
+            raise
         done = finished(run_dir, retry)  # again as the writer: another one may have finished cells meanwhile
-        if any(cell.cell_id not in done for cell in cells):
+        if not sharded and any(cell.cell_id not in done for cell in cells):
             _record_session(run_dir, device)
         return run_dir, cells, done
     if not suite_ref:
@@ -164,22 +173,22 @@ def prepare(
         overrides["weights"] = weights
         hf.check_checkpoint(suite.archs[0], weights, suite.sizes_of(suite.archs[0])[0])
     device = device or suite.device
-    check_device(device)
+    check_device(device, here=not sharded)
     cells = expand(suite, device, overrides.get("weights", ""))
-    _check_parallel(gpus, workers_per_gpu, cells, set())
+    _check_parallel(gpus, workers_per_gpu, cells, set(), sharded)
     run_dir = rundir.create(out, suite.name)
     rundir.hold_writer(run_dir)
     rundir.write_bytes(run_dir / rundir.SUITE_FILE, suite.path.read_bytes())
     env = envmod.capture(sys.argv, suite.name)
     env["device"], env["overrides"] = device, overrides
-    if device == "cuda":
+    if device == "cuda" and not sharded:
         env["ceilings"] = call_isolated(ceilings.measure, ("cuda",), timeout_s=300)
     rundir.write_env(run_dir, env)
     return run_dir, cells, set()
 
 
-def _check_parallel(gpus: int, workers_per_gpu: int, cells: list[Cell], done: set[str]) -> None:
-    if gpus > 1:
+def _check_parallel(gpus: int, workers_per_gpu: int, cells: list[Cell], done: set[str], sharded: bool = False) -> None:
+    if gpus > 1 and not sharded:
         check_gpus(gpus)
     check_workers_per_gpu(workers_per_gpu, cells, done)
 
@@ -187,9 +196,10 @@ def _check_parallel(gpus: int, workers_per_gpu: int, cells: list[Cell], done: se
 def sweep(
     run_dir: Path, cells: list[Cell], done: set[str],
     on_start: Callable[[Cell], None] = lambda cell: None, on_row: Callable[[dict], None] = lambda row: None,
-    gpus: int = 1, workers_per_gpu: int = 1,
+    gpus: int = 1, workers_per_gpu: int = 1, shard: str | None = None,
 ) -> list[dict]:
-    """Run every cell not in `done`, appending each row to the store as soon as it exists.
+    """Run every cell not in `done`, appending each row to the store (or shard `shard`'s file, whose
+    own env file gives the roofline ceilings) as soon as it exists.
 
     One worker process serves the cells in turn; with gpus > 1, cells run in parallel, one worker
     per GPU (each sees only its own device), and `workers_per_gpu` workers share each GPU
@@ -206,7 +216,8 @@ def sweep(
 
     for row in rundir.latest_rows(run_dir):
         note(row)
-    device_ceilings = roofline.run_ceilings(rundir.read_env(run_dir, quiet=True))  # each row carries its roofline bound
+    env = rundir.read_env(run_dir, quiet=True)
+    device_ceilings = roofline.run_ceilings(env["shards"][shard] if shard is not None else env)  # each row carries its roofline bound
 
     def run_one(cell: Cell, worker: Worker) -> None:
         on_start(cell)
@@ -219,7 +230,7 @@ def sweep(
             row["run_id"] = run_dir.name
             row.update(roofline.bounds(row, device_ceilings))
             with lock:
-                rundir.append_row(run_dir, row)
+                rundir.append_row(run_dir, row, shard)
                 rows.append(row)
                 note(row)
         on_row(row)
@@ -241,7 +252,7 @@ def sweep(
     pool = ThreadPoolExecutor(max_workers=len(workers))
     try:
         list(pool.map(on_free_worker, todo))
-    except KeyboardInterrupt:  # Ctrl-C: stop now, keep every row already stored
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or a preempted job's exit: stop now, keep every row already stored
         interrupted.set()
         raise
     finally:

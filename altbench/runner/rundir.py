@@ -3,7 +3,13 @@
     <run>/suite.toml      the suite exactly as run (a resumed run re-reads it from here)
     <run>/env.json        the environment, and under "resumes" each `--resume` session that ran cells
     <run>/cells.jsonl     the store: one JSON row per line (runner/store.py says what a row holds)
-    <run>/.writer.lock    the writer's lock; <run>/.writer.json says who holds it (pid, host, since)
+    <run>/cells.<k>.jsonl shard k's rows, in a run spread over hosts (runner/cluster.py): each shard
+                          appends to its own file only, as appends from several hosts to one file on a
+                          network file system are not atomic; readers merge every store file
+    <run>/env.<k>.json    shard k's host and versions; `read_env` shows them under "shards"
+    <run>/jobs.json       the submitted shards: executor, and per shard its job id and cells
+    <run>/.writer.lock    the writer's lock; <run>/.writer.json says who holds it (pid, host, since);
+                          shard k's writer holds .writer.<k>.lock instead (one writer per store file)
     <run>/tables/ plots/ cells.parquet summary.md   rendered from the store (altbench.report)
 
 Writes: a store row is appended whole (one write, then fsync); every other file is written to a
@@ -41,16 +47,18 @@ ENV_FILE = "env.json"
 SUITE_FILE = "suite.toml"
 LOCK_FILE = ".writer.lock"
 HOLDER_FILE = ".writer.json"
+JOBS_FILE = "jobs.json"
 
 # env.json keys that readers index into, with the JSON type each must have.
 ENV_TYPES = {
     "gpu": dict, "ceilings": dict, "triton_cache": dict, "inductor_cache": dict, "overrides": dict, "resumes": list, "gpu_busy": list,
+    "shards": dict,
     "created_at": str, "suite": str, "command": str, "hostname": str, "cpu": str, "torch": str, "triton": str,
     "python": str, "git_commit": str, "device": str,
 }
 
 _warned: set[str] = set()
-_held: dict[Path, object] = {}
+_held: dict[tuple[Path, str | None], object] = {}
 
 
 def warn(message: str) -> None:
@@ -70,8 +78,23 @@ def one_command() -> Iterator[None]:
         _warned.clear()
 
 
-def store_path(run_dir: Path) -> Path:
-    return Path(run_dir) / STORE_FILE
+def store_path(run_dir: Path, shard: str | None = None) -> Path:
+    """The run's store file, or shard `shard`'s own."""
+    return Path(run_dir) / (STORE_FILE if shard is None else f"cells.{shard}.jsonl")
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The files that hold a run's results, wherever they exist: its store files, suite, env.json and
+    the shards' env files (what a copy of the run, e.g. a new gate baseline, needs)."""
+    run_dir = Path(run_dir)
+    files = [*store_files(run_dir), run_dir / SUITE_FILE, run_dir / ENV_FILE, *sorted(run_dir.glob("env.*.json"))]
+    return [p for p in files if p.is_file()]
+
+
+def store_files(run_dir: Path) -> list[Path]:
+    """Every store file of the run: cells.jsonl, then the shards' files in shard order."""
+    shards = [p for p in Path(run_dir).glob("cells.*.jsonl") if not p.name.startswith(".")]
+    return [store_path(run_dir), *sorted(shards, key=lambda p: (len(p.name), p.name))]
 
 
 def is_file(path: Path) -> bool:
@@ -186,12 +209,12 @@ def _finite(value):
     return value
 
 
-def append_row(run_dir: Path, row: dict) -> None:
-    """Append one complete line (one write, then fsync); a torn last line left by a crash is ended
-    first, so this row stays whole and on its own line."""
+def append_row(run_dir: Path, row: dict, shard: str | None = None) -> None:
+    """Append one complete line (one write, then fsync) to the store, or to shard `shard`'s file; a
+    torn last line left by a crash is ended first, so this row stays whole and on its own line."""
     row = {k: _finite(v) for k, v in row.items()}
     line = (json.dumps(row, default=str, allow_nan=False) + "\n").encode()
-    path = store_path(run_dir)
+    path = store_path(run_dir, shard)
     try:
         if path.exists() and path.stat().st_size:
             with open(path, "rb") as f:
@@ -206,6 +229,15 @@ def append_row(run_dir: Path, row: dict) -> None:
             os.close(fd)
     except OSError as e:
         raise _unwritable(path, e) from None
+
+
+def ensure_store(run_dir: Path) -> Path:
+    """The run's cells.jsonl, created empty if missing: a run whose rows all sit in shard files is
+    still found, like any run, by its cells.jsonl."""
+    path = store_path(run_dir)
+    if not path.exists():
+        write_bytes(path, b"")
+    return path
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -231,9 +263,12 @@ def _row(line: bytes) -> dict | None:
 
 
 def read_rows(run_dir: Path) -> list[dict]:
-    """Every good row of the store, in the order written ([] when there is no store). Damaged lines
-    are skipped with one warning that names them."""
-    path = store_path(run_dir)
+    """Every good row of the run's store files (`store_files`), each file in the order written ([] when
+    there is none). Damaged lines are skipped with one warning per file that names them."""
+    return [row for path in store_files(run_dir) for row in _read_store(path)]
+
+
+def _read_store(path: Path) -> list[dict]:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -258,16 +293,42 @@ def read_rows(run_dir: Path) -> list[dict]:
 
 def latest_rows(run_dir: Path) -> list[dict]:
     """The rows of each cell's last attempt (`--resume --retry` may have run a cell again; the rows of
-    one attempt share its started_at), in the order written."""
+    one attempt share its started_at; across store files the later start wins), in the order read."""
     rows = read_rows(run_dir)
-    last = {cell_of(row): row.get("started_at") for row in rows}
+    last: dict[str, float | None] = {}
+    for row in rows:
+        cell, started = cell_of(row), row.get("started_at")
+        if cell not in last or (started or 0) >= (last[cell] or 0):
+            last[cell] = started
     return list({row["cell_id"]: row for row in rows if row.get("started_at") == last[cell_of(row)]}.values())
 
 
 def read_env(run_dir: Path, quiet: bool = False) -> dict:
-    """env.json as a dict; {} (an unknown environment) when it is missing, empty or not a JSON object,
-    with one warning unless `quiet`. Known keys holding the wrong type are dropped, with a warning."""
-    path = Path(run_dir) / ENV_FILE
+    """env.json as a dict, with each shard's env.<k>.json under "shards" (shard -> its session); {} (an
+    unknown environment) when env.json is missing, empty or not a JSON object, with one warning unless
+    `quiet`. Known keys holding the wrong type are dropped, and damaged shard files skipped, with a warning."""
+    env = _typed_env(Path(run_dir) / ENV_FILE, quiet, "the environment of these results is unknown")
+    shards = {}
+    for path in sorted(Path(run_dir).glob("env.*.json")):
+        if session := _typed_env(path, quiet, "that shard's environment is unknown"):
+            shards[path.name[len("env."):-len(".json")]] = session
+    if shards:
+        env["shards"] = shards
+    return env
+
+
+def _typed_env(path: Path, quiet: bool, unknown: str) -> dict:
+    env = _read_object(path, quiet, unknown)
+    wrong = [k for k, t in ENV_TYPES.items() if env.get(k) is not None and not isinstance(env[k], t)]
+    wrong += [k for k, t in (("resumes", dict), ("gpu_busy", str))
+              if k not in wrong and not all(isinstance(v, t) for v in env.get(k) or [])]
+    if wrong and not quiet:
+        warn(f"{path}: ignored {', '.join(wrong)} (unexpected values); that part of the environment is unknown")
+    return {k: v for k, v in env.items() if k not in wrong}
+
+
+def _read_object(path: Path, quiet: bool, unknown: str) -> dict:
+    """A JSON object file; {} when missing, unreadable or not one, with one warning (ending `unknown`) unless `quiet`."""
     env, problem = {}, ""
     try:
         data = path.read_bytes()
@@ -284,27 +345,46 @@ def read_env(run_dir: Path, quiet: bool = False) -> dict:
             env, problem = {}, "is damaged (not a JSON object)"
     if problem:
         if not quiet:
-            warn(f"{path} {problem}: the environment of these results is unknown")
+            warn(f"{path} {problem}: {unknown}")
         return {}
-    wrong = [k for k, t in ENV_TYPES.items() if env.get(k) is not None and not isinstance(env[k], t)]
-    wrong += [k for k, t in (("resumes", dict), ("gpu_busy", str))
-              if k not in wrong and not all(isinstance(v, t) for v in env.get(k) or [])]
-    if wrong and not quiet:
-        warn(f"{path}: ignored {', '.join(wrong)} (unexpected values); that part of the environment is unknown")
-    return {k: v for k, v in env.items() if k not in wrong}
+    return env
 
 
-def write_env(run_dir: Path, env: dict) -> Path:
-    return write_json(Path(run_dir) / ENV_FILE, env)
+def write_env(run_dir: Path, env: dict, shard: str | None = None) -> Path:
+    """Write env.json (its "shards" key is read from the shards' own files, never written here), or
+    shard `shard`'s session to its own env.<k>.json: shards on several hosts never rewrite one file."""
+    if shard is not None:
+        return write_json(Path(run_dir) / f"env.{shard}.json", env)
+    return write_json(Path(run_dir) / ENV_FILE, {k: v for k, v in env.items() if k != "shards"})
+
+
+def read_jobs(run_dir: Path) -> dict:
+    """jobs.json (the shards submitted, see runner/cluster.py), or {} for a run never submitted; a
+    damaged one reads as {} with one warning."""
+    if not (Path(run_dir) / JOBS_FILE).exists():
+        return {}
+    jobs = _read_object(Path(run_dir) / JOBS_FILE, False, "the submitted jobs are unknown")
+    if not isinstance(jobs.get("shards", []), list) or not all(isinstance(s, dict) for s in jobs.get("shards", [])):
+        warn(f"{Path(run_dir) / JOBS_FILE} is damaged (shards is not a list of objects): the submitted jobs are unknown")
+        return {}
+    return jobs
+
+
+def write_jobs(run_dir: Path, jobs: dict) -> Path:
+    return write_json(Path(run_dir) / JOBS_FILE, jobs)
 
 
 # --- the writer's lock ------------------------------------------------------------------------
 
-def _holder_facts(run_dir: Path) -> dict | None:
+def _lock_files(shard: str | None) -> tuple[str, str]:
+    return (LOCK_FILE, HOLDER_FILE) if shard is None else (f".writer.{shard}.lock", f".writer.{shard}.json")
+
+
+def _holder_facts(run_dir: Path, shard: str | None = None) -> dict | None:
     """The side file's pid, host and since, or None while it is missing, unreadable or names a process
     of this host that is gone (a writer killed before a new one recorded itself)."""
     try:
-        facts = json.loads((Path(run_dir) / HOLDER_FILE).read_text())
+        facts = json.loads((Path(run_dir) / _lock_files(shard)[1]).read_text())
         pid, host = int(facts["pid"]), str(facts["host"])
         str(facts["since"])
     except (OSError, ValueError, TypeError, KeyError):
@@ -319,42 +399,44 @@ def _holder_facts(run_dir: Path) -> dict | None:
     return facts
 
 
-def holder(run_dir: Path, wait_s: float = 2.0) -> str:
-    """Who holds the writer's lock, as its side file records it; a writer that has just taken the
-    lock records itself within moments, so this waits up to `wait_s` for a live record."""
+def holder(run_dir: Path, wait_s: float = 2.0, shard: str | None = None) -> str:
+    """Who holds the writer's lock (or shard `shard`'s), as its side file records it; a writer that has
+    just taken the lock records itself within moments, so this waits up to `wait_s` for a live record."""
     deadline = time.monotonic() + wait_s
-    while (facts := _holder_facts(run_dir)) is None and time.monotonic() < deadline:
+    while (facts := _holder_facts(run_dir, shard)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if facts is None:
         return "another process (it has not recorded its pid)"
     return f"pid {facts['pid']} on {facts['host']} since {facts['since']}"
 
 
-def hold_writer(run_dir: Path) -> None:
-    """Make this process the run directory's one writer until `release_writer` or its exit (a
-    second call from the same process is a no-op). UserError naming the holder when another
-    process writes it."""
+def hold_writer(run_dir: Path, shard: str | None = None) -> None:
+    """Make this process the run directory's one writer (or shard `shard`'s: the writer of its store and
+    env files) until `release_writer` or its exit (a second call from the same process is a no-op).
+    UserError naming the holder when another process writes it."""
     from filelock import FileLock, Timeout
 
     run_dir = Path(run_dir).resolve()
-    if run_dir in _held:
+    if (run_dir, shard) in _held:
         return
-    lock = FileLock(run_dir / LOCK_FILE, thread_local=False)
+    lock_file, holder_file = _lock_files(shard)
+    lock = FileLock(run_dir / lock_file, thread_local=False)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UserError(f"{run_dir} is being written by {holder(run_dir)}; wait for it to finish "
+        what = str(run_dir) if shard is None else f"shard {shard} of {run_dir}"
+        raise UserError(f"{what} is being written by {holder(run_dir, shard=shard)}; wait for it to finish "
                         f"(or stop it), then run `altbench run --resume {run_dir}`") from None
     except OSError as e:
-        raise _unwritable(run_dir / LOCK_FILE, e) from None
-    _held[run_dir] = lock
+        raise _unwritable(run_dir / lock_file, e) from None
+    _held[run_dir, shard] = lock
     since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_json(run_dir / HOLDER_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "since": since})
+    write_json(run_dir / holder_file, {"pid": os.getpid(), "host": socket.gethostname(), "since": since})
 
 
-def release_writer(run_dir: Path) -> None:
+def release_writer(run_dir: Path, shard: str | None = None) -> None:
     """Give up the writer's lock taken by `hold_writer` (nothing when this process holds none)."""
-    lock = _held.pop(Path(run_dir).resolve(), None)
+    lock = _held.pop((Path(run_dir).resolve(), shard), None)
     if lock is not None:
-        (Path(run_dir) / HOLDER_FILE).unlink(missing_ok=True)
+        (Path(run_dir) / _lock_files(shard)[1]).unlink(missing_ok=True)
         lock.release()

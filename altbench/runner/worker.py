@@ -111,8 +111,9 @@ def _release_memory() -> None:
 def _serve(gpu: int | None, threads: int | None, conn) -> None:
     """The worker's loop: receive (target, args), send back its row, until told to stop. An 'error'
     ends the process: a CUDA fault poisons its context, so the next call gets a fresh worker."""
-    if gpu is not None:  # before anything initialises CUDA in this process
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if gpu is not None:  # before anything initialises CUDA in this process; the gpu-th of those visible (Slurm's)
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[gpu] if gpu < len(visible) else str(gpu)
     if threads is not None:
         import torch
 
