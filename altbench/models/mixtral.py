@@ -19,6 +19,7 @@ from altbench.models.attention import Attention, AttentionConfig
 from altbench.models.base import LanguageModel, LMConfig
 from altbench.models.compose import pattern_blocks
 from altbench.models.moe import MoE, MoEConfig
+from altbench.models.transformer import LLAMA_DECODER_RENAMES
 
 
 @dataclass
@@ -70,10 +71,7 @@ MODEL = Mixtral
 # --- Hugging Face mapping (MixtralForCausalLM), see models/hf.py ----------------------------------
 HF_CLASS = "MixtralForCausalLM"
 HF_RENAMES = [
-    (r"model\.embed_tokens\.(.*)", r"embed.\1"),
-    (r"model\.layers\.(\d+)\.input_layernorm\.(.*)", r"layers.\1.mixer_norm.\2"),
-    (r"model\.layers\.(\d+)\.self_attn\.(.*)", r"layers.\1.mixer.\2"),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.(.*)", r"layers.\1.mlp_norm.\2"),
+    *LLAMA_DECODER_RENAMES,
     # the published files: block_sparse_moe with experts.E.w1 (gate), w3 (up), w2 (down)
     (r"model\.layers\.(\d+)\.block_sparse_moe\.gate\.(.*)", r"layers.\1.mlp.gate.\2"),
     (r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.w1\.(.*)", r"layers.\1.mlp.experts.\2.gate_proj.\3"),

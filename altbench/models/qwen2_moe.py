@@ -18,6 +18,7 @@ from altbench.models.attention import Attention, AttentionConfig
 from altbench.models.base import LanguageModel, LMConfig
 from altbench.models.compose import pattern_blocks
 from altbench.models.moe import MoE, MoEConfig
+from altbench.models.transformer import LLAMA_DECODER_RENAMES
 
 
 @dataclass
@@ -73,10 +74,7 @@ MODEL = Qwen2MoE
 # --- Hugging Face mapping (Qwen2MoeForCausalLM), see models/hf.py ---------------------------------
 HF_CLASS = "Qwen2MoeForCausalLM"
 HF_RENAMES = [
-    (r"model\.embed_tokens\.(.*)", r"embed.\1"),
-    (r"model\.layers\.(\d+)\.input_layernorm\.(.*)", r"layers.\1.mixer_norm.\2"),
-    (r"model\.layers\.(\d+)\.self_attn\.(.*)", r"layers.\1.mixer.\2"),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.(.*)", r"layers.\1.mlp_norm.\2"),
+    *LLAMA_DECODER_RENAMES,
     (r"model\.(.*)", r"\1"),
 ]
 

@@ -54,11 +54,15 @@ MODEL = Transformer
 
 # --- Hugging Face mapping (LlamaForCausalLM), see models/hf.py ------------------------------------
 HF_CLASS = "LlamaForCausalLM"
-HF_RENAMES = [
+# a Llama-style decoder's embedding, norms and attention: shared by the MoE models built on it
+LLAMA_DECODER_RENAMES = [
     (r"model\.embed_tokens\.(.*)", r"embed.\1"),
     (r"model\.layers\.(\d+)\.input_layernorm\.(.*)", r"layers.\1.mixer_norm.\2"),
     (r"model\.layers\.(\d+)\.self_attn\.(.*)", r"layers.\1.mixer.\2"),
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.(.*)", r"layers.\1.mlp_norm.\2"),
+]
+HF_RENAMES = [
+    *LLAMA_DECODER_RENAMES,
     (r"model\.(.*)", r"\1"),
 ]
 
