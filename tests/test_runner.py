@@ -470,3 +470,17 @@ def test_env_counts_the_triton_cache_so_first_calls_read_as_compiles_or_cache_lo
     assert "- Triton cache at start: empty (`/c`): first calls include compiling and autotuning" in cold
     warm = "\n".join(_env_headline(tmp_path, {"triton_cache": cache, "resumes": [{"triton_cache": cache}]}))
     assert warm.count("3 entries in") == 2 and "first calls are not compile times" in warm
+
+
+def test_measurements_a_model_cannot_do_are_not_applicable_rows_shown_as_na(tmp_path):
+    from altbench.report import status_label
+
+    text = FAULTY.replace('"raise", "kill", "hang", "oom"', "").replace("plugins.faulty_arch", "plugins.stepless_arch")
+    text = text.replace("[16]", "[16, 32]").replace("timeout_s = 8", "timeout_s = 60\nprefill_segment = 16")
+    text += "[measurements.decode]\n"
+    run_dir, cells, done = runner.prepare(str(write(tmp_path, text)), None, "cpu", tmp_path / "out")
+    rows = {(r["measurement"], r["seq_len"]): r for r in runner.sweep(run_dir, cells, done)}
+    assert rows[("prefill", 16)]["status"] == "ok"  # one segment: no state to carry
+    assert rows[("prefill", 32)]["message"] == "not applicable (no state carried across prefill segments of 16 tokens)"
+    assert rows[("decode", 16)]["message"] == "not applicable (no causal step)"
+    assert {status_label(rows[k]) for k in [("decode", 16), ("decode", 32), ("prefill", 32)]} == {"n/a"}

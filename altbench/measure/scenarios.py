@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from altbench.measure import energy
 from altbench.measure.fastpath import fast_call
 from altbench.measure.timing import time_calls
+from altbench.models.base import CAUSAL_STEP, SEGMENTED_PREFILL
 
 
 def _ids(model, batch: int, length: int, device, generator: torch.Generator) -> torch.Tensor:
@@ -205,6 +206,21 @@ def predicted_bytes(model, cell) -> int:
         logits = cell.batch * cell.seq_len * model.config.vocab_size * 4 * 3
         return model.params() * 16 + model.config.n_layers * per_layer // 4 + logits
     return weights + model.state_bytes(cell.batch, cell.seq_len, dtype) + model.activation_bytes(cell.batch, tokens, dtype)
+
+
+# measurement -> (capability it needs, why it does not apply without it)
+NEEDS = {"decode": (CAUSAL_STEP, "no causal step")}
+
+
+def not_applicable(model, cell) -> str | None:
+    """Why `cell`'s measurement does not apply to `model` (a capability it lacks), or None."""
+    need = NEEDS.get(cell.measurement)
+    if need and need[0] not in model.capabilities:
+        return need[1]
+    segmented = cell.measurement == "prefill" and 0 < cell.settings.prefill_segment < cell.seq_len
+    if segmented and SEGMENTED_PREFILL not in model.capabilities:
+        return f"no state carried across prefill segments of {cell.settings.prefill_segment} tokens"
+    return None
 
 
 MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel}

@@ -26,6 +26,13 @@ import torch
 from torch import nn
 
 
+# What a model can be measured doing (`LanguageModel.capabilities`); each measurement names the ones it
+# needs (`measure.scenarios.not_applicable`), and a model without one gets a "not applicable" row.
+CAUSAL_STEP = "causal_step"  # step(): one token from a carried state, O(1) or O(context) per token
+SEGMENTED_PREFILL = "segmented_prefill"  # forward(x, state) continues the sequence that built `state`
+BIDIRECTIONAL = "bidirectional"  # every position sees every other (no causal mask): no step, no carried state
+
+
 @dataclass
 class LMConfig:
     """Fields every architecture's config has (each family subclasses this, flat)."""
@@ -46,6 +53,7 @@ class LanguageModel(nn.Module):
     """Embedding -> residual blocks -> norm -> LM head, with the state-carrying contract above."""
 
     config: LMConfig
+    capabilities: frozenset[str] = frozenset({CAUSAL_STEP, SEGMENTED_PREFILL})
 
     def __init__(self, config: LMConfig, blocks: list[nn.Module]):
         super().__init__()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from altbench.errors import UserError
 from altbench.runner import rundir, store
+from altbench.runner.cells import NOT_APPLICABLE
 
 # Row fields that, with measurement and seq_len, say which series a cell belongs to.
 SERIES_FIELDS = ("arch", "size", "backend", "dtype", "device", "batch", "task", "metric")
@@ -29,7 +30,10 @@ STATUS_LABELS = {"ok": "ok", "oom": "OOM", "error": "error", "timeout": "timeout
 
 
 def status_label(row: dict) -> str:
+    """The word a table prints for a row that did not run: "n/a" where the measurement does not apply."""
     status = row.get("status") or "unknown"
+    if status == "skipped" and str(row.get("message", "")).startswith(NOT_APPLICABLE):
+        return "n/a"
     return STATUS_LABELS.get(status, status)
 
 

@@ -10,6 +10,7 @@ from altbench.runner.suite import Settings, Suite
 
 CAPABILITY = ("probe", "lm_eval")  # trained / evaluated, not timed: seq_len comes from their own axes
 LENGTH_BOUND = ("prefill", "train_step", "kernel")  # measurements whose work grows at least linearly in L
+NOT_APPLICABLE = "not applicable"  # a skipped row's message starts so when the model cannot do the measurement
 PREDICT_FROM_S = 1.0  # shorter calls are too close to fixed launch costs to extrapolate from
 
 

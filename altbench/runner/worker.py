@@ -19,7 +19,7 @@ import signal
 import time
 import traceback
 
-from altbench.runner.cells import CAPABILITY, Cell, beyond_timeout
+from altbench.runner.cells import CAPABILITY, NOT_APPLICABLE, Cell, beyond_timeout
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator")
 
@@ -50,6 +50,8 @@ def measure_cell(cell: Cell) -> dict:
     generator = torch.Generator().manual_seed(cell.seq_len * 1_000_003 + cell.batch)
     dtype = getattr(torch, cell.dtype)
     model = registry.build(cell.arch, cell.size, device="meta", backend=cell.backend)  # the backend sets its workspace
+    if reason := scenarios.not_applicable(model, cell):
+        return {"status": "skipped", "message": f"{NOT_APPLICABLE} ({reason})"}
     figures = {"params": model.params(), "state_bytes": model.state_bytes(cell.batch, cell.seq_len, dtype)}
     figures["predicted_mem_bytes"] = scenarios.predicted_bytes(model, cell)
     capacity = memory.device_capacity(device)
