@@ -403,7 +403,7 @@ def sizes(inner: str) -> dict[str, TTTConfig]:
     """The named sizes of TTT-Linear (inner = "linear") or TTT-MLP ("mlp")."""
     base = TTTConfig(inner=inner, base_lr=1.0 if inner == "linear" else 0.1)
     named = {
-        "tiny": dataclasses.replace(base, vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_hidden=192, mini_batch=4),
+        "tiny": dataclasses.replace(base, vocab_size=256, d_model=64, n_layers=2, n_heads=4, d_hidden=192),
         **{name: dataclasses.replace(base, d_model=d, n_layers=depth, n_heads=heads, d_hidden=hidden)
            for name, (d, depth, heads, hidden) in PAPER_SIZES.items()},
     }
