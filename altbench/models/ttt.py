@@ -228,34 +228,53 @@ def _open_primal(weights, acc, q, k, target, lr, scale, ln_weight, ln_bias, eps)
     return z, tuple(sums)
 
 
-def _pieces(T: int, i: int, b: int) -> list[int]:
-    """Token counts of the blocks a segment of T tokens splits into when i tokens of the open
-    mini-batch were read: its rest, whole mini-batches, an open tail."""
-    head = min(T, (b - i) % b)
-    return [n for n in [head] + [b] * ((T - head) // b) + [(T - head) % b] if n]
+def ttt_whole(weights, q, k, target, lr, scale, ln_weight, ln_bias, eps, mini_batch, dual=True):
+    """N whole mini-batches from a closed one (A = 0): tokens (B, H, N b, F), lr (B, H, N b), scale (b,).
+    Returns g's output before LN, Z_q (B, H, N b, F), and W_0 after the last. One mini-batch at a time:
+    the gradients inside a mini-batch are taken at its W_0, which the one before produces."""
+    block = _open_dual if dual else _open_primal
+    outputs = []
+    for start in range(0, q.shape[2], mini_batch):
+        part = slice(start, start + mini_batch)
+        z, acc = block(weights, None, q[:, :, part], k[:, :, part], target[:, :, part], lr[:, :, part], scale,
+                       ln_weight, ln_bias, eps)
+        outputs.append(z)
+        weights = tuple(w - scale[-1] * a for w, a in zip(weights, acc))  # the mini-batch closes: W_0 <- W_{b-1}
+    return torch.cat(outputs, 2), weights
 
 
-def ttt_mini_batch(q, k, v, lr, scale, ln_weight, ln_bias, state, mini_batch=16, eps=1e-6, dual=True):
+def ttt_mini_batch(q, k, v, lr, scale, ln_weight, ln_bias, state, mini_batch=16, eps=1e-6, dual=True, whole=ttt_whole):
     """Same contract as `ttt_ref`, one mini-batch at a time (dual form, or primal with dual=False).
-    A segment may start and end inside a mini-batch (see the state in the module docstring)."""
+    A segment may start and end inside a mini-batch (the state in the module docstring): it runs as
+    the rest of the open mini-batch, whole mini-batches (`whole`: `ttt_whole` or a kernel with its
+    contract), and an open tail."""
     dtype, cd = v.dtype, _compute_dtype(v)
     q, k, v = (t.to(cd).transpose(1, 2) for t in (q, k, v))  # (B, H, T, F)
     lr, ln_weight, ln_bias, scale = lr.to(cd).transpose(1, 2), ln_weight.to(cd), ln_bias.to(cd), scale.to(cd)
     target = v - k  # f(k) = k + LN(g(k)) ~ v
     weights, acc, i = state
-    acc = acc if i else None  # A is zero at a mini-batch's start
+    T, b = q.shape[2], mini_batch
+    head = min(T, (b - i) % b)  # tokens that the open mini-batch still takes
+    n_whole = (T - head) // b * b
     block = _open_dual if dual else _open_primal
-    outputs, start = [], 0
-    for n in _pieces(q.shape[2], i, mini_batch):
+    outputs = []
+    pieces = (("open", 0, head), ("whole", head, n_whole), ("open", head + n_whole, T - head - n_whole))
+    for kind, start, n in pieces:
+        if n == 0:
+            continue
         part = slice(start, start + n)
-        z, acc = block(weights, acc, q[:, :, part], k[:, :, part], target[:, :, part], lr[:, :, part],
-                       scale[i : i + n], ln_weight, ln_bias, eps)
+        if kind == "whole":
+            z, weights = whole(weights, q[:, :, part], k[:, :, part], target[:, :, part], lr[:, :, part], scale,
+                               ln_weight, ln_bias, eps, b, dual)
+        else:
+            z, acc = block(weights, acc if i else None, q[:, :, part], k[:, :, part], target[:, :, part],
+                           lr[:, :, part], scale[i : i + n], ln_weight, ln_bias, eps)
+            i += n
+            if i == b:  # the mini-batch closes: W_0 <- W_{b-1}
+                weights, i = tuple(w - scale[-1] * a for w, a in zip(weights, acc)), 0
         outputs.append(z)
-        start, i = start + n, i + n
-        if i == mini_batch:  # the mini-batch closes: W_0 <- W_{b-1}
-            weights, acc, i = tuple(w - scale[-1] * a for w, a in zip(weights, acc)), None, 0
     z = q + _layer_norm(torch.cat(outputs, 2), ln_weight, ln_bias, eps)  # (B, H, T, F)
-    acc = acc if acc is not None else tuple(torch.zeros_like(w) for w in weights)
+    acc = acc if i else tuple(torch.zeros_like(w) for w in weights)
     return z.transpose(1, 2).to(dtype), (weights, acc, i)
 
 
