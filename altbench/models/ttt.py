@@ -278,6 +278,14 @@ def ttt_mini_batch(q, k, v, lr, scale, ln_weight, ln_bias, state, mini_batch=16,
     return z.transpose(1, 2).to(dtype), (weights, acc, i)
 
 
+def ttt_mini_batch_triton(*args, **kwargs):
+    """`ttt_mini_batch` with the whole mini-batches of a linear f in altbench's Triton kernel
+    (kernels/ttt_linear.py, forward only); open mini-batches at a segment's ends stay in PyTorch."""
+    from altbench.kernels.ttt_linear import ttt_linear_whole
+
+    return ttt_mini_batch(*args, whole=ttt_linear_whole, **kwargs)
+
+
 def ttt_step(q, k, v, lr, scale, ln_weight, ln_bias, state, mini_batch=16, eps=1e-6):
     """One token: q, k, v (B, H, F); lr (B, H) -> z (B, H, F), state. Adds the token's gradient at the
     open mini-batch's W_0 to A, reads out with W_i = W_0 - s_i A, and closes the mini-batch at i = b-1."""
