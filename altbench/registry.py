@@ -35,6 +35,8 @@ ARCHITECTURES: dict[str, str] = {
     "jamba": "altbench.models.jamba",
     "zamba2": "altbench.models.zamba2",
     "striped-hyena": "altbench.models.striped_hyena",
+    "ttt-linear": "altbench.models.ttt_linear",
+    "ttt-mlp": "altbench.models.ttt_mlp",
 }
 
 # backend -> (module that must be importable, what it is)
