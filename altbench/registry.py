@@ -46,7 +46,6 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "fla": ("fla", "flash-linear-attention kernels"),
     "mamba_ssm": ("mamba_ssm", "the official Mamba kernels"),
 }
-FORWARD_ONLY: tuple[str, ...] = ()  # backends without backward kernels: a train step runs on another
 # backend_choice = "fastest": per architecture and measurement, the first of these that implements the
 # mixer, can run the measurement and is installed. altbench's kernels lead where they exist: the forward
 # measured ahead of fla's and mamba_ssm's (benchmarks/kernels.py); the plain torch forms come last.
@@ -137,6 +136,12 @@ def backends_of(arch: str) -> list[str]:
     """Backends that implement `arch`'s mixer: torch always, others where the family's module maps
     them (`BACKENDS`: name -> function that swaps the model's op for that backend's)."""
     return ["torch", *getattr(family(arch), "BACKENDS", {})]
+
+
+def trains_on(arch: str, backend: str) -> bool:
+    """Whether `backend` implements `arch` with a backward (a family lists its forward-only backends
+    in `FORWARD_ONLY`), so that a train step can run on it."""
+    return backend in backends_of(arch) and backend not in getattr(family(arch), "FORWARD_ONLY", ())
 
 
 def use_backend(model, arch: str, backend: str) -> None:

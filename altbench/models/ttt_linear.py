@@ -8,3 +8,4 @@ SIZES = sizes("linear")
 MODEL = TTT
 
 BACKENDS = {"triton": swap_layer_op("mixer.mini_batch", ttt_mini_batch_triton)}
+FORWARD_ONLY = ("triton",)  # the kernel has no backward: a train step under "first"/"fastest" runs on torch

@@ -100,8 +100,7 @@ class Suite:
         if self.backend_choice == "each":
             return self.backends
         order = self.backends if self.backend_choice == "first" else [b for b in registry.FASTEST if b in self.backends]
-        usable = [b for b in order if b in registry.backends_of(arch)
-                  and not (measurement == "train_step" and b in registry.FORWARD_ONLY)]
+        usable = [b for b in order if (registry.trains_on(arch, b) if measurement == "train_step" else b in registry.backends_of(arch))]
         return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or order[:1])
 
 
