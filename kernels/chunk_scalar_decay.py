@@ -110,6 +110,7 @@ more, about 1-2 s).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -333,15 +334,18 @@ def _segment_grad_states_kernel(
     tl.store(dseg_decay + i_bh.to(tl.int64) * NS + i_r, total, mask=i_v == 0)
 
 
-@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY, reset_to_zero=["dq", "dk"])
+@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY)
 @triton.jit
-def _segment_grads_kernel(
-    q, k, v, g, do, states, dstates, dht,  # as the forward's; do like v; states, dstates (reversed) (B*H, NS, K, V); dht (B*H, K, V)
-    dq, dk, dv, dgq, dgk, dg_last,  # dq, dk like q (fp32 when ADD); dv like v; dgq, dgk (NV, B, T, H), dg_last (NV, B*H) fp32
+def _segment_dq_kernel(
+    q, k, v, g, do, states, dht,  # as the forward's; do like v; states (B*H, NS, K, V); dht (B*H, K, V)
+    dq, dgq, dg_last,  # dq (B, T, HK, K), or per V block and value head (NV, B, T, H, K) when PART; dgq (NV, B, T, H), dg_last (NV, B*H) fp32
     T, H, HK, NS, L, scale, BT,  # BT = B * T
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-    HAS_DHT: tl.constexpr, ADD: tl.constexpr,  # ADD: dq, dk summed over heads and V blocks by atomic adds
+    HAS_DHT: tl.constexpr, PART: tl.constexpr,
 ):
+    """Kernel 6: walks the segment's chunks forwards from the state entering it, the forward's loop
+    with do in q's place and v in k's: dq_i = scale (sum_{j<=i} (do_i . v_j) exp(G_i - G_j) k_j
+    + exp(G_i) do_i S^T), and q_i . dq_i without its j = i term."""
     i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // (H // HK)
@@ -353,21 +357,18 @@ def _segment_grads_kernel(
     k_seg = k + tok0 * HK * K + i_hk * K
     v_seg = v + tok0 * H * V + i_h * V
     do_seg = do + tok0 * H * V + i_h * V
-    dv_seg = dv + tok0 * H * V + i_h * V
     g_seg = g + tok0 * H + i_h
-    part = i_v.to(tl.int64) * BT  # this V block's slice of the per-block partial sums
-    dq_seg = dq + tok0 * HK * K + i_hk * K
-    dk_seg = dk + tok0 * HK * K + i_hk * K
+    part = i_v.to(tl.int64) * BT  # this V block's slice of the per-block buffers
+    if PART:
+        dq_seg, dq_row = dq + (part + tok0) * H * K + i_h * K, H * K
+    else:
+        dq_seg, dq_row = dq + tok0 * HK * K + i_hk * K, HK * K
     dgq_seg = dgq + (part + tok0) * H + i_h
-    dgk_seg = dgk + (part + tok0) * H + i_h
     in_k, in_v = ck < K, cv < V
     kv_mask = in_k[:, None] & in_v[None, :]
-    causal = rows[:, None] >= rows[None, :]  # i >= j, rows i
-    anticausal = rows[:, None] <= rows[None, :]  # j <= i, rows j
     diagonal = rows[:, None] == rows[None, :]
-    before, after = causal & ~diagonal, anticausal & ~diagonal  # j < i, rows i; i > j, rows j
+    before = rows[:, None] > rows[None, :]  # j < i, rows i
 
-    # forwards: dq_i = scale (sum_{j<=i} (do_i . v_j) exp(G_i - G_j) k_j + exp(G_i) do_i S^T)
     S = tl.load(states + (i_bh.to(tl.int64) * NS + i_s) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)  # (BK, BV)
     for c0 in range(0, n, C):
         r = c0 + rows
@@ -387,10 +388,7 @@ def _segment_grads_kernel(
         dqc = tl.dot(Ad.to(kc.dtype), kc, dqc, input_precision=PREC) * scale  # all but the j = i term
         tl.store(dgq_seg + r * H, tl.sum(qc.to(tl.float32) * dqc, 1), mask=in_seq)
         dqc += (scale * own)[:, None] * kc.to(tl.float32)
-        if ADD:
-            tl.atomic_add(dq_seg + r[:, None] * (HK * K) + ck[None, :], dqc, mask=in_seq[:, None] & in_k[None, :])
-        else:
-            tl.store(dq_seg + r[:, None] * (HK * K) + ck[None, :], dqc.to(dq.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
+        tl.store(dq_seg + r[:, None] * dq_row + ck[None, :], dqc.to(dq.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
 
         k_dec = (kc * tl.exp(G_end - G)[:, None]).to(kc.dtype)
         k_dec = tl.where(((r == n - 1) & (i_s == NS - 1))[:, None], 0.0, k_dec)  # leaves exp(g_T) S_{T-1}, not S_T
@@ -399,8 +397,44 @@ def _segment_grads_kernel(
         dh_T = tl.load(dht + i_bh.to(tl.int64) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)
         tl.store(dg_last + i_v.to(tl.int64) * (BT // T) * H + i_bh, tl.sum(tl.sum(S * dh_T, 1), 0), mask=i_s == NS - 1)
 
-    # backwards from the gradient at the segment's end: dk, dv; dS becomes the gradient at each chunk's start
-    dS = tl.load(dstates + (i_bh.to(tl.int64) * NS + NS - 1 - i_s) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)
+
+@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY)
+@triton.jit
+def _segment_dkv_kernel(
+    q, k, v, g, do, dstates,  # as the forward's; do like v; dstates (B*H, NS, K, V), reversed segments
+    dk, dv, dgk,  # dk like dq in `_segment_dq_kernel`; dv like v; dgk (NV, B, T, H) fp32
+    T, H, HK, NS, L, scale, BT,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
+    PART: tl.constexpr,
+):
+    """Kernel 7: walks the segment's chunks backwards from the gradient at its end, the state's
+    gradient dS in registers: dk_j, dv_j, and k_j . dk_j without its i = j term."""
+    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // (H // HK)
+    t0 = i_s * L
+    n = tl.minimum(L, T - t0)
+    tok0 = i_b.to(tl.int64) * T + t0
+    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    q_seg = q + tok0 * HK * K + i_hk * K
+    k_seg = k + tok0 * HK * K + i_hk * K
+    v_seg = v + tok0 * H * V + i_h * V
+    do_seg = do + tok0 * H * V + i_h * V
+    dv_seg = dv + tok0 * H * V + i_h * V
+    g_seg = g + tok0 * H + i_h
+    part = i_v.to(tl.int64) * BT
+    if PART:
+        dk_seg, dk_row = dk + (part + tok0) * H * K + i_h * K, H * K
+    else:
+        dk_seg, dk_row = dk + tok0 * HK * K + i_hk * K, HK * K
+    dgk_seg = dgk + (part + tok0) * H + i_h
+    in_k, in_v = ck < K, cv < V
+    anticausal = rows[:, None] <= rows[None, :]  # i >= j, rows j
+    diagonal = rows[:, None] == rows[None, :]
+    after = rows[:, None] < rows[None, :]  # i > j, rows j
+
+    dS = tl.load(dstates + (i_bh.to(tl.int64) * NS + NS - 1 - i_s) * K * V + ck[:, None] * V + cv[None, :],
+                 mask=in_k[:, None] & in_v[None, :], other=0.0)  # (BK, BV)
     nc = tl.cdiv(n, C)
     for ci in range(nc):
         c0 = (nc - 1 - ci) * C
@@ -427,16 +461,40 @@ def _segment_grads_kernel(
         Pv = tl.where(after, Pv * gap, 0.0) * scale
         dk_state = tl.dot(vc, tl.trans(dS.to(vc.dtype)), input_precision=PREC) * decay_to_end  # (C, BK)
         dkc = tl.dot(Pv.to(qc.dtype), qc, input_precision=PREC)  # all but the i = j term
-        last = ((r == n - 1) & (i_s == NS - 1))[:, None]  # token T: its dh_T term is left out of dg_T (above)
+        last = ((r == n - 1) & (i_s == NS - 1))[:, None]  # token T: its dh_T term is left out of dg_T (kernel 6)
         tl.store(dgk_seg + r * H, tl.sum(kc.to(tl.float32) * (dkc + tl.where(last, 0.0, dk_state)), 1), mask=in_seq)
         dkc += dk_state + (scale * own)[:, None] * qc.to(tl.float32)
-        if ADD:
-            tl.atomic_add(dk_seg + r[:, None] * (HK * K) + ck[None, :], dkc, mask=in_seq[:, None] & in_k[None, :])
-        else:
-            tl.store(dk_seg + r[:, None] * (HK * K) + ck[None, :], dkc.to(dk.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
+        tl.store(dk_seg + r[:, None] * dk_row + ck[None, :], dkc.to(dk.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
 
         q_dec = (qc * tl.exp(G)[:, None]).to(qc.dtype)
         dS = dS * tl.exp(G_end) + tl.dot(tl.trans(q_dec), doc, input_precision=PREC) * scale
+
+
+@triton.jit
+def _decay_grad_kernel(
+    dgq, dgk, carry, dg,  # dgq, dgk (NV, B, T, H); carry (B, H, NB) fp32; dg (B, T, H) fp32
+    T, H, NV, BT,  # BT = B * T
+    TB: tl.constexpr, BH: tl.constexpr, APPLY: tl.constexpr,
+):
+    """dG_t = sum over V blocks of (q_t . dq_t - k_t . dk_t), one (TB, H) tile of tokens per program.
+    APPLY off: writes the tile's sum per head to carry. On: dg_t = sum_{s >= t} dG_s, from the sum
+    inside the tile and carry, now the sum over all later tiles."""
+    i_b, i_t = tl.program_id(0), tl.program_id(1)
+    NB = tl.num_programs(1)
+    t, ch = i_t * TB + tl.arange(0, TB), tl.arange(0, BH)
+    m = (t < T)[:, None] & (ch < H)[None, :]
+    off = (i_b.to(tl.int64) * T + t)[:, None] * H + ch[None, :]  # (TB, BH)
+    dG = tl.zeros([TB, BH], dtype=tl.float32)
+    pq, pk = dgq + off, dgk + off
+    for _ in range(NV):
+        dG += tl.load(pq, mask=m, other=0.0) - tl.load(pk, mask=m, other=0.0)
+        pq, pk = pq + BT * H, pk + BT * H  # the next V block
+    c = carry + (i_b.to(tl.int64) * H + ch) * NB + i_t  # (BH,)
+    if APPLY:
+        later = tl.load(c, mask=ch < H, other=0.0)
+        tl.store(dg + off, tl.cumsum(dG, 0, reverse=True) + later[None, :], mask=m)
+    else:
+        tl.store(c, tl.sum(dG, 0), mask=ch < H)
 
 
 # --- launchers -----------------------------------------------------------------------------------
@@ -503,23 +561,26 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, segment_leng
     BK = max(16, triton.next_power_of_2(K))
     BV = min(64 if BK <= 64 else 32, max(16, triton.next_power_of_2(V)))  # K = 128 at BV = 64 spills
     NV = triton.cdiv(V, BV)
-    add = NV > 1 or HK < H  # dq, dk summed over V blocks or over the heads sharing q, k
-    dq = (torch.zeros if add else torch.empty)(B, T, HK, K, device=q.device, dtype=torch.float32 if add else q.dtype)
-    dk = (torch.zeros if add else torch.empty)(B, T, HK, K, device=q.device, dtype=torch.float32 if add else q.dtype)
-    dv = torch.empty(B, T, H, V, device=q.device, dtype=v.dtype)
-    dgq = torch.empty(NV, B, T, H, device=q.device, dtype=torch.float32)  # q_t . dq_t
-    dgk = torch.empty(NV, B, T, H, device=q.device, dtype=torch.float32)  # k_t . dk_t
-    dg_last = torch.empty(NV, B * H, device=q.device, dtype=torch.float32)  # <dh_T, exp(g_T) S_{T-1}>
+    part = NV > 1 or HK < H  # dq, dk per V block and value head, summed below over blocks and the heads sharing q, k
+    dv_dtype = v.dtype
     if _INTERPRET and q.dtype == torch.bfloat16:  # the interpreter's tl.dot reads bf16 as raw uint16 (Triton 3.7)
         q, k, v = q.float(), k.float(), v.float()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     do = do.to(q.dtype).contiguous()
     g = g.float().contiguous()
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dq_shape = (NV, B, T, H, K) if part else (B, T, HK, K)
+    dq = torch.empty(dq_shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(dq_shape, device=q.device, dtype=q.dtype)
+    dv = torch.empty(B, T, H, V, device=q.device, dtype=dv_dtype)
+    dgq = torch.empty(NV, B, T, H, **f32)  # q_t . dq_t
+    dgk = torch.empty(NV, B, T, H, **f32)  # k_t . dk_t
+    dg_last = torch.empty(NV, B * H, **f32)  # <dh_T, exp(g_T) S_{T-1}>
 
-    dstates = torch.empty(B * H, NS, K, V, device=q.device, dtype=torch.float32)  # reversed segments
-    dseg_decay = torch.empty(B * H, NS, device=q.device, dtype=torch.float32)
-    dh0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+    dstates = torch.empty(B * H, NS, K, V, **f32)  # reversed segments
+    dseg_decay = torch.empty(B * H, NS, **f32)
+    dh0 = torch.empty(B, H, K, V, **f32)
     _segment_grad_states_kernel[(B * H, NS, NV)](
         q, do, g, dstates, dseg_decay, T, H, HK, NS, L, scale, K=K, V=V, BK=BK, BV=BV, PREC=prec
     )
@@ -527,15 +588,26 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, segment_leng
     _scan_states_kernel[(B * H, triton.cdiv(K * V, 256))](
         dstates, dseg_decay, dht if dht is not None else dh0, dh0, NS, K=K, V=V, E=256, U=16, HAS_H0=dht is not None, num_warps=4
     )
-    _segment_grads_kernel[(B * H, NS, NV)](
-        q, k, v, g, do, states, dstates, dht if dht is not None else dh0, dq, dk, dv, dgq, dgk, dg_last, T, H, HK, NS, L, scale, B * T,
-        K=K, V=V, BK=BK, BV=BV, PREC=prec, HAS_DHT=dht is not None, ADD=add,
+    _segment_dq_kernel[(B * H, NS, NV)](
+        q, k, v, g, do, states, dht if dht is not None else dh0, dq, dgq, dg_last, T, H, HK, NS, L, scale, B * T,
+        K=K, V=V, BK=BK, BV=BV, PREC=prec, HAS_DHT=dht is not None, PART=part,
     )
+    _segment_dkv_kernel[(B * H, NS, NV)](
+        q, k, v, g, do, dstates, dk, dv, dgk, T, H, HK, NS, L, scale, B * T, K=K, V=V, BK=BK, BV=BV, PREC=prec, PART=part,
+    )
+    if part:  # fp32 sums over the V blocks and the value heads of each key head
+        dq, dk = (x.view(NV, B, T, HK, H // HK, K).sum((0, 4), dtype=torch.float32) for x in (dq, dk))
 
-    dG = (dgq - dgk).sum(0)  # (B, T, H): the gradient of the running log-decay G_t
     if dht is not None:
-        dG[:, -1] += dg_last.sum(0).view(B, H)
-    dg = dG.flip(1).cumsum(1).flip(1)  # dg_t = sum_{s >= t} dG_s
+        dgq[0, :, -1] += dg_last.sum(0).view(B, H)
+    BH = triton.next_power_of_2(H)
+    TB = 16 if _INTERPRET else max(16, min(256, 16384 // BH))  # tokens per tile of the reverse cumulative sum; tests cross tiles
+    NB = triton.cdiv(T, TB)
+    carry = torch.empty(B, H, NB, **f32)  # per tile and head: its sum, then the sum over the tiles after it
+    dg = torch.empty(B, T, H, **f32)
+    _decay_grad_kernel[(B, NB)](dgq, dgk, carry, dg, T, H, NV, B * T, TB=TB, BH=BH, APPLY=False, num_warps=8)
+    carry = F.pad(carry.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # along the last axis: a parallel scan in torch
+    _decay_grad_kernel[(B, NB)](dgq, dgk, carry.contiguous(), dg, T, H, NV, B * T, TB=TB, BH=BH, APPLY=True, num_warps=8)
     return dq, dk, dv, dg, dh0 if h0 is not None else None
 
 
