@@ -159,14 +159,15 @@ def _configs():
     return _CONFIGS[:1] if _INTERPRET else _CONFIGS
 
 
-# The backward kernels hold more tiles than the forward's (S or dS, and five (C, BK|BV) loads): they
-# pick their own chunk, which the segments' states do not constrain. On sm_90 at K = V = 64 (BV = 64)
-# and K = 128 (BV = 32), C = 32 compiles without spills at 4 and 8 warps, C = 64 only for kernel 4.
+# The backward walks hold more tiles than the forward's (S or dS, and four (C, BK|BV) loads): they
+# pick their own chunk, which the segments' states do not constrain. ptxas for sm_90 (triton 3.7):
+# at K = V = 64, C = 32 compiles without spills at 8 warps (219 and 242 registers in kernels 6 and 7);
+# at K = 128, V = 64, kernel 7 spills 64 bytes at 8 warps and 3 stages, 184 at 2; C = 64 spills
+# 200-850 bytes in kernel 7, so only kernel 4 could use it.
 _BWD_CONFIGS = [
     triton.Config({"C": 32}, num_warps=4, num_stages=2),
     triton.Config({"C": 32}, num_warps=8, num_stages=2),
-    triton.Config({"C": 64}, num_warps=8, num_stages=2),
-    triton.Config({"C": 32}, num_warps=4, num_stages=3),
+    triton.Config({"C": 32}, num_warps=8, num_stages=3),
 ]
 _BWD_TUNE_KEY = ["K", "V", "BK", "BV"]
 
@@ -459,11 +460,12 @@ def _segment_dkv_kernel(
         Pv = tl.dot(vc, tl.trans(doc), input_precision=PREC)  # (C, C): v_j . do_i
         own = tl.sum(tl.where(diagonal, Pv, 0.0), 1)  # (C,): v_j . do_j
         Pv = tl.where(after, Pv * gap, 0.0) * scale
-        dk_state = tl.dot(vc, tl.trans(dS.to(vc.dtype)), input_precision=PREC) * decay_to_end  # (C, BK)
-        dkc = tl.dot(Pv.to(qc.dtype), qc, input_precision=PREC)  # all but the i = j term
-        last = ((r == n - 1) & (i_s == NS - 1))[:, None]  # token T: its dh_T term is left out of dg_T (kernel 6)
-        tl.store(dgk_seg + r * H, tl.sum(kc.to(tl.float32) * (dkc + tl.where(last, 0.0, dk_state)), 1), mask=in_seq)
-        dkc += dk_state + (scale * own)[:, None] * qc.to(tl.float32)
+        dkc = tl.dot(vc, tl.trans(dS.to(vc.dtype)), input_precision=PREC) * decay_to_end  # (C, BK): the state's term
+        last = (r == n - 1) & (i_s == NS - 1)  # token T: its dh_T term is left out of dg_T (kernel 6)
+        dg_state = tl.where(last, tl.sum(kc.to(tl.float32) * dkc, 1), 0.0)  # (C,)
+        dkc = tl.dot(Pv.to(qc.dtype), qc, dkc, input_precision=PREC)  # all but the i = j term
+        tl.store(dgk_seg + r * H, tl.sum(kc.to(tl.float32) * dkc, 1) - dg_state, mask=in_seq)
+        dkc += (scale * own)[:, None] * qc.to(tl.float32)
         tl.store(dk_seg + r[:, None] * dk_row + ck[None, :], dkc.to(dk.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
 
         q_dec = (qc * tl.exp(G)[:, None]).to(qc.dtype)
@@ -559,7 +561,7 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, segment_leng
     assert dht is None or dht.shape == (B, H, K, V), f"dht {tuple(dht.shape)} must be (B, H, K, V) = {(B, H, K, V)}"
 
     BK = max(16, triton.next_power_of_2(K))
-    BV = min(64 if BK <= 64 else 32, max(16, triton.next_power_of_2(V)))  # K = 128 at BV = 64 spills
+    BV = min(64, max(16, triton.next_power_of_2(V)))  # one V block up to 64: each more block repeats the (C, C) products
     NV = triton.cdiv(V, BV)
     part = NV > 1 or HK < H  # dq, dk per V block and value head, summed below over blocks and the heads sharing q, k
     dv_dtype = v.dtype
