@@ -72,7 +72,7 @@ of g), the log-decay's gradient is a reverse cumulative sum:
     dg_t = sum_{s >= t} ( q_s . dq_s - k_s . dk_s ) + <dh_T, S_T>
 
 The token's own term, scale (q_s . k_s)(do_s . v_s), is in both dot products and cancels; the
-kernel leaves it out of both before it forms them, and likewise forms the last token's final-state
+kernels leave it out of both before it forms them, and likewise forms the last token's final-state
 term as <dh_T, exp(g_T) S_{T-1}>, without its k_T^T v_T part that k_T . dk_T would cancel. So under
 strong decay (every other term near 0) dg is not the rounding residue of large equal numbers.
 
@@ -84,25 +84,44 @@ Inside a chunk, with dS_end the gradient at the chunk's end, every exponent agai
     dS_start = exp(G_C) dS_end + scale sum_i exp(G_i) q_i^T do_i
 
 The backward keeps the forward's segments and the states entering them (saved by the forward, the
-only extra memory kept for autograd: B*H*ceil(T/L)*K*V fp32) and runs three kernels:
+only extra memory kept for autograd: B*H*ceil(T/L)*K*V fp32) and runs, all but kernel 5 with every
+(b*h, segment, V block) an independent program:
 
     4. `_segment_grad_states_kernel`, grid as kernel 1: each segment's own dS at its start, from a
        zero gradient at its end, walking its chunks backwards; written in reversed segment order,
        so that
     5. `_scan_states_kernel`, the forward's scan run over the reversed segments from dh_T, leaves
        the gradient at each segment's end, and gives dh0 as its "final state";
-    6. `_segment_grads_kernel`, grid as kernel 3: walks the segment's chunks forwards from the
-       entering state for dq, then backwards from the gradient at its end for dk and dv, each in
-       registers; writes dq, dk, dv and the per-token q . dq and k . dk, which the launcher turns
-       into dg with one reverse cumulative sum over (B, T, H) in torch.
+    6. `_segment_dq_kernel`, grid as kernel 3: the forward's walk with do in q's place and v in
+       k's: from the entering state S forwards, S in registers; writes dq and q_t . dq_t;
+    7. `_segment_dkv_kernel`, grid as kernel 3: from the gradient at the segment's end backwards,
+       dS in registers; writes dk, dv and k_t . dk_t;
+    8. `_decay_grad_kernel`, twice, one (256 tokens, H) tile per program: the tiles' sums of
+       dG_t = q_t . dq_t - k_t . dk_t, then (after a reverse cumulative sum over the few tile sums
+       in torch) dg_t = sum_{s >= t} dG_s. torch's cumsum of (B, T, H) along T walks every token
+       with one thread per (b, h); inferred, not timed alone, to be most of the 81.5 ms the
+       earlier backward took at 256K tokens on the H200 (it grew 5.9x from 64K).
 
-dq and dk are computed per value head and V block; with q, k shared by a group of heads (H_k < H),
-or V split into blocks (of 64, or 32 when K > 64), each program adds its share into fp32 buffers of
-q's shape by atomic adds, else it writes them directly. The backward kernels choose their own chunk
-(32 or 64) by autotuning.
+Two walks rather than one: holding S, dS and both walks' tiles in one program took 255 registers
+and spilled at K = 128. Per-head gradients of shared q, k (H_k < H, Mamba-2's B and C) and the
+partial sums of several V blocks (V > 64) are written with plain stores into (NV, B, T, H, K)
+buffers in q's dtype and summed once in fp32 by torch (no atomic adds: 64 heads adding into one
+q row serialised). That buffer is the backward's largest: 2 * NV*B*T*H*K elements (34 GB at 1M
+tokens, H = 64, K = 128, bf16); with H_k = H and V <= 64, dq and dk are written in place.
+The backward walks take a chunk of 32 (`_BWD_CONFIGS`; autotuned warps and stages).
 
-First call: compiling the three kernels and trying two configs (4 warps, 2 or 3 stages) of kernels
-1 and 3 takes 2.5-4.5 s on the H100 per (K, V, chunk_size, dtype). T and L are run-time arguments,
+Bytes per token and value head of the backward (bf16): at H = H_k = 32, K = V = 64, reads of q, k,
+v, do (128 each) in kernel 4 (2), 6 (4) and 7 (4), writes of dq, dk, dv (3), about 1.7 KB, 14 GB
+at 256K tokens; at Mamba-2's shape (H = 64, H_k = 1, K = 128, V = 64) q and k come from L2 (the
+heads of one segment run side by side), and v, do, the per-head dq, dk written and read back make
+about 1.8 KB (30 GB at 256K). Matrix products per chunk: 4 in kernel 6, 7 in kernel 7, 1 in kernel
+4, against the forward's 5. PREDICTION, not a measurement (written without a GPU): forward+backward
+on the H200 at 256K in 8-12 ms at H = 32, K = V = 64 (81.5 ms before this design) and 18-25 ms at
+Mamba-2's shape (161 ms before; mamba_ssm's mamba_chunk_scan_combined took 40.2 ms), each within
+2-3x of its copy-bandwidth floor plus the forward; 4K is bound by the ~12 launches (0.4-0.8 ms).
+
+First call: compiling the forward's three kernels and trying two configs (4 warps, 2 or 3 stages) of
+kernels 1 and 3 takes 2.5-4.5 s on the H100 per (K, V, chunk_size, dtype). T and L are run-time arguments,
 so other lengths reuse it (a T that is not a multiple of 16, or a single segment, specialises once
 more, about 1-2 s).
 """
