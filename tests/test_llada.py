@@ -253,3 +253,24 @@ def test_lm_eval_scores_llada_by_the_seeded_monte_carlo_bound():
         build_lm("llada", "tiny", "cpu", None, 2, carry_state=True)
     with pytest.raises(UserError, match="mc_samples must be a positive integer"):
         build_lm("llada", "tiny", "cpu", None, 2, mc_samples=0)
+
+
+def test_generate_table_and_compare_put_autoregressive_rows_beside_every_n(tmp_path):
+    from altbench.report.compare import compare
+    from altbench.report.tables import generate_section
+
+    base = {"measurement": "generate", "size": "130m", "backend": "torch", "dtype": "bfloat16", "device": "cuda",
+            "batch": 1, "seq_len": 512, "gen_length": 256, "status": "ok", "reps": 10}
+    rows = [
+        {**base, "arch": "llada", "task": "steps64", "steps": 64, "block_length": 32, "ms_median": 200.0, "tokens_per_s": 1280.0},
+        {**base, "arch": "llada", "task": "steps256", "status": "timeout"},
+        {**base, "arch": "transformer", "ms_median": 100.0, "tokens_per_s": 2560.0},
+    ]
+    table = " ".join("\n".join(generate_section(rows)).split())  # cells without their padding
+    assert "G = 256 tokens after a prompt of L tokens, against denoising steps N (block length 32)" in table
+    assert "| model | L | N=64 | N=256 |" in table
+    assert "| llada 130m | 512 | 200 ms, 1,280 tok/s | timeout |" in table
+    assert "| transformer 130m (autoregressive: G calls at every N) | 512 | 100 ms, 2,560 tok/s | 100 ms, 2,560 tok/s |" in table
+    compare([{**r, "run_id": "r"} for r in rows], ["llada", "transformer"], tmp_path)
+    text = " ".join((tmp_path / "compare.md").read_text().split())
+    assert "| steps64 | 512 | 200 | 100 | 0.500 |" in text and "| steps256 | 512 | timeout | 100 | – |" in text

@@ -396,6 +396,16 @@ def generate_steps(row: dict) -> int | None:
     return int(task.removeprefix("steps")) if task.startswith("steps") and task[5:].isdigit() else None
 
 
+def generate_matched(rows: list[dict]) -> list[dict]:
+    """Generate rows with an autoregressive model's row repeated at every N present (as its task), so
+    that it meets each masked diffusion row of the same setting."""
+    steps = sorted({n for r in rows if (n := generate_steps(r)) is not None})
+    out = []
+    for r in rows:
+        out += [{**r, "task": f"steps{n}"} for n in steps] if steps and generate_steps(r) is None else [r]
+    return out
+
+
 def generate_lines(rows: list[dict]) -> tuple[list[int], dict[tuple, dict]]:
     """(every N in the rows, {(model, L): {N or None: row}}): a masked diffusion model's rows by N, an
     autoregressive model's one row under None; `model` names arch and size, plus backend, dtype and
