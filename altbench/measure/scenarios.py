@@ -275,7 +275,7 @@ def not_applicable(model, cell) -> str | None:
     """Why `cell`'s measurement does not apply to `model` (a capability it lacks), or None."""
     if reason := lacking(model.capabilities, cell.measurement):
         return reason
-    segmented = cell.measurement == "prefill" and 0 < cell.settings.prefill_segment < cell.seq_len
+    segmented = cell.measurement in ("prefill", "kernel") and 0 < cell.settings.prefill_segment < cell.seq_len
     if segmented and SEGMENTED_PREFILL not in model.capabilities:
         return f"no state carried across prefill segments of {cell.settings.prefill_segment} tokens"
     return None
