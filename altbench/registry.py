@@ -37,6 +37,7 @@ ARCHITECTURES: dict[str, str] = {
     "striped-hyena": "altbench.models.striped_hyena",
     "ttt-linear": "altbench.models.ttt_linear",
     "ttt-mlp": "altbench.models.ttt_mlp",
+    "llada": "altbench.models.llada",
 }
 
 # backend -> (module that must be importable, what it is)

@@ -34,6 +34,9 @@ def test_smoke_run_stores_one_ok_row_per_cell(smoke_run):
     expected = {c.cell_id for c in expand(suites.load("smoke"), "cpu")}
     assert sorted(r["cell_id"] for r in rows) == sorted(expected)
     for r in rows:
+        if (r["arch"], r["measurement"]) == ("llada", "decode"):
+            assert r["status"] == "skipped" and r["message"] == "not applicable (no causal step)", r
+            continue
         assert r["status"] == "ok", r
         assert r["ms_median"] > 0 and r["ms_ci_low"] <= r["ms_median"] <= r["ms_ci_high"]
         assert r["reps"] >= 7 and r["peak_mem_bytes"] > 0 and r["tokens_per_s"] > 0

@@ -1,4 +1,5 @@
-"""What a cell measures: prefill, decode, a training step, and the mixer alone (`kernel`).
+"""What a cell measures: prefill, decode, a training step, the mixer alone (`kernel`), and the
+generation of G tokens after a prompt (`generate`).
 
 Each function takes a built model, the cell and the input generator, runs the timing protocol of
 `measure/timing.py` and returns the row's figures. They never catch errors: the worker turns an
@@ -8,12 +9,11 @@ exception into the row's status.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from altbench.measure import energy
 from altbench.measure.fastpath import fast_call
 from altbench.measure.timing import time_calls
-from altbench.models.base import CAUSAL_STEP, SEGMENTED_PREFILL
+from altbench.models.base import BIDIRECTIONAL, CAUSAL_STEP, SEGMENTED_PREFILL
 
 
 def _ids(model, batch: int, length: int, device, generator: torch.Generator) -> torch.Tensor:
@@ -146,7 +146,8 @@ def decode(model, cell, device, generator) -> dict:
 
 
 def train_step(model, cell, device, generator) -> dict:
-    """Forward + backward + AdamW step on next-token loss; bf16/fp16 cells use autocast over fp32 weights."""
+    """Forward + backward + AdamW step on the model's own loss (`train_loss`: next-token cross-entropy,
+    or e.g. LLaDA's masked diffusion loss); bf16/fp16 cells use autocast over fp32 weights."""
     s = cell.settings
     model.float().train()
     ids = _ids(model, cell.batch, cell.seq_len, device, generator)
@@ -155,8 +156,7 @@ def train_step(model, cell, device, generator) -> dict:
 
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits, _ = model(ids)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+            loss = model.train_loss(ids)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -193,6 +193,49 @@ def kernel(model, cell, device, generator) -> dict:
     return {**row, "tokens_per_s": tokens / (row["ms_median"] / 1e3), "bytes_moved": moved, "segment": s.prefill_segment}
 
 
+def _autoregressive(model, ids: torch.Tensor, gen_length: int, segment: int) -> torch.Tensor:
+    """Greedy generation: a prefill of ids (B, L) into a state sized for L + gen_length tokens, then
+    gen_length - 1 steps each fed the last argmax; the gen_length tokens (B, G)."""
+    state = model.init_state(ids.shape[0], capacity=ids.shape[1] + gen_length)
+    logits, state = _prefill(model, ids, segment, state)  # (B, 1, V)
+    tokens = [logits[:, -1].argmax(-1)]  # (B,) each
+    for _ in range(gen_length - 1):
+        logits, state = model.step(tokens[-1], state)  # (B, V)
+        tokens.append(logits.argmax(-1))
+    return torch.stack(tokens, 1)
+
+
+def generate(model, cell, device, generator) -> dict:
+    """Time to produce G = gen_length tokens after a prompt of L = seq_len tokens, the whole generation
+    one timed call, replayed from one CUDA graph (not compiled: a compiled step would recompile at each
+    of the G cache lengths; both kinds of model run eager kernels, so they compare alike).
+
+    Masked diffusion (bidirectional): `model.generate` with the cell's N steps and block length, N
+    full forwards over L + G tokens (two with guidance), no cache. Autoregressive: a prefill of L
+    tokens, then G - 1 steps each fed the last argmax: G tokens from G model calls.
+    """
+    s, o = cell.settings, cell.extra
+    G, L = o["gen_length"], cell.seq_len
+    ids = _ids(model, cell.batch, L, device, generator)
+    if BIDIRECTIONAL in model.capabilities:
+        N, block, passes = o["steps"], o["block_length"], 2 if o["cfg_scale"] else 1
+        fn = lambda ids: model.generate(ids, G, N, block, o["remasking"], o["cfg_scale"])  # noqa: E731
+        flops = passes * cell.batch * N * model.denoise_flops(L + G, block)
+        moved = N * (_weight_bytes(model) + _activation_bytes(model, passes * cell.batch, L + G))
+        figures = {"steps": N, "block_length": block, "model_calls": N, "remasking": o["remasking"], "cfg_scale": o["cfg_scale"]}
+    else:
+        fn = lambda ids: _autoregressive(model, ids, G, s.prefill_segment)  # noqa: E731
+        flops = cell.batch * (model.prefill_flops(L) + sum(model.flops_per_token(L + i) for i in range(G - 1)))
+        dtype = model.embed.weight.dtype
+        moved = (G * _weight_bytes(model) + _activation_bytes(model, cell.batch, L)
+                 + (G - 1) * model.state_bytes(cell.batch, L + G // 2, dtype))
+        figures = {"model_calls": G}
+    tokens = cell.batch * G
+    with torch.inference_mode():
+        row = _timed(fn, (ids,), cell, device, compile=None, graphs=s.cuda_graphs, tokens=tokens)
+    return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved, "gen_length": G, **figures}
+
+
 def predicted_bytes(model, cell) -> int:
     """Analytic peak memory of the cell: weights (+ grads and AdamW moments for training), the
     state after seq_len tokens, and activations of one prefill segment."""
@@ -200,6 +243,10 @@ def predicted_bytes(model, cell) -> int:
     elt = torch.finfo(dtype).bits // 8
     weights = model.params() * elt
     tokens = cell.settings.prefill_segment or cell.seq_len
+    if cell.measurement == "generate":
+        batch = cell.batch * (2 if cell.extra.get("cfg_scale") else 1)
+        tokens = cell.seq_len + cell.extra["gen_length"]
+        return weights + model.state_bytes(cell.batch, tokens, dtype) + model.activation_bytes(batch, tokens, dtype)
     if cell.measurement == "train_step":
         # fp32 weights, grads, two moments; activations kept for backward in every layer
         per_layer = model.activation_bytes(cell.batch, cell.seq_len, dtype) - cell.batch * cell.seq_len * model.config.vocab_size * elt
@@ -208,19 +255,30 @@ def predicted_bytes(model, cell) -> int:
     return weights + model.state_bytes(cell.batch, cell.seq_len, dtype) + model.activation_bytes(cell.batch, tokens, dtype)
 
 
-# measurement -> (capability it needs, why it does not apply without it)
-NEEDS = {"decode": (CAUSAL_STEP, "no causal step")}
+# measurement -> (capability it needs, or a tuple of which it needs one; why it does not apply without)
+NEEDS = {
+    "decode": (CAUSAL_STEP, "no causal step"),
+    "generate": ((CAUSAL_STEP, BIDIRECTIONAL), "neither a causal step to decode with nor a denoising sampler"),
+}
+
+
+def lacking(capabilities: frozenset[str], measurement: str) -> str | None:
+    """Why a model with `capabilities` cannot do `measurement` at all (see NEEDS), or None."""
+    need = NEEDS.get(measurement)
+    if need is None:
+        return None
+    options = {need[0]} if isinstance(need[0], str) else set(need[0])
+    return None if options & capabilities else need[1]
 
 
 def not_applicable(model, cell) -> str | None:
     """Why `cell`'s measurement does not apply to `model` (a capability it lacks), or None."""
-    need = NEEDS.get(cell.measurement)
-    if need and need[0] not in model.capabilities:
-        return need[1]
-    segmented = cell.measurement == "prefill" and 0 < cell.settings.prefill_segment < cell.seq_len
+    if reason := lacking(model.capabilities, cell.measurement):
+        return reason
+    segmented = cell.measurement in ("prefill", "kernel") and 0 < cell.settings.prefill_segment < cell.seq_len
     if segmented and SEGMENTED_PREFILL not in model.capabilities:
         return f"no state carried across prefill segments of {cell.settings.prefill_segment} tokens"
     return None
 
 
-MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel}
+MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel, "generate": generate}

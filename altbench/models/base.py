@@ -23,6 +23,7 @@ import operator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -92,6 +93,13 @@ class LanguageModel(nn.Module):
             x, s = layer.step(x, s)
             new_state.append(s)
         return self.lm_head(self.norm(x)), new_state
+
+    def train_loss(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The loss a training step minimises on ids (B, T): next-token cross-entropy, the mean over the
+        B x (T - 1) predicted tokens. A family trained otherwise (masked diffusion) overrides it;
+        `generator` seeds whatever randomness its loss draws (None: torch's default generator)."""
+        logits, _ = self(ids)  # (B, T, V)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
 
     def init_state(self, batch: int, device=None, dtype=None, capacity: int = 0) -> list:
         """Empty state for `batch` sequences; `capacity` pre-sizes KV caches (ignored by recurrences)."""

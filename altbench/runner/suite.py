@@ -31,6 +31,17 @@
     [measurements.train_step]
     max_seq_len = 16384                  # longer cells are recorded as skipped, with this reason
     [measurements.kernel]                # the first layer's sequence mixer alone (block.mix)
+    [measurements.generate]              # G tokens after a prompt of L = seq_len tokens
+    gen_length = 256                     # G
+    steps = [64, 128, 256]               # denoising steps N (masked diffusion; one cell each)
+    block_length = 32                    # semi-autoregressive blocks; divides gen_length, and steps
+                                         # must be a multiple of gen_length / block_length
+    remasking = "low_confidence"         # or "random"
+    cfg_scale = 0.0                      # classifier-free guidance (0: none)
+
+Any measurement table may name `archs = [...]`: the measurement then runs for those architectures
+only, and naming one that cannot do it (decode for a model without a causal step) is refused.
+Without that list, a model that cannot do a measurement gets a 'not applicable' row.
 
 Any mistake (bad TOML, unknown key, wrong type, unknown architecture / size / backend /
 measurement) raises `UserError` naming the file, the key and the fix.
@@ -48,7 +59,7 @@ from altbench import registry
 from altbench.errors import UserError, one_line
 from altbench.runner import rundir
 
-MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "probe", "lm_eval")
+MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "generate", "probe", "lm_eval")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -86,9 +97,15 @@ class Suite:
     extra: dict = field(default_factory=dict)  # measurement-specific tables (probe tasks, lm-eval tasks)
     arch_sizes: dict = field(default_factory=dict)  # arch -> sizes, overriding `sizes` for that arch
     backend_choice: str = "each"  # "each": every backend its own cells; "first", "fastest": see `backends_of`
+    measurement_archs: dict = field(default_factory=dict)  # measurement -> the archs it is restricted to
 
     def sizes_of(self, arch: str) -> list[str]:
         return self.arch_sizes.get(arch, self.sizes)
+
+    def archs_of(self, measurement: str) -> list[str]:
+        """The architectures `measurement` runs for: its table's `archs` (those still in the suite's,
+        which `--archs` may narrow), else the suite's."""
+        return [a for a in self.measurement_archs.get(measurement, self.archs) if a in self.archs]
 
     def backends_of(self, arch: str, measurement: str) -> list[str]:
         """The backends `arch` runs `measurement` on. "each": all of `backends` (one that does not
@@ -177,6 +194,56 @@ def _names(where: str, key: str, values: list, known: list[str]) -> list[str]:
     return values
 
 
+# [measurements.generate]'s own keys and their defaults (None: gen_length's value; steps: a list)
+GENERATE_DEFAULTS = {"gen_length": 256, "steps": None, "block_length": None, "remasking": "low_confidence", "cfg_scale": 0.0}
+
+
+def _generate_options(where: str, table: dict) -> dict:
+    """The generate measurement's options, checked, with defaults filled in and `steps` a list."""
+    from altbench.models import llada
+
+    for key in table:
+        if key not in GENERATE_DEFAULTS:
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join([*_SETTING_TYPES, *GENERATE_DEFAULTS])}")
+    opts = {**GENERATE_DEFAULTS, **table}
+    for key in ("gen_length", "block_length"):
+        opts[key] = opts["gen_length"] if opts[key] is None else opts[key]
+        _check_type(where, key, opts[key], int)
+    steps = [opts["gen_length"]] if opts["steps"] is None else opts["steps"]
+    steps = steps if isinstance(steps, list) else [steps]
+    for n in steps:
+        _check_type(where, "steps", n, int)
+    if not steps or len(set(steps)) != len(steps):
+        raise UserError(f"{where}: key 'steps' must list distinct step counts, got {opts['steps']!r}")
+    _check_type(where, "remasking", opts["remasking"], str)
+    if opts["remasking"] not in llada.REMASKING:
+        raise UserError(f"{where}: key 'remasking' must be one of {', '.join(llada.REMASKING)}, got {opts['remasking']!r}")
+    _check_type(where, "cfg_scale", opts["cfg_scale"], (int, float))
+    if not (math.isfinite(opts["cfg_scale"]) and opts["cfg_scale"] >= 0):
+        raise UserError(f"{where}: key 'cfg_scale' must be a finite number >= 0, got {opts['cfg_scale']!r}")
+    try:
+        for n in steps:
+            llada.unmask_schedule(opts["gen_length"], n, opts["block_length"])
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return {**opts, "steps": sorted(steps), "cfg_scale": float(opts["cfg_scale"])}
+
+
+def _measurement_archs(where: str, measurement: str, value, archs: list[str]) -> list[str]:
+    """A measurement's `archs`: a non-empty list of the suite's archs, each able to do the measurement."""
+    from altbench.measure.scenarios import lacking
+
+    _check_type(where, "archs", value, list)
+    if not _strings(where, "archs", value):
+        raise UserError(f"{where}: key 'archs' must name at least one architecture (leave it out for all)")
+    for arch in value:
+        if arch not in archs:
+            raise UserError(f"{where}: '{arch}' in 'archs' is not in the suite's 'archs' ({', '.join(archs)})")
+        if reason := lacking(registry.family(arch).MODEL.capabilities, measurement):
+            raise UserError(f"{where}: {arch} cannot do {measurement} ({reason}); remove it from 'archs'")
+    return value
+
+
 def load(name_or_path: str) -> Suite:
     path = resolve(name_or_path)
     where = str(path)
@@ -239,19 +306,23 @@ def load(name_or_path: str) -> Suite:
     base, stray = _settings(f"{where} [settings]", data.get("settings", {}), Settings())
     if stray:
         raise UserError(f"{where} [settings]: unknown key '{next(iter(stray))}'; known: {', '.join(_SETTING_TYPES)}")
-    measurements, extra = {}, {}
+    measurements, extra, measurement_archs = {}, {}, {}
     for name, table in data["measurements"].items():
         _names(where, "measurements", [name], list(MEASUREMENTS))
         if not isinstance(table, dict):
             raise UserError(f"{where}: [measurements.{name}] must be a table")
-        measurements[name], extra[name] = _settings(f"{where} [measurements.{name}]", table, base)
-        if extra[name] and name not in ("probe", "lm_eval"):
-            raise UserError(
-                f"{where} [measurements.{name}]: unknown key '{next(iter(extra[name]))}'; known: {', '.join(_SETTING_TYPES)}"
-            )
+        table_where = f"{where} [measurements.{name}]"
+        if "archs" in table:
+            table = dict(table)
+            measurement_archs[name] = _measurement_archs(table_where, name, table.pop("archs"), archs)
+        measurements[name], extra[name] = _settings(table_where, table, base)
+        if name == "generate":
+            extra[name] = _generate_options(table_where, extra[name])
+        elif extra[name] and name not in ("probe", "lm_eval"):
+            raise UserError(f"{table_where}: unknown key '{next(iter(extra[name]))}'; known: {', '.join([*_SETTING_TYPES, 'archs'])}")
     return Suite(
         name=suite_name, path=path, archs=archs, sizes=sizes, backends=backends, dtypes=dtypes,
         batches=data.get("batches", [1]), seq_lens=data["seq_lens"], measurements=measurements,
         description=data.get("description", ""), device=device, extra=extra, arch_sizes=arch_sizes,
-        backend_choice=backend_choice,
+        backend_choice=backend_choice, measurement_archs=measurement_archs,
     )
