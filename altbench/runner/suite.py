@@ -95,8 +95,8 @@ class Suite:
         implement the arch gives `skipped` rows). "first": only the first of `backends` that
         implements the arch, can run the measurement (a train step needs a backward) and is
         installed here, so each architecture is measured once, on its fastest listed form.
-        "fastest": the same, in the order of `registry.FASTEST` (altbench's kernels, fla, mamba_ssm,
-        torch) rather than the order of `backends`."""
+        "fastest": the same, in the order of `registry.FASTEST` (altbench's kernels, fla,
+        mlstm_kernels, mamba_ssm, torch) rather than the order of `backends`."""
         if self.backend_choice == "each":
             return self.backends
         order = self.backends if self.backend_choice == "first" else [b for b in registry.FASTEST if b in self.backends]
