@@ -100,9 +100,16 @@ class Suite:
         if self.backend_choice == "each":
             return self.backends
         order = self.backends if self.backend_choice == "first" else [b for b in registry.FASTEST if b in self.backends]
-        usable = [b for b in order if b in registry.backends_of(arch)
-                  and not (measurement == "train_step" and b in registry.FORWARD_ONLY)]
-        return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or order[:1])
+        return first_usable(order, arch, measurement)
+
+
+def first_usable(order: list[str], arch: str, measurement: str) -> list[str]:
+    """[the first backend of `order` that implements `arch`, can run `measurement` (a train step needs
+    a backward) and is installed]; else the first that implements it (its cells say what is missing),
+    else the first of `order`."""
+    usable = [b for b in order if b in registry.backends_of(arch)
+              and not (measurement == "train_step" and b in registry.FORWARD_ONLY)]
+    return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or order[:1])
 
 
 _TOP = {
