@@ -82,8 +82,8 @@ def _mamba_ssm_logits(model, ids):
     return model(ids).logits
 
 
-def _plain_logits(model, ids):
-    return model(ids)
+def _first_output(model, ids):
+    return model(ids)[0]
 
 
 def fla_rwkv7(c, size):
@@ -161,19 +161,22 @@ def xlstm_large(c, size):
         if importlib.util.find_spec("mlstm_kernels") is None:
             raise ImportError("neither xlstm nor mlstm_kernels is installed", name="xlstm") from None
         model = registry.build("xlstm", size, backend="mlstm_kernels")
-        return model, lambda model, ids: model(ids)[0], "altbench xLSTM, mLSTM cell from mlstm_kernels (xlstm not installed)"
+        return model, _first_output, "altbench xLSTM, mLSTM cell from mlstm_kernels (xlstm not installed)"
+    # xLSTMLarge rounds d * factor down where altbench (and the published sizes) round up: give it our width
+    d_ffn = registry.build("xlstm", size, device="meta").layers[0].mlp.up_proj.out_features
     config = xLSTMLargeConfig(
         embedding_dim=c.d_model, num_heads=c.n_heads, num_blocks=c.n_layers, vocab_size=c.vocab_size, use_bias=False,
         norm_eps=c.norm_eps, qk_dim_factor=c.qk_dim_factor, v_dim_factor=c.v_dim_factor,
-        chunkwise_kernel="chunkwise--triton_xl_chunk", mode="train", chunk_size=KERNEL_CHUNK, return_last_states=False,
-        autocast_kernel_dtype=DTYPE, eps=c.eps, ffn_proj_factor=c.ffn_proj_factor,
+        chunkwise_kernel="chunkwise--triton_xl_chunk", mode="train", chunk_size=KERNEL_CHUNK,
+        return_last_states=True,  # xlstm 2.0.6's layers unpack (h, state) whatever this says
+        autocast_kernel_dtype=DTYPE, eps=c.eps, ffn_proj_factor=d_ffn / c.d_model,
         ffn_round_up_to_multiple_of=c.ffn_multiple_of, gate_soft_cap=c.gate_soft_cap,
         output_logit_soft_cap=c.logit_soft_cap, weight_mode="single",
     )
     model = xLSTMLarge(config)
     if c.tie_embeddings:
         model.lm_head.weight = model.embedding.weight
-    return model, _plain_logits, "xlstm xLSTMLarge (mlstm_kernels chunkwise--triton_xl_chunk)"
+    return model, _first_output, "xlstm xLSTMLarge (mlstm_kernels chunkwise--triton_xl_chunk)"
 
 
 PEERS = {  # arch -> (what the row calls it before it is built, builder)
@@ -214,7 +217,7 @@ def measure(arch: str, impl: str, L: int, size: str = "130m", device: str = "cud
                 kb.import_ours()  # altbench.kernels, also from a checkout that was never pip-installed
             row["implementation"] = f"altbench ({backend})"
             model = registry.build(arch, size, backend=backend)
-            logits_of = lambda model, ids: model(ids)[0]  # noqa: E731 - the train_step cell's default
+            logits_of = _first_output  # altbench's models return (logits, state)
         else:
             row["implementation"], build = PEERS[arch]
             torch.manual_seed(0)
