@@ -1,13 +1,22 @@
 """benchmarks/train_peers.py without a GPU: its arguments, one training-step row of altbench's torch
-form on a tiny model, `not installed` rows for peers that are absent, and the ratio, roofline and
-summary logic on given rows."""
+form on a tiny model, `not installed` rows for peers that are absent, the ratio, roofline and summary
+logic on given rows, and (where the xlstm package is installed) that its xLSTM peer computes altbench's
+xLSTM, run in Triton's interpreter."""
 
 import importlib.util
 import os
+import re
 
 import pytest
+import torch
 
 from altbench import registry
+from altbench.models import xlstm
+from altbench.models.hf import rename
+from conftest import assert_close
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "train_peers.py")
 spec = importlib.util.spec_from_file_location("train_peers", SCRIPT)
@@ -76,3 +85,20 @@ def test_ratio_roofline_and_summary():
     assert "| gla | 4K | ours | 8,192 | 20.0% | peer | 10,240 | 25.0% | 0.80 | yes |" in table
     assert "| gla | 16K | ours | oom | – | – | – | – | – | – |" in table
     assert "| gla | 16K | ours | oom: CUDA out of memory |" in tp.markdown_row(rows[2])
+
+
+@pytest.mark.triton
+def test_the_xlstm_peer_is_altbenchs_xlstm_on_its_weights():
+    """xLSTMLarge at altbench's tiny config, its weights renamed onto altbench's xLSTM (transformers'
+    names, models/xlstm.py HF_RENAMES, but for the embedding's), gives the same logits."""
+    pytest.importorskip("xlstm.xlstm_large.model")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    peer, logits_of, label = tp.xlstm_large(registry.config("xlstm", "tiny"), "tiny")
+    assert label.startswith("xlstm xLSTMLarge")
+    ours = registry.build("xlstm", "tiny")
+    weights = {re.sub(r"^embedding\.", "backbone.embeddings.", k): v for k, v in peer.state_dict().items()}
+    ours.load_state_dict(rename(weights, xlstm.HF_RENAMES))
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        assert_close("logits", ours.to(device)(ids)[0], logits_of(peer.to(device), ids), 2e-3)
