@@ -46,11 +46,12 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "triton": ("triton", "altbench's Triton kernels"),
     "fla": ("fla", "flash-linear-attention kernels"),
     "mamba_ssm": ("mamba_ssm", "the official Mamba kernels"),
+    "mlstm_kernels": ("mlstm_kernels", "NX-AI's official mLSTM kernels (xLSTM)"),
 }
 # backend_choice = "fastest": per architecture and measurement, the first of these that implements the
 # mixer, can run the measurement and is installed. altbench's kernels lead where they exist: the forward
 # measured ahead of fla's and mamba_ssm's (benchmarks/kernels.py); the plain torch forms come last.
-FASTEST = ("triton", "fla", "mamba_ssm", "torch")
+FASTEST = ("triton", "fla", "mlstm_kernels", "mamba_ssm", "torch")
 
 
 # Hybrids declared by the suite being run ([hybrids.NAME] tables, models/hybrid.py), as JSON

@@ -145,27 +145,39 @@ def decode(model, cell, device, generator) -> dict:
     }
 
 
-def train_step(model, cell, device, generator) -> dict:
-    """Forward + backward + AdamW step on the model's own loss (`train_loss`: next-token cross-entropy,
-    or e.g. LLaDA's masked diffusion loss); bf16/fp16 cells use autocast over fp32 weights."""
-    s = cell.settings
+def training_step(model, ids: torch.Tensor, dtype: torch.dtype, loss_of=lambda model, ids: model.train_loss(ids)):
+    """The call a train step times: forward under autocast to `dtype` over fp32 weights (none for fp32),
+    the model's own loss (`train_loss`: next-token cross-entropy on fp32 logits, or e.g. LLaDA's masked
+    diffusion loss), backward, AdamW step. `loss_of(model, ids)` gives the loss: another library's model
+    where a benchmark times it the same way (benchmarks/train_peers.py)."""
     model.float().train()
-    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    dtype = getattr(torch, cell.dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ids.device.type == "cuda")
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model.train_loss(ids)
+        with torch.autocast(ids.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_of(model, ids)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def training_work(model, batch: int, seq_len: int) -> dict:
+    """Analytic work of one train step of a model in fp32: FLOPs (backward ~ 2x forward) and the bytes
+    it must move (see measure/roofline.py)."""
+    return {"flops": 3 * batch * model.prefill_flops(seq_len),
+            "bytes_moved": 32 * model.params() + 2 * _activation_bytes(model, batch, seq_len)}
+
+
+def train_step(model, cell, device, generator) -> dict:
+    """Forward + backward + AdamW step on next-token loss (`training_step`)."""
+    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    step = training_step(model, ids, getattr(torch, cell.dtype))
     tokens = cell.batch * cell.seq_len
     row = _timed(step, (), cell, device, compile=None, graphs=False, tokens=tokens)
-    flops = 3 * cell.batch * model.prefill_flops(cell.seq_len)  # backward ~ 2x forward
-    moved = 32 * model.params() + 2 * _activation_bytes(model, cell.batch, cell.seq_len)  # see measure/roofline.py
-    return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved}
+    work = training_work(model, cell.batch, cell.seq_len)
+    return {**row, **_derived(row["ms_median"], tokens, work["flops"]), "bytes_moved": work["bytes_moved"]}
 
 
 def kernel(model, cell, device, generator) -> dict:

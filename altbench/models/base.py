@@ -98,8 +98,7 @@ class LanguageModel(nn.Module):
         """The loss a training step minimises on ids (B, T): next-token cross-entropy, the mean over the
         B x (T - 1) predicted tokens. A family trained otherwise (masked diffusion) overrides it;
         `generator` seeds whatever randomness its loss draws (None: torch's default generator)."""
-        logits, _ = self(ids)  # (B, T, V)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        return next_token_loss(self(ids)[0], ids)
 
     def init_state(self, batch: int, device=None, dtype=None, capacity: int = 0) -> list:
         """Empty state for `batch` sequences; `capacity` pre-sizes KV caches (ignored by recurrences)."""
@@ -140,6 +139,11 @@ class LanguageModel(nn.Module):
         Exact for costs linear in the position (attention); constant costs are just length x cost.
         """
         return length * self.flops_per_token(length // 2)
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) at positions < T against ids (B, T) shifted by one, in fp32."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
 def swap_layer_op(path: str, op):

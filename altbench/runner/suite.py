@@ -112,13 +112,20 @@ class Suite:
         implement the arch gives `skipped` rows). "first": only the first of `backends` that
         implements the arch, can run the measurement (a train step needs a backward) and is
         installed here, so each architecture is measured once, on its fastest listed form.
-        "fastest": the same, in the order of `registry.FASTEST` (altbench's kernels, fla, mamba_ssm,
-        torch) rather than the order of `backends`."""
+        "fastest": the same, in the order of `registry.FASTEST` (altbench's kernels, fla,
+        mlstm_kernels, mamba_ssm, torch) rather than the order of `backends`."""
         if self.backend_choice == "each":
             return self.backends
         order = self.backends if self.backend_choice == "first" else [b for b in registry.FASTEST if b in self.backends]
-        usable = [b for b in order if (registry.trains_on(arch, b) if measurement == "train_step" else b in registry.backends_of(arch))]
-        return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or order[:1])
+        return first_usable(order, arch, measurement)
+
+
+def first_usable(order: list[str], arch: str, measurement: str) -> list[str]:
+    """[the first backend of `order` that implements `arch`, can run `measurement` (a train step needs
+    a backward) and is installed]; else the first that implements it (its cells say what is missing),
+    else the first of `order`."""
+    usable = [b for b in order if (registry.trains_on(arch, b) if measurement == "train_step" else b in registry.backends_of(arch))]
+    return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or order[:1])
 
 
 _TOP = {
