@@ -162,12 +162,18 @@ class CausalConv1d(nn.Conv1d):
 
     def step(self, x: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One token: x: (B, C) -> y (B, C), the window after x."""
-        xw = torch.cat([window, x[:, None]], dim=1)  # (B, K, C)
-        y = torch.einsum("bkc,ck->bc", xw, self.weight[:, 0])
-        return (y + self.bias if self.bias is not None else y), xw[:, 1:]
+        return causal_conv_step(x, window, self.weight[:, 0], self.bias)
 
     def flops_per_token(self) -> int:
         return 2 * self.in_channels * self.kernel_size[0]
+
+
+def causal_conv_step(x, window, weight, bias):
+    """`CausalConv1d.step` on its parameters: x: (B, C); window: (B, K-1, C); weight: (C, K); bias: (C,)
+    or None -> y = sum_k weight[:, k] * [window; x][k] + bias (B, C), the window after x (B, K-1, C)."""
+    xw = torch.cat([window, x[:, None]], dim=1)  # (B, K, C)
+    y = torch.einsum("bkc,ck->bc", xw, weight)
+    return (y + bias if bias is not None else y), xw[:, 1:]
 
 
 class RotaryEmbedding(nn.Module):
