@@ -4,7 +4,9 @@ kernels one step launches and the ten that take the most device time, per archit
 For each architecture (default: 130m, bf16, batch 1, context 4K) and each compile scope asked for:
 
 1. The model and its state as a `decode` cell builds them (`registry.build` with the backend,
-   `scenarios.decode_state`: a real prefill, KV caches extended to the context).
+   `scenarios.decode_state`: a real prefill, KV caches extended to the context). The backend sets
+   the prefill's kernels and, for mamba and mamba2, the step's: `triton` runs the fused Triton step
+   kernels (kernels/selective_step.py, kernels/ssd_step.py), `torch` the compiled PyTorch step.
 2. The step on altbench's fast path, as `scenarios.decode` runs it: `fastpath.fast_call` with the
    compile regions of that scope (`fastpath.regions`: each layer, or the whole model) and a CUDA
    graph; timed by `timing.time_calls` (median and 95% interval, no L2 flush, as decode cells).
@@ -15,14 +17,15 @@ For each architecture (default: 130m, bf16, batch 1, context 4K) and each compil
 4. The memory bound: weights plus state (or KV cache) bytes over the copy bandwidth measured in the
    same run (`measure/ceilings.py`), and the fraction of it reached.
 
-Each (architecture, scope) runs in its own process, so a compile failure, an OOM or a CUDA fault is
+Each (architecture, backend, scope) runs in its own process, so a compile failure, an OOM or a CUDA fault is
 that row's `error` and the loop goes on. Prints a Markdown table as it goes and the top kernels of
 each row, and writes every row as JSON to `--out` (default `$OUT/decode_profile.json` when OUT is
 set, else `./decode_profile.json`).
 
     python benchmarks/decode_profile.py                                   # 6 architectures, both scopes
     python benchmarks/decode_profile.py --archs mamba,mamba2 --scopes model --context 2048
-    python benchmarks/decode_profile.py --device cpu --size tiny --context 64 --dtype float32   # smoke
+    python benchmarks/decode_profile.py --archs mamba,mamba2 --backends torch,triton   # fused step kernels or not
+    python benchmarks/decode_profile.py --device cpu --size tiny --context 64 --dtype float32 --backends torch  # smoke
 
 On a CPU (a smoke check of the script, no GPU figure) there is no graph; inductor's C++ kernels are
 counted as the profiler's leaf events.
@@ -43,14 +46,14 @@ ARCHS = "transformer,mamba,mamba2,retnet,rwkv7,gla"
 TOP = 10
 
 
-def _backend(arch: str, asked: str) -> str:
-    """`asked`, or for "fastest" the first of registry.FASTEST that implements `arch` and is installed
-    (a suite's `backend_choice = "fastest"`): the backend only changes the prefill that builds the state."""
+def _backends(arch: str, asked: list[str]) -> list[str]:
+    """The backends of `asked` that implement `arch`; "fastest" is the first of registry.FASTEST that
+    implements it and is installed (a suite's `backend_choice = "fastest"`)."""
     from altbench import registry
 
-    if asked != "fastest":
-        return asked
-    return next(b for b in registry.FASTEST if b in registry.backends_of(arch) and registry.backend_installed(b))
+    own = registry.backends_of(arch)
+    fastest = next(b for b in registry.FASTEST if b in own and registry.backend_installed(b))
+    return list(dict.fromkeys(fastest if b == "fastest" else b for b in asked if b == "fastest" or b in own))
 
 
 def _kernels(prof, device_type: str) -> list:
@@ -98,7 +101,7 @@ def _summary(kernels: list, steps: int, device_type: str) -> dict:
     }
 
 
-def measure(arch: str, args: dict, scope: str, copy_gbs: float | None) -> dict:
+def measure(arch: str, backend: str, args: dict, scope: str, copy_gbs: float | None) -> dict:
     """One row: inside its own worker process."""
     import torch
 
@@ -108,7 +111,6 @@ def measure(arch: str, args: dict, scope: str, copy_gbs: float | None) -> dict:
     from altbench.measure.timing import time_calls
 
     device = torch.device(args["device"])
-    backend = _backend(arch, args["backend"])
     row = {"arch": arch, "size": args["size"], "backend": backend, "compile_scope": scope, "dtype": args["dtype"],
            "batch": args["batch"], "context": args["context"], "device": device.type}
     torch.manual_seed(0)
@@ -149,11 +151,11 @@ def measure(arch: str, args: dict, scope: str, copy_gbs: float | None) -> dict:
     return row
 
 
-def _worker(arch: str, args: dict, scope: str, copy_gbs: float | None) -> dict:
+def _worker(arch: str, backend: str, args: dict, scope: str, copy_gbs: float | None) -> dict:
     try:
-        return {"status": "ok", **measure(arch, args, scope, copy_gbs)}
+        return {"status": "ok", **measure(arch, backend, args, scope, copy_gbs)}
     except BaseException as e:  # noqa: BLE001 - every failure is this row's error
-        return {"arch": arch, "compile_scope": scope, "status": "error",
+        return {"arch": arch, "backend": backend, "compile_scope": scope, "status": "error",
                 "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300],
                 "traceback": traceback.format_exc()}
 
@@ -172,7 +174,8 @@ def _fmt(x, spec=".3f") -> str:
 
 def _print_row(row: dict) -> None:
     if row["status"] != "ok":
-        print(f"| {row['arch']} | | {row['compile_scope']} | error: {row['error'][:120]} | | | | | |", flush=True)
+        print(f"| {row['arch']} | {row['backend']} | {row['compile_scope']} | error: {row['error'][:120]} | | | | | |",
+              flush=True)
         return
     ci = f"{_fmt(row['ms_ci_low'])}-{_fmt(row['ms_ci_high'])}" if row["ms_ci_low"] is not None else ""
     print(f"| {row['arch']} | {row['backend']} | {row['compile_scope'] if row['compiled'] else 'eager'} "
@@ -183,7 +186,7 @@ def _print_row(row: dict) -> None:
 
 def _print_top(row: dict) -> None:
     unit = "device" if row.get("device") == "cuda" else "CPU"
-    print(f"\n{row['arch']} ({row['compile_scope']}): top {TOP} kernels by {unit} time per step, {row['profiled']}\n")
+    print(f"\n{row['arch']} ({row['backend']}, {row['compile_scope']}): top {TOP} kernels by {unit} time per step, {row['profiled']}\n")
     print("| kernel | calls / step | us / step | share |\n|---|---|---|---|")
     for k in row["top_kernels"]:
         print(f"| `{k['name'][:90]}` | {k['calls_per_step']:.0f} | {k['us_per_step']:.1f} | {_fmt(k['share'], '.0%')} |")
@@ -196,7 +199,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=4096, help="tokens before the timed step")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--backend", default="fastest", help="a backend name, or 'fastest' (the suites' choice)")
+    parser.add_argument("--backends", default="fastest",
+                        help="comma-separated backends ('fastest': the suites' choice); each that implements an arch is a row")
     parser.add_argument("--scopes", default="layer,model", help="compile scopes, comma-separated: layer, model")
     parser.add_argument("--eager", action="store_true", help="also a row of the step uncompiled (graph only)")
     parser.add_argument("--reps", type=int, default=200)
@@ -214,11 +218,21 @@ def main() -> None:
 
     ceilings = _ceilings(args.device)
     copy_gbs = ceilings.get("copy_gbs")
-    common = {k: getattr(args, k) for k in ("size", "context", "batch", "dtype", "backend", "reps", "warmup",
-                                            "profile_steps", "device")}
-    runs = [(arch, scope, True) for arch in args.archs.split(",") if arch for scope in scopes]
-    if args.eager:
-        runs += [(arch, "eager", False) for arch in args.archs.split(",") if arch]
+    common = {k: getattr(args, k) for k in ("size", "context", "batch", "dtype", "reps", "warmup", "profile_steps",
+                                            "device")}
+    asked = [b for b in args.backends.split(",") if b]
+    runs = []
+    for arch in (a for a in args.archs.split(",") if a):
+        try:
+            backends = _backends(arch, asked)
+            if not backends:
+                raise ValueError(f"none of the backends {', '.join(asked)} implements {arch}")
+        except Exception as e:  # noqa: BLE001 - an unknown architecture is its row's error
+            backends = []
+            runs.append((arch, ",".join(asked), "", False, f"{type(e).__name__}: {e}"))
+        for backend in backends:
+            runs += [(arch, backend, scope, True, None) for scope in scopes]
+            runs += [(arch, backend, "eager", False, None)] if args.eager else []
     print(f"decode {args.size} {args.dtype} batch {args.batch} context {args.context} on "
           f"{ceilings.get('device_name', args.device)}, torch {torch.__version__}"
           + (f", copy {copy_gbs:.0f} GB/s" if copy_gbs else ""))
@@ -226,13 +240,19 @@ def main() -> None:
           "| memory bound ms | compile s |\n|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
     context = mp.get_context("spawn")  # no CUDA context inherited; a fault costs one row
-    for arch, scope, compiled in runs:
+    for arch, backend, scope, compiled, error in runs:
+        if error:
+            row = {"arch": arch, "backend": backend, "compile_scope": scope, "status": "error", "error": error}
+            rows.append(row)
+            _print_row(row)
+            continue
         job = {**common, "compile": compiled}
         try:
             with cf.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                row = pool.submit(_worker, arch, job, scope, copy_gbs).result()
+                row = pool.submit(_worker, arch, backend, job, scope, copy_gbs).result()
         except Exception as e:  # noqa: BLE001 - a worker that died (segfault, killed) is an error row
-            row = {"arch": arch, "compile_scope": scope, "status": "error", "error": f"worker died: {type(e).__name__}: {e}"}
+            row = {"arch": arch, "backend": backend, "compile_scope": scope, "status": "error",
+                   "error": f"worker died: {type(e).__name__}: {e}"}
         rows.append(row)
         _print_row(row)
     for row in rows:
