@@ -10,7 +10,8 @@ The state is kept as h^T, (P, N) per head, the layout of mamba_ssm and transform
 decay is a scalar, the map x -> y is multiplication by a masked, attention-like matrix
 M[t, s] = (C_t . B_s) exp(sum_{s<k<=t} dt_k A) dt_s (sec. 3-6), which gives the three forms here:
 `ssd_ref` (the loop above), `ssd_chunked` (the SSD algorithm of sec. 6: quadratic M within chunks of
-length L, the recurrence only across chunk boundaries) and `ssd_step` (one token).
+length L, the recurrence only across chunk boundaries) and `ssd_step` (one token; `ssd_conv_step`
+is the block's decode step around it, from in_proj's outputs, the op a fused kernel replaces).
 
 The block (sec. 7.1) projects x to (z, xBC, dt) in one matmul, runs a causal depthwise
 conv over xBC, the SSM, then out_proj(RMSNorm(y * silu(z))). Its state is (conv window, h).
@@ -193,8 +194,8 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.ones(c.n_heads))
         self.norm = GatedRMSNorm(di, di // c.n_groups, c.norm_eps)
         self.out_proj = nn.Linear(di, c.d_model, bias=False)
-        self.ssd = ssd_chunked  # the chunked op and the decode step; `use_backend` swaps in kernels
-        self.step_op = ssd_conv_step  # with the same contracts
+        # the chunked op and the decode step; `use_backend` swaps in kernels with the same contracts
+        self.ssd, self.step_op = ssd_chunked, ssd_conv_step
         with torch.no_grad():  # A uniform in [1, 16] and dt log-uniform in [dt_min, dt_max], as mamba_ssm
             self.A_log.copy_(torch.log(torch.empty(c.n_heads).uniform_(1, 16)))
             dt = torch.exp(torch.rand(c.n_heads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
