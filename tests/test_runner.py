@@ -199,11 +199,15 @@ def test_smoke_suite_expands_to_every_axis():
         ('archs = ["mamba"]\nseq_lens = [8]\n[measurements.prefil]', r"unknown measurement 'prefil'.*known: prefill, decode"),
         ('archs = ["mamba"]\nseq_lens = [8]\n[settings]\nreps = "ten"\n[measurements.prefill]', r"\[settings\]: key 'reps' must be int, got str 'ten'"),
         ('archs = ["mamba"]\nseq_lens = [8]\n[measurements.prefill]\nrepz = 3', r"\[measurements.prefill\]: unknown key 'repz'"),
+        ('archs = ["mamba"]\nseq_lens = [8]\n[measurements.decode]\ncompile_scope = "block"',
+         r"\[measurements.decode\]: key 'compile_scope' must be one of layer, model, got 'block'"),
+        ('archs = ["mamba"]\nseq_lens = [8]\n[settings]\ncompile_scope = 1\n[measurements.decode]',
+         r"key 'compile_scope' must be str, got int 1"),
         ('archs = ["mamba"]\nseq_lens = [0]\n[measurements.prefill]', r"'seq_lens' must hold positive integers, got 0"),
         ('archs = ["mamba"]\nseq_lens = [8]', r"key 'measurements' is required"),
     ],
     ids=["bad-toml", "unknown-key", "unknown-arch", "unknown-size", "unknown-measurement", "wrong-type",
-         "unknown-setting", "bad-length", "missing-key"],
+         "unknown-setting", "bad-scope", "scope-not-a-string", "bad-length", "missing-key"],
 )
 def test_bad_suites_name_file_key_and_fix(tmp_path, text, message):
     path = write(tmp_path, text)

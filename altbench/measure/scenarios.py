@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from altbench.measure import energy
-from altbench.measure.fastpath import fast_call
+from altbench.measure.fastpath import fast_call, regions
 from altbench.measure.timing import time_calls
 from altbench.models.base import BIDIRECTIONAL, CAUSAL_STEP, SEGMENTED_PREFILL
 
@@ -64,8 +64,10 @@ def prefill(model, cell, device, generator) -> dict:
     tokens = cell.batch * cell.seq_len
     with torch.inference_mode():
         row = _timed(lambda ids: _prefill(model, ids, s.prefill_segment), (ids,), cell, device,
-                     compile=(list(model.layers), "forward") if s.compile_prefill else None,
+                     compile=regions(model, "forward", s.compile_scope) if s.compile_prefill else None,
                      graphs=s.cuda_graphs and cell.seq_len <= s.graph_max_len, tokens=tokens)
+    if row["compiled"]:
+        row["compile_scope"] = s.compile_scope
     flops = cell.batch * model.prefill_flops(cell.seq_len)
     moved = _weight_bytes(model) + _activation_bytes(model, cell.batch, cell.seq_len) + model.state_bytes(
         cell.batch, cell.seq_len, model.embed.weight.dtype)
@@ -132,10 +134,12 @@ def decode(model, cell, device, generator) -> dict:
     ids = _ids(model, cell.batch, min(cell.seq_len, DECODE_PREFILL + 1), device, generator)
     with torch.inference_mode():
         state = decode_state(model, ids, cell.seq_len, s.prefill_segment, headroom=8)
-        row = _timed(model.step, (ids[:, -1], state), cell, device,
-                     compile=(list(model.layers), "step") if s.compile_decode else None,
+        row = _timed(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), cell, device,
+                     compile=regions(model, "step", s.compile_scope) if s.compile_decode else None,
                      graphs=s.cuda_graphs and _graphable(state), tokens=cell.batch, rewind=rewinder(state), reps=reps,
                      flush_l2=False)
+    if row["compiled"]:
+        row["compile_scope"] = s.compile_scope
     flops = cell.batch * model.flops_per_token(cell.seq_len)
     moved = _weight_bytes(model) + model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype)
     return {

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
 from altbench.models.base import linear_flops
-from altbench.models.blocks import RotaryEmbedding, apply_rotary
+from altbench.models.blocks import FusedLinear, RotaryEmbedding, apply_rotary
 
 
 @dataclass
@@ -102,14 +102,13 @@ def attend(q, k, v, cache: KVCache | None, scale: float | None = None) -> tuple[
 
 
 class Attention(nn.Module):
-    """q, k, v projections -> RoPE -> causal SDPA over the cache (or bidirectional SDPA) -> o_proj."""
+    """q, k, v projections (one matmul) -> RoPE -> causal SDPA over the cache (or bidirectional SDPA) -> o_proj."""
 
     def __init__(self, c: AttentionConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.d_model // c.n_heads
-        self.q_proj = nn.Linear(c.d_model, c.n_heads * self.head_dim, bias=c.qkv_bias)
-        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=c.qkv_bias)
-        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=c.qkv_bias)
+        q, kv = c.n_heads * self.head_dim, c.n_kv_heads * self.head_dim
+        FusedLinear(c.d_model, {"q_proj": q, "k_proj": kv, "v_proj": kv}, bias=c.qkv_bias).attach(self, "qkv_proj")
         self.o_proj = nn.Linear(c.n_heads * self.head_dim, c.d_model, bias=False)
         self.rotary = RotaryEmbedding(self.head_dim, c.rope_theta) if c.rope_theta is not None else None
         self.d_model = c.d_model
@@ -120,9 +119,10 @@ class Attention(nn.Module):
         if cache is not None and not self.causal:
             raise ValueError("bidirectional attention carries no state between calls; pass state=None")
         start = cache.length if cache is not None else 0
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = self.qkv_proj(x)
+        q = q.view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.rotary is not None:
             cos, sin = self.rotary(start, T, x.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

@@ -24,6 +24,7 @@
     graph_max_len = 16384                # prefill / mixer-alone cells up to this length are graph-captured
     compile_decode = true                # torch.compile the decode step on a GPU (compile_ms apart)
     compile_prefill = false              # torch.compile prefill and mixer-alone calls (a compile per shape)
+    compile_scope = "model"              # what one compile covers: "layer" (each layer) or "model" (see below)
     energy = true                        # joules per token from NVML's energy counter on a GPU
 
     [measurements.prefill]               # one table per measurement; keys here override [settings]
@@ -42,6 +43,12 @@
 Any measurement table may name `archs = [...]`: the measurement then runs for those architectures
 only, and naming one that cannot do it (decode for a model without a causal step) is refused.
 Without that list, a model that cannot do a measurement gets a 'not applicable' row.
+
+`compile_scope` trades compile time for fusion (measure/fastpath.py): "layer" compiles one layer and
+shares it among identical layers (seconds); "model" compiles the whole step or prefill as one graph
+(about n_layers times longer, kept in inductor's cache), and inductor then fuses across layer
+boundaries, which saves a kernel per layer in a decode step. The mixer-alone cell always compiles
+the mixer alone.
 
 Any mistake (bad TOML, unknown key, wrong type, unknown architecture / size / backend /
 measurement) raises `UserError` naming the file, the key and the fix.
@@ -76,6 +83,7 @@ class Settings:
     graph_max_len: int = 16384  # prefill / mixer-alone cells up to this length replay from a CUDA graph
     compile_decode: bool = True  # torch.compile the decode step (GPU only; compile time kept apart)
     compile_prefill: bool = False  # torch.compile prefill and mixer-alone calls too (one compile per shape)
+    compile_scope: str = "model"  # "layer" or "model": the regions one compile covers (measure/fastpath.py)
     energy: bool = True  # joules per token from NVML's energy counter (GPU only)
     max_seq_len: int = 0  # 0: no limit
     max_batch: int = 0  # 0: no limit
@@ -135,7 +143,9 @@ _TOP = {
 }
 BACKEND_CHOICES = ("each", "first", "fastest")
 _SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
-_PY = {"int": int, "float": (int, float), "bool": bool}
+_PY = {"int": int, "float": (int, float), "bool": bool, "str": str}
+# The values each string setting may take.
+_SETTING_CHOICES = {"compile_scope": ("layer", "model")}  # measure.fastpath.COMPILE_SCOPES, without importing torch
 # The smallest value each numeric setting may take (the rest: at least 0).
 _SETTING_MIN = {"reps": 1, "decode_tokens": 1, "timeout_s": 1e-3}
 
@@ -175,7 +185,10 @@ def _settings(where: str, table: dict, base: Settings) -> tuple[Settings, dict]:
         if key in _SETTING_TYPES:
             _check_type(where, key, value, _PY[_SETTING_TYPES[key]])
             least = _SETTING_MIN.get(key, 0)
-            if not isinstance(value, bool) and not (math.isfinite(value) and value >= least):
+            if isinstance(value, str):
+                if value not in _SETTING_CHOICES[key]:
+                    raise UserError(f"{where}: key '{key}' must be one of {', '.join(_SETTING_CHOICES[key])}, got {value!r}")
+            elif not isinstance(value, bool) and not (math.isfinite(value) and value >= least):
                 raise UserError(f"{where}: key '{key}' must be a finite number >= {least:g}, got {value!r}")
             known[key] = value
         else:
