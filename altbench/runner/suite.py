@@ -24,7 +24,7 @@
     graph_max_len = 16384                # prefill / mixer-alone cells up to this length are graph-captured
     compile_decode = true                # torch.compile the decode step on a GPU (compile_ms apart)
     compile_prefill = false              # torch.compile prefill and mixer-alone calls (a compile per shape)
-    compile_scope = "model"              # what one compile covers: "layer" (each layer) or "model" (see below)
+    compile_scope = "layer"              # what one compile covers: "layer" (each layer) or "model" (see below)
     energy = true                        # joules per token from NVML's energy counter on a GPU
 
     [measurements.prefill]               # one table per measurement; keys here override [settings]
@@ -47,8 +47,9 @@ Without that list, a model that cannot do a measurement gets a 'not applicable' 
 `compile_scope` trades compile time for fusion (measure/fastpath.py): "layer" compiles one layer and
 shares it among identical layers (seconds); "model" compiles the whole step or prefill as one graph
 (about n_layers times longer, kept in inductor's cache), and inductor then fuses across layer
-boundaries, which saves a kernel per layer in a decode step. The mixer-alone cell always compiles
-the mixer alone.
+boundaries, which can save a kernel per layer in a decode step. "layer" is the default until a
+measurement shows the whole-model compile worth its minutes (benchmarks/decode_profile.py --scopes
+layer,model). The mixer-alone cell always compiles the mixer alone.
 
 Any mistake (bad TOML, unknown key, wrong type, unknown architecture / size / backend /
 measurement) raises `UserError` naming the file, the key and the fix.
@@ -83,7 +84,7 @@ class Settings:
     graph_max_len: int = 16384  # prefill / mixer-alone cells up to this length replay from a CUDA graph
     compile_decode: bool = True  # torch.compile the decode step (GPU only; compile time kept apart)
     compile_prefill: bool = False  # torch.compile prefill and mixer-alone calls too (one compile per shape)
-    compile_scope: str = "model"  # "layer" or "model": the regions one compile covers (measure/fastpath.py)
+    compile_scope: str = "layer"  # "layer" or "model": the regions one compile covers (measure/fastpath.py)
     energy: bool = True  # joules per token from NVML's energy counter (GPU only)
     max_seq_len: int = 0  # 0: no limit
     max_batch: int = 0  # 0: no limit
