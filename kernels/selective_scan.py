@@ -104,30 +104,63 @@ _TARGET_CHANNEL_SEGMENTS = 32768  # B * Di * segments kept at least this (about 
 _LOG2E = math.log2(math.e)
 _LN2 = tl.constexpr(math.log(2.0))  # A = a2 ln 2, inside the backward kernel
 
-# One thread per channel: BD = 32 * num_warps. BD = 256 gives a thread two channels, so each load of B
-# and C serves twice the work. The interpreter takes small blocks so tests cover several of them.
+# One thread per channel: BD = 32 * num_warps, or 64 * num_warps (two channels a thread, so each load of
+# B and C serves twice the work). The interpreter takes small blocks so tests cover several of them.
 _CONFIGS = [
+    triton.Config({"BD": 128, "CH": 2}, num_warps=4),
     triton.Config({"BD": 128, "CH": 4}, num_warps=4),
-    triton.Config({"BD": 256, "CH": 4}, num_warps=4),
-    triton.Config({"BD": 64, "CH": 8}, num_warps=2),
+    triton.Config({"BD": 256, "CH": 2}, num_warps=4),
+    triton.Config({"BD": 64, "CH": 4}, num_warps=2),
 ]
 _INTERPRET_CONFIGS = [triton.Config({"BD": 16, "CH": 4}, num_warps=1)]
+_PREFETCH_TOKENS = 0 if _INTERPRET else 32  # tokens: how far ahead of the scan its inputs are pulled into L2 (a DRAM latency, ~1.5 us, is ~8 tokens)
 
 
-@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "OUTPUTS"])
+@triton.jit
+def _token_rows(u, delta, tok, live, cd, in_d, Di):
+    """Token `tok`'s u and Delta rows (BD,) in their dtype; zeros when not `live`."""
+    m = in_d & live
+    return tl.load(u + tok * Di + cd, mask=m, other=0.0), tl.load(delta + tok * Di + cd, mask=m, other=0.0)
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """Pulls the lines under `ptrs` into L2 without waiting for them (PTX prefetch; no registers)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_chunk(u, delta, Bm, Cm, tok0, first, n_tok, lane, cd, in_d, Di, N: tl.constexpr, CH: tl.constexpr, WITH_C: tl.constexpr):
+    """L2 prefetch of the segment's tokens first ... first + CH - 1 (those before n_tok): their u,
+    Delta rows of this block's channels and their B, C rows (CH * N contiguous elements, one a lane)."""
+    for i in tl.static_range(CH):
+        tok = tok0 + tl.minimum(first + i, n_tok - 1)
+        _prefetch_l2(tl.where(in_d, u + tok * Di + cd, u))
+        _prefetch_l2(tl.where(in_d, delta + tok * Di + cd, delta))
+    bc = (tok0 + first) * N + tl.minimum(lane % (CH * N), (n_tok - first) * N - 1)
+    _prefetch_l2(Bm + bc)
+    if WITH_C:
+        _prefetch_l2(Cm + bc)
+
+
+@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS"])
 @triton.jit
 def _segment_kernel(
     u, delta, a2, Bm, Cm, Dv, states, dt_sums, y, ht,  # see `_selective_scan_fwd` for shapes
     T, Di, NS, L,  # tokens, channels, segments, tokens per segment
     N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CH: tl.constexpr,
-    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr,
+    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    """Pass 1 (OUTPUTS off): own end state and sum of Delta of a segment. Pass 3: y and h_T."""
+    """Pass 1 (OUTPUTS off): own end state and sum of Delta of a segment. Pass 3: y and h_T.
+    The u, Delta rows of chunk k + 1 are loaded while chunk k is computed, and all inputs PREFETCH
+    tokens ahead are pulled into L2 (0: off, as in the interpreter, which runs no PTX): the walk waits
+    on neither DRAM nor L2."""
     i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0 = i_s * L
     n_tok = tl.minimum(L, T - t0)  # tokens in this segment
     tok0 = i_b.to(tl.int64) * T + t0  # row of the segment's first token in (B*T)
-    cd, cn, rows = i_d * BD + tl.arange(0, BD), tl.arange(0, BN), tl.arange(0, CH)
+    lane, cn, rows = tl.arange(0, BD), tl.arange(0, BN), tl.arange(0, CH)
+    cd = i_d * BD + lane
     in_d, in_n = cd < Di, cn < N
     in_nd = in_n[:, None] & in_d[None, :]
     nd = cn[:, None] * Di + cd[None, :]  # (BN, BD) offsets into an (N, Di) matrix
@@ -140,17 +173,28 @@ def _segment_kernel(
     d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)  # (BD,)
     dt_total = tl.zeros([BD], dtype=tl.float32)
 
+    nxt = ()
+    for i in tl.static_range(CH):
+        nxt = nxt + (_token_rows(u, delta, tok0 + i, i < n_tok, cd, in_d, Di),)
     for c0 in range(0, n_tok, CH):
-        Y = tl.zeros([CH, BD], dtype=tl.float32)
+        if PREFETCH > 0:
+            if c0 + PREFETCH < n_tok:
+                _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, cd, in_d, Di, N, CH, OUTPUTS)
+        cur = nxt  # chunk c0's u and Delta, loaded one iteration ago
+        nxt = ()
         for i in tl.static_range(CH):
+            nxt = nxt + (_token_rows(u, delta, tok0 + c0 + CH + i, c0 + CH + i < n_tok, cd, in_d, Di),)
+        Y = tl.zeros([CH, BD], dtype=tl.float32)
+        for i in tl.static_range(CH):  # past the segment's end Delta = 0, so a step leaves h as it is
             tok = tok0 + c0 + i
-            live = c0 + i < n_tok  # past the end: Delta = 0, so the step leaves h as it is
-            u_t = tl.load(u + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
-            dt_t = tl.load(delta + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
-            b_t = tl.load(Bm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)  # (BN,)
+            m_n = c0 + i < n_tok  # one scalar mask when BN = N
+            if BN != N:
+                m_n = m_n & in_n
+            u_t, dt_t = cur[i][0].to(tl.float32), cur[i][1].to(tl.float32)
+            b_t = tl.load(Bm + tok * N + cn, mask=m_n, other=0.0).to(tl.float32)  # (BN,)
             h = tl.exp2(dt_t[None, :] * a2_nd) * h + b_t[:, None] * (dt_t * u_t)[None, :]  # (BN, BD)
             if OUTPUTS:
-                c_t = tl.load(Cm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)  # (BN,)
+                c_t = tl.load(Cm + tok * N + cn, mask=m_n, other=0.0).to(tl.float32)  # (BN,)
                 y_t = tl.sum(c_t[:, None] * h, 0) + d_skip * u_t  # (BD,)
                 Y = tl.where(rows[:, None] == i, y_t[None, :], Y)  # row i of the chunk (a register pick)
             else:
@@ -390,7 +434,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
         states = torch.empty(Bsz, NS, N, Di, device=u.device, dtype=torch.float32)
         dt_sums = torch.empty(Bsz, NS, Di, device=u.device, dtype=torch.float32)
         _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
-            u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False
+            u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=_PREFETCH_TOKENS
         )
         E = 512  # state entries per carry program: 48 programs at N = 16, Di = 1536
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, E))](
@@ -398,7 +442,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
         )
     _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
         u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=True,
-        LOAD_STATE=NS > 1 or h0 is not None,
+        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=_PREFETCH_TOKENS,
     )
     entering = states if NS > 1 else h0[:, None] if h0 is not None else None  # (B, NS, N, Di) or None: zeros
     return y, ht.transpose(1, 2), entering
