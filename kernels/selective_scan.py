@@ -113,34 +113,88 @@ _CONFIGS = [
     triton.Config({"BD": 64, "CH": 4}, num_warps=2),
 ]
 _INTERPRET_CONFIGS = [triton.Config({"BD": 16, "CH": 4}, num_warps=1)]
-_PREFETCH_TOKENS = 0 if _INTERPRET else 32  # tokens: how far ahead of the scan its inputs are pulled into L2 (a DRAM latency, ~1.5 us, is ~8 tokens)
+_PREFETCH_TOKENS = 0 if _INTERPRET else 32  # how far ahead of the scan its inputs are pulled into L2 (a DRAM latency, ~1.5 us, is ~8 tokens)
 
 
 @triton.jit
-def _token_rows(u, delta, tok, live, cd, in_d, Di):
-    """Token `tok`'s u and Delta rows (BD,) in their dtype; zeros when not `live`."""
+def _token_inputs(u_seg, dt_seg, b_seg, c_seg, t, live, in_d, j, Di, N: tl.constexpr, BN: tl.constexpr, WORDS: tl.constexpr, WITH_C: tl.constexpr):
+    """The inputs of the segment's token t as loaded (`*_seg` point at its first token): u, Delta
+    rows (BD,) in their dtype, zeros when not `live` (a step with Delta = 0 leaves h as it is), and
+    its B, C rows as `_state_row` (C only WITH_C), read unmasked (t must be in range): a dead step
+    multiplies them by 0."""
     m = in_d & live
-    return tl.load(u + tok * Di + cd, mask=m, other=0.0), tl.load(delta + tok * Di + cd, mask=m, other=0.0)
-
-
-@triton.jit
-def _prefetch_l2(ptrs):
-    """Pulls the lines under `ptrs` into L2 without waiting for them (PTX prefetch; no registers)."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_chunk(u, delta, Bm, Cm, tok0, first, n_tok, lane, cd, in_d, Di, N: tl.constexpr, CH: tl.constexpr, WITH_C: tl.constexpr):
-    """L2 prefetch of the segment's tokens first ... first + CH - 1 (those before n_tok): their u,
-    Delta rows of this block's channels and their B, C rows (CH * N contiguous elements, one a lane)."""
-    for i in tl.static_range(CH):
-        tok = tok0 + tl.minimum(first + i, n_tok - 1)
-        _prefetch_l2(tl.where(in_d, u + tok * Di + cd, u))
-        _prefetch_l2(tl.where(in_d, delta + tok * Di + cd, delta))
-    bc = (tok0 + first) * N + tl.minimum(lane % (CH * N), (n_tok - first) * N - 1)
-    _prefetch_l2(Bm + bc)
+    u_t = tl.load(u_seg + t * Di, mask=m, other=0.0)
+    dt_t = tl.load(dt_seg + t * Di, mask=m, other=0.0)
+    b_t = _state_row(b_seg, t, j, N, BN, WORDS)
     if WITH_C:
-        _prefetch_l2(Cm + bc)
+        c_t = _state_row(c_seg, t, j, N, BN, WORDS)
+    else:
+        c_t = b_t
+    return u_t, dt_t, b_t, c_t
+
+
+@triton.jit
+def _state_seg(ptr, tok0, j, N: tl.constexpr, WORDS: tl.constexpr):
+    """Pointers (BN / 2,) into B or C at token row tok0: WORDS (bf16, N even) the 32-bit words of
+    its (even, odd) pairs, else its even entries."""
+    if WORDS:
+        seg = ptr.to(tl.pointer_type(tl.int32)) + tok0 * (N // 2) + j
+    else:
+        seg = ptr + tok0 * N + 2 * j
+    return seg
+
+
+@triton.jit
+def _state_row(seg, t, j, N: tl.constexpr, BN: tl.constexpr, WORDS: tl.constexpr):
+    """Row t of B or C after `_state_seg`, as loaded: WORDS: (BN / 2,) 32-bit words, so a row is
+    N / 2 loads, not N (every thread loads the whole row); else its (even, odd) entries, (BN / 2,)
+    each, in their dtype. Zeros past N."""
+    if WORDS:
+        if BN == N:
+            row = tl.load(seg + t * (N // 2))
+        else:
+            row = tl.load(seg + t * (N // 2), mask=2 * j < N, other=0)
+    else:
+        row = (tl.load(seg + t * N, mask=2 * j < N, other=0.0), tl.load(seg + t * N + 1, mask=2 * j + 1 < N, other=0.0))
+    return row
+
+
+@triton.jit
+def _split_row(row, WORDS: tl.constexpr):
+    """A `_state_row` as its even and odd entries, (BN / 2,) each, in fp32."""
+    if WORDS:
+        even = (row << 16).to(tl.float32, bitcast=True)  # little-endian: entry 2j is the low half
+        odd = (row & -65536).to(tl.float32, bitcast=True)
+    else:
+        even, odd = row[0].to(tl.float32), row[1].to(tl.float32)
+    return even, odd
+
+
+@triton.jit
+def _bulk_prefetch_l2(ptrs, nbytes):
+    """Pulls nbytes at each pointer into L2, where nbytes > 0 (16-byte aligned, a multiple of 16),
+    without waiting for them: one PTX cp.async.bulk.prefetch (sm_90) per element, no registers."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1,
+    )
+
+
+@triton.jit
+def _prefetch_chunk(u, delta, Bm, Cm, tok0, first, n_tok, lane, i_d, Di, BD: tl.constexpr, N: tl.constexpr, CH: tl.constexpr, WITH_C: tl.constexpr):
+    """L2 prefetch of the segment's tokens first ... first + CH - 1 (those before n_tok), one bulk
+    copy a lane: lane k < CH the u row of token first + k (this block's channels), lane CH + k its
+    Delta row, lane 2 CH the B rows of the CH tokens (contiguous), lane 2 CH + 1 their C rows."""
+    k = lane % CH
+    tok = tok0 + tl.minimum(first + k, n_tok - 1)  # (BD,)
+    col = i_d * BD
+    cols = tl.minimum(BD, Di - col)
+    _bulk_prefetch_l2(u + tok * Di + col, tl.where(lane < CH, cols * u.dtype.element_ty.primitive_bitwidth // 8, 0))
+    _bulk_prefetch_l2(delta + tok * Di + col, tl.where((lane >= CH) & (lane < 2 * CH), cols * delta.dtype.element_ty.primitive_bitwidth // 8, 0))
+    rows = tl.minimum(CH, n_tok - first) * N
+    _bulk_prefetch_l2(Bm + (tok0 + first) * N + 0 * lane, tl.where(lane == 2 * CH, rows * Bm.dtype.element_ty.primitive_bitwidth // 8, 0))
+    if WITH_C:
+        _bulk_prefetch_l2(Cm + (tok0 + first) * N + 0 * lane, tl.where(lane == 2 * CH + 1, rows * Cm.dtype.element_ty.primitive_bitwidth // 8, 0))
 
 
 @triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS"])
@@ -149,53 +203,59 @@ def _segment_kernel(
     u, delta, a2, Bm, Cm, Dv, states, dt_sums, y, ht,  # see `_selective_scan_fwd` for shapes
     T, Di, NS, L,  # tokens, channels, segments, tokens per segment
     N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CH: tl.constexpr,
-    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr,
+    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
 ):
     """Pass 1 (OUTPUTS off): own end state and sum of Delta of a segment. Pass 3: y and h_T.
-    The u, Delta rows of chunk k + 1 are loaded while chunk k is computed, and all inputs PREFETCH
-    tokens ahead are pulled into L2 (0: off, as in the interpreter, which runs no PTX): the walk waits
-    on neither DRAM nor L2."""
+    The inputs of chunk k + 1 are loaded while chunk k is computed, and those PREFETCH
+    tokens ahead are pulled into L2 (0: off, as in the interpreter, which runs no PTX; the launcher
+    turns it on where rows are 16-byte aligned): the walk waits on neither DRAM nor L2. The state is two (BN / 2, BD) tiles, the even and the odd n, so that
+    bf16 B, C rows load as 32-bit pairs (WORDS)."""
     i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0 = i_s * L
     n_tok = tl.minimum(L, T - t0)  # tokens in this segment
     tok0 = i_b.to(tl.int64) * T + t0  # row of the segment's first token in (B*T)
-    lane, cn, rows = tl.arange(0, BD), tl.arange(0, BN), tl.arange(0, CH)
+    lane, j, rows = tl.arange(0, BD), tl.arange(0, BN // 2), tl.arange(0, CH)
     cd = i_d * BD + lane
-    in_d, in_n = cd < Di, cn < N
-    in_nd = in_n[:, None] & in_d[None, :]
-    nd = cn[:, None] * Di + cd[None, :]  # (BN, BD) offsets into an (N, Di) matrix
-    a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)  # A log2(e); 0 off the edges, so padding decays by 1
-    state = states + (i_b.to(tl.int64) * NS + i_s) * N * Di + nd
+    in_d = cd < Di
+    in_e, in_o = (2 * j < N)[:, None] & in_d[None, :], (2 * j + 1 < N)[:, None] & in_d[None, :]
+    ne = (2 * j)[:, None] * Di + cd[None, :]  # (BN / 2, BD) offsets of the even n into an (N, Di) matrix
+    a2_e = tl.load(a2 + ne, mask=in_e, other=0.0)  # A log2(e); 0 off the edges, so padding decays by 1
+    a2_o = tl.load(a2 + ne + Di, mask=in_o, other=0.0)
+    state = states + (i_b.to(tl.int64) * NS + i_s) * N * Di + ne
     if LOAD_STATE:
-        h = tl.load(state, mask=in_nd, other=0.0)  # (BN, BD) fp32
+        h_e = tl.load(state, mask=in_e, other=0.0)  # (BN / 2, BD) fp32: even n
+        h_o = tl.load(state + Di, mask=in_o, other=0.0)  # odd n
     else:
-        h = tl.zeros([BN, BD], dtype=tl.float32)
+        h_e = tl.zeros([BN // 2, BD], dtype=tl.float32)
+        h_o = tl.zeros([BN // 2, BD], dtype=tl.float32)
     d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)  # (BD,)
     dt_total = tl.zeros([BD], dtype=tl.float32)
 
+    u_seg, dt_seg = u + tok0 * Di + cd, delta + tok0 * Di + cd  # (BD,): the segment's first token
+    b_seg, c_seg = _state_seg(Bm, tok0, j, N, WORDS), _state_seg(Cm, tok0, j, N, WORDS)  # (BN / 2,)
     nxt = ()
     for i in tl.static_range(CH):
-        nxt = nxt + (_token_rows(u, delta, tok0 + i, i < n_tok, cd, in_d, Di),)
+        nxt = nxt + (_token_inputs(u_seg, dt_seg, b_seg, c_seg, tl.minimum(i, n_tok - 1), i < n_tok, in_d, j, Di, N, BN, WORDS, OUTPUTS),)
     for c0 in range(0, n_tok, CH):
         if PREFETCH > 0:
             if c0 + PREFETCH < n_tok:
-                _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, cd, in_d, Di, N, CH, OUTPUTS)
-        cur = nxt  # chunk c0's u and Delta, loaded one iteration ago
+                _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, i_d, Di, BD, N, CH, OUTPUTS)
+        cur = nxt  # chunk c0's inputs, loaded one iteration ago
         nxt = ()
         for i in tl.static_range(CH):
-            nxt = nxt + (_token_rows(u, delta, tok0 + c0 + CH + i, c0 + CH + i < n_tok, cd, in_d, Di),)
+            t = c0 + CH + i
+            nxt = nxt + (_token_inputs(u_seg, dt_seg, b_seg, c_seg, tl.minimum(t, n_tok - 1), t < n_tok, in_d, j, Di, N, BN, WORDS, OUTPUTS),)
         Y = tl.zeros([CH, BD], dtype=tl.float32)
-        for i in tl.static_range(CH):  # past the segment's end Delta = 0, so a step leaves h as it is
-            tok = tok0 + c0 + i
-            m_n = c0 + i < n_tok  # one scalar mask when BN = N
-            if BN != N:
-                m_n = m_n & in_n
-            u_t, dt_t = cur[i][0].to(tl.float32), cur[i][1].to(tl.float32)
-            b_t = tl.load(Bm + tok * N + cn, mask=m_n, other=0.0).to(tl.float32)  # (BN,)
-            h = tl.exp2(dt_t[None, :] * a2_nd) * h + b_t[:, None] * (dt_t * u_t)[None, :]  # (BN, BD)
+        for i in tl.static_range(CH):
+            u_t, dt_t, b_t, c_t = cur[i]
+            u_t, dt_t = u_t.to(tl.float32), dt_t.to(tl.float32)  # (BD,)
+            x_t = (dt_t * u_t)[None, :]
+            b_e, b_o = _split_row(b_t, WORDS)  # (BN / 2,)
+            h_e = tl.exp2(dt_t[None, :] * a2_e) * h_e + b_e[:, None] * x_t  # (BN / 2, BD)
+            h_o = tl.exp2(dt_t[None, :] * a2_o) * h_o + b_o[:, None] * x_t
             if OUTPUTS:
-                c_t = tl.load(Cm + tok * N + cn, mask=m_n, other=0.0).to(tl.float32)  # (BN,)
-                y_t = tl.sum(c_t[:, None] * h, 0) + d_skip * u_t  # (BD,)
+                c_e, c_o = _split_row(c_t, WORDS)
+                y_t = tl.sum(c_e[:, None] * h_e, 0) + tl.sum(c_o[:, None] * h_o, 0) + d_skip * u_t  # (BD,)
                 Y = tl.where(rows[:, None] == i, y_t[None, :], Y)  # row i of the chunk (a register pick)
             else:
                 dt_total += dt_t
@@ -204,9 +264,12 @@ def _segment_kernel(
             tl.store(y + (tok0 + r)[:, None] * Di + cd[None, :], Y.to(y.dtype.element_ty), mask=(r < n_tok)[:, None] & in_d[None, :])
 
     if OUTPUTS:
-        tl.store(ht + i_b.to(tl.int64) * N * Di + nd, h, mask=in_nd & (i_s == NS - 1))
+        last = i_s == NS - 1
+        tl.store(ht + i_b.to(tl.int64) * N * Di + ne, h_e, mask=in_e & last)
+        tl.store(ht + i_b.to(tl.int64) * N * Di + ne + Di, h_o, mask=in_o & last)
     else:
-        tl.store(state, h, mask=in_nd)
+        tl.store(state, h_e, mask=in_e)
+        tl.store(state + Di, h_o, mask=in_o)
         tl.store(dt_sums + (i_b.to(tl.int64) * NS + i_s) * Di + cd, dt_total, mask=in_d)
 
 
@@ -408,6 +471,12 @@ def _segment_length(batch_channels: int, T: int) -> int:
     return min(L, T)
 
 
+def _bulk_aligned(*tensor_rows) -> bool:
+    """Whether every (tensor, row length) starts and keeps its rows at 16-byte multiples, as the
+    forward's bulk L2 prefetch needs (also its channel blocks: BD is a multiple of 8)."""
+    return all(t.data_ptr() % 16 == 0 and row * t.element_size() % 16 == 0 for t, row in tensor_rows)
+
+
 def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
     Bsz, T, Di = u.shape
     N = A.shape[1]
@@ -427,14 +496,16 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
     h0 = h0.float().transpose(1, 2).contiguous() if h0 is not None else None  # (B, N, Di)
     L = segment_length
     NS = triton.cdiv(T, L)
-    BN = triton.next_power_of_2(N)
+    BN = max(2, triton.next_power_of_2(N))  # even and odd n: two tiles of BN / 2
+    words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
+    prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
     if NS == 1:  # h0, as (B, 1, N, Di), is the state entering the only segment
         states, dt_sums = (h0 if h0 is not None else ht), ht
     else:
         states = torch.empty(Bsz, NS, N, Di, device=u.device, dtype=torch.float32)
         dt_sums = torch.empty(Bsz, NS, Di, device=u.device, dtype=torch.float32)
         _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
-            u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=_PREFETCH_TOKENS
+            u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=prefetch, WORDS=words
         )
         E = 512  # state entries per carry program: 48 programs at N = 16, Di = 1536
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, E))](
@@ -442,7 +513,7 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
         )
     _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
         u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=True,
-        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=_PREFETCH_TOKENS,
+        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=prefetch, WORDS=words,
     )
     entering = states if NS > 1 else h0[:, None] if h0 is not None else None  # (B, NS, N, Di) or None: zeros
     return y, ht.transpose(1, 2), entering
