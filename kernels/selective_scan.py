@@ -9,10 +9,18 @@ functions of the input:
 
 `selective_scan_ref` (altbench.models.mamba, re-exported here) is that loop in fp32, the ground
 truth. `selective_scan` computes the same map with Triton: every program owns a block of BD
-channels and all N state entries of each, h (N x BD) in fp32 registers, and walks its tokens in
-order, CH tokens per loop iteration (unrolled, so the loads of a chunk are issued together), one
-channel per thread: the sum over n stays inside a thread, and no step needs shared memory or a
-shuffle. exp(Delta A) is computed as exp2(Delta * A log2(e)), A log2(e) precomputed once.
+channels and all N state entries of each, h in fp32 registers, and walks its tokens in order, CH
+tokens per loop iteration (unrolled), one channel per thread (two at BD = 256): the sum over n
+stays inside a thread, and no step needs shared memory or a shuffle. exp(Delta A) is computed as
+exp2(Delta * A log2(e)), A log2(e) precomputed once. h is two (N / 2, BD) tiles, the even and the
+odd n, so that a bf16 row of B or C, which every thread needs whole, loads as N / 2 32-bit words
+(8 loads at N = 16, not 16) and splits into fp32 with a shift and a mask. No step waits on memory:
+the inputs of the next CH tokens are loaded into registers while the current ones are computed,
+and those 32 tokens ahead are pulled into L2 by bulk prefetches (`cp.async.bulk.prefetch.L2`, one
+instruction per row of a block; off in the interpreter and where rows are not 16-byte aligned).
+The first version of this kernel loaded each token's rows just before using them; its H200 times
+(0.83 / 1.29 / 3.51 / 14.0 ms at 4K / 16K / 64K / 256K tokens, Di = 1536, N = 16, bf16) were
+about 0.8 us per token of a segment at every length, one memory round trip per token.
 
 At batch 1 the channel blocks alone give too few programs (Di = 1536 is 12 blocks of 128), so time
 is split into S segments of L tokens (a power of two >= 512, grown while B * Di * S stays >= 32768,
@@ -36,10 +44,25 @@ measured on the H100. With segments, pass 1 reads u, Delta and B once more: (5 D
 segment (0.1% at 1M tokens). With one segment the kernel moves the floor.
 
 The op is bound by exponentials before bytes: Di * N exp2 per token and pass, 24,576 at
-Di = 1536, N = 16. An H100 computes 16 exp2 per clock per SM (about 3.7e12/s at 1.75 GHz), so one
-pass over 1M tokens takes at least 7.0 ms of exp2, and the segmented form, which computes the
-decays of all but the last segment twice, 13.7 ms. Per state entry and token the other work is
-4 fp32 instructions (Delta A, Delta u B, the update, C h), which the FMA units absorb.
+Di = 1536, N = 16. An H100 or H200 computes 16 exp2 per clock per SM (MUFU.EX2; 4.2e12/s on an
+H200's 132 SMs at 1.98 GHz), so one pass over 256K tokens takes at least 1.5 ms of exp2, and the
+segmented form, which computes the decays of all but the last segment twice, 3.0 ms. Per state
+entry and token the other work is 4 fp32 instructions (Delta A, the decay times h, Delta u B,
+C h), and every instruction takes an issue slot: a warp issues 16 MUFU.EX2 per channel and token
+in 128 clocks (4 exp2 per clock per SM quarter), in which it may issue 128 instructions. ptxas
+for sm_90 (triton 3.7, bf16, N = 16; no spills, no shared memory, no shuffles) gives per channel
+and token, loop bodies counted: pass 1 at BD = 256, CH = 2 (127 registers), 112 instructions,
+under the 128; pass 3 at BD = 256, CH = 2 (168 registers, 3 programs of 4 warps per SM) 153, and
+at BD = 128, CH = 4 (167 registers) 185, over it: the unpacking and loads of B and C rows are
+shared by the channels of a thread.
+
+PREDICTION, not measured (H200, 1.98 GHz, B = 1, Di = 1536, N = 16, bf16): at 256K tokens, 32
+segments of 8K; pass 1 192 programs (BD = 256) reading 6.3 KB per token (u, Delta, B), bound
+by exp2: 1.5 ms; pass 3 192 programs reading 6.2 KB and writing 3 KB per token, bound by issue:
+1.5 ms x 153 / 128 = 1.8 ms; the carry, 48 programs over 32 segments, < 0.05 ms. Forward about
+3.4 ms at 256K (was 14.0), 0.9 ms at 64K (3.51); at 16K and 4K, 512-token segments and launch
+costs, about 0.25 and 0.1 ms (1.29, 0.83). The bandwidth floor, 0.57 ms at 256K, is out of reach
+while each exp2 is a MUFU instruction: 1.5 ms is the floor of one pass.
 
 Layout: u, Delta, y (B, T, Di), B, C (B, T, N), made contiguous (B and C are often views).
 Inside, A log2(e) and the states are kept (N, Di), channels contiguous, so a thread's channel is
@@ -81,11 +104,9 @@ a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. The backwa
 three times per token and state entry (passes 4, 6A and 6B), the forward twice (passes 1 and 3):
 the exp2 bound above makes the backward at least 1.5x the forward.
 
-Not yet timed on a GPU: written on a CPU machine, checked against the reference in Triton's
-interpreter, and compiled for sm_90 offline (triton 3.7, bf16: 96 registers in pass 1 and 128 in
-pass 3 at BD = 128, CH = 4, 190 at BD = 256; no spills, no shared memory, no shuffles; one
-MUFU.EX2 and four fp32 instructions per state entry and token). The autotuner picks BD, CH and
-warps per (Di, N, pass, dtype) on the first call, whatever its T; other lengths reuse the choice.
+The backward was not yet timed on a GPU: written on a CPU machine, checked against the reference
+in Triton's interpreter, and compiled for sm_90 offline. The autotuner picks BD, CH and warps per
+(Di, N, segments, pass) on the first call; other lengths with as many segments reuse the choice.
 """
 
 from __future__ import annotations
