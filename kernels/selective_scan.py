@@ -332,6 +332,14 @@ _CTS = [c.kwargs["CT"] for c in (_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRA
 _MIN_CT, _MAX_CT = min(_CTS), max(_CTS)  # the buffer of chunk-start states is sized for the smallest; segments hold whole chunks
 
 
+@triton.jit
+def _walk_rows(x_seg, z_seg, s_seg, t, live, in_d, in_n, Di, N):
+    """The segment's token t as loaded by the backward's walks (pass 4: Delta, dy, C; pass 6A:
+    Delta, u, B): two (BD,) channel rows and one (BN,) state row, zeros when not `live`."""
+    m = in_d & live
+    return tl.load(x_seg + t * Di, mask=m, other=0.0), tl.load(z_seg + t * Di, mask=m, other=0.0), tl.load(s_seg + t * N, mask=in_n & live, other=0.0)
+
+
 @triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N"])
 @triton.jit
 def _segment_grad_kernel(
@@ -353,15 +361,21 @@ def _segment_grad_kernel(
     a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)
     e = tl.zeros([BN, BD], dtype=tl.float32)  # the gradient with respect to the state before token t
     dt_total = tl.zeros([BD], dtype=tl.float32)
+    dt_seg, dy_seg, c_seg = delta + tok0 * Di + cd, dy + tok0 * Di + cd, Cm + tok0 * N + cn
     n_ch = tl.cdiv(n_tok, CH)
+    nxt = ()  # the last chunk's rows, then each chunk's loaded while the one after it is computed
+    for i in tl.static_range(CH):
+        t = (n_ch - 1) * CH + CH - 1 - i
+        nxt = nxt + (_walk_rows(dt_seg, dy_seg, c_seg, tl.minimum(t, n_tok - 1), t < n_tok, in_d, in_n, Di, N),)
     for ci in range(n_ch):
         c0 = (n_ch - 1 - ci) * CH
+        cur = nxt
+        nxt = ()
         for i in tl.static_range(CH):
-            tok = tok0 + c0 + CH - 1 - i
-            live = c0 + CH - 1 - i < n_tok
-            dt_t = tl.load(delta + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
-            dy_t = tl.load(dy + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
-            c_t = tl.load(Cm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)  # (BN,)
+            t = c0 - 1 - i  # the chunk before, backwards; below 0 past the segment's start
+            nxt = nxt + (_walk_rows(dt_seg, dy_seg, c_seg, tl.maximum(t, 0), t >= 0, in_d, in_n, Di, N),)
+        for i in tl.static_range(CH):
+            dt_t, dy_t, c_t = cur[i][0].to(tl.float32), cur[i][1].to(tl.float32), cur[i][2].to(tl.float32)  # (BD,), (BD,), (BN,)
             e = tl.exp2(dt_t[None, :] * a2_nd) * (c_t[:, None] * dy_t[None, :] + e)
             dt_total += dt_t
     i_r = NS - 1 - i_s
@@ -408,16 +422,21 @@ def _chunk_grads_kernel(
     # A: h at every chunk start
     a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)
     h = tl.load(states + (i_b.to(tl.int64) * NS + i_s) * N * Di + nd, mask=in_nd, other=0.0)  # (BN, BD)
-    for c0 in range(0, n_tok, CT):
-        tl.store(chunk0 + (c0 // CT) * N * Di + nd, h, mask=in_nd)
-        for i0 in range(0, CT, CH):
-            for i in tl.static_range(CH):
-                tok = tok0 + c0 + i0 + i
-                live = c0 + i0 + i < n_tok
-                u_t = tl.load(u + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)
-                dt_t = tl.load(delta + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)
-                b_t = tl.load(Bm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)
-                h = tl.exp2(dt_t[None, :] * a2_nd) * h + b_t[:, None] * (dt_t * u_t)[None, :]
+    u_seg, dt_seg, b_seg = u + tok0 * Di + cd, delta + tok0 * Di + cd, Bm + tok0 * N + cn
+    nxt = ()  # each CH tokens' rows loaded while the CH before them are computed
+    for i in tl.static_range(CH):
+        nxt = nxt + (_walk_rows(dt_seg, u_seg, b_seg, tl.minimum(i, n_tok - 1), i < n_tok, in_d, in_n, Di, N),)
+    for c0 in range(0, n_tok, CH):
+        if c0 % CT == 0:
+            tl.store(chunk0 + (c0 // CT) * N * Di + nd, h, mask=in_nd)
+        cur = nxt
+        nxt = ()
+        for i in tl.static_range(CH):
+            t = c0 + CH + i
+            nxt = nxt + (_walk_rows(dt_seg, u_seg, b_seg, tl.minimum(t, n_tok - 1), t < n_tok, in_d, in_n, Di, N),)
+        for i in tl.static_range(CH):
+            dt_t, u_t, b_t = cur[i][0].to(tl.float32), cur[i][1].to(tl.float32), cur[i][2].to(tl.float32)
+            h = tl.exp2(dt_t[None, :] * a2_nd) * h + b_t[:, None] * (dt_t * u_t)[None, :]
     tl.debug_barrier()  # the chunk-start states are read back below by other threads
 
     # B: the chunks backwards
