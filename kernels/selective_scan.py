@@ -218,15 +218,17 @@ def _prefetch_chunk(u, delta, Bm, Cm, tok0, first, n_tok, lane, i_d, Di, BD: tl.
         _bulk_prefetch_l2(Cm + (tok0 + first) * N + 0 * lane, tl.where(lane == 2 * CH + 1, rows * Cm.dtype.element_ty.primitive_bitwidth // 8, 0))
 
 
-@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS"])
+@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS", "CHUNK"])
 @triton.jit
 def _segment_kernel(
-    u, delta, a2, Bm, Cm, Dv, states, dt_sums, y, ht,  # see `_selective_scan_fwd` for shapes
-    T, Di, NS, L,  # tokens, channels, segments, tokens per segment
+    u, delta, a2, Bm, Cm, Dv, states, dt_sums, y, ht, chunk_states,  # see `_selective_scan_fwd`, `_bwd` for shapes
+    T, Di, NS, L, NCH,  # tokens, channels, segments, tokens per segment, chunk states per sequence
     N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CH: tl.constexpr,
-    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr,
+    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Pass 1 (OUTPUTS off): own end state and sum of Delta of a segment. Pass 3: y and h_T.
+    CHUNK > 0 (the backward's pass 6A; OUTPUTS off): instead, the state entering every CHUNK
+    tokens of the segment, into chunk_states (B, NCH, N, Di), chunk c at row c of its sequence.
     The inputs of chunk k + 1 are loaded while chunk k is computed, and those PREFETCH
     tokens ahead are pulled into L2 (0: off, as in the interpreter, which runs no PTX; the launcher
     turns it on where rows are 16-byte aligned): the walk waits on neither DRAM nor L2. The state is two (BN / 2, BD) tiles, the even and the odd n, so that
@@ -257,10 +259,15 @@ def _segment_kernel(
     nxt = ()
     for i in tl.static_range(CH):
         nxt = nxt + (_token_inputs(u_seg, dt_seg, b_seg, c_seg, tl.minimum(i, n_tok - 1), i < n_tok, in_d, j, Di, N, BN, WORDS, OUTPUTS),)
+    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // tl.maximum(CHUNK, 1)) * N * Di + ne  # the segment's first chunk
     for c0 in range(0, n_tok, CH):
         if PREFETCH > 0:
             if c0 + PREFETCH < n_tok:
                 _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, i_d, Di, BD, N, CH, OUTPUTS)
+        if CHUNK > 0:
+            if c0 % CHUNK == 0:
+                tl.store(chunk0 + (c0 // CHUNK) * N * Di, h_e, mask=in_e)
+                tl.store(chunk0 + (c0 // CHUNK) * N * Di + Di, h_o, mask=in_o)
         cur = nxt  # chunk c0's inputs, loaded one iteration ago
         nxt = ()
         for i in tl.static_range(CH):
@@ -288,7 +295,7 @@ def _segment_kernel(
         last = i_s == NS - 1
         tl.store(ht + i_b.to(tl.int64) * N * Di + ne, h_e, mask=in_e & last)
         tl.store(ht + i_b.to(tl.int64) * N * Di + ne + Di, h_o, mask=in_o & last)
-    else:
+    elif CHUNK == 0:
         tl.store(state, h_e, mask=in_e)
         tl.store(state + Di, h_o, mask=in_o)
         tl.store(dt_sums + (i_b.to(tl.int64) * NS + i_s) * Di + cd, dt_total, mask=in_d)
@@ -330,6 +337,7 @@ _GRAD_CONFIGS = [
 _INTERPRET_GRAD_CONFIGS = [triton.Config({"BD": 16, "CT": 16}, num_warps=1)]
 _CTS = [c.kwargs["CT"] for c in (_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS)]
 _MIN_CT, _MAX_CT = min(_CTS), max(_CTS)  # the buffer of chunk-start states is sized for the smallest; segments hold whole chunks
+assert all(_MIN_CT % c.kwargs["CH"] == 0 for c in _INTERPRET_CONFIGS + _CONFIGS), "6A stores a state every _MIN_CT tokens, a whole number of its CH-token steps"
 
 
 @triton.jit
@@ -400,15 +408,15 @@ def _reverse_scan_triple(first_r, rest_r, x_r, first_l, rest_l, x_l):
 @triton.autotune(configs=_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS, key=["Di", "N"], reset_to_zero=["dBm", "dCm"])
 @triton.jit
 def _chunk_grads_kernel(
-    u, delta, a2, Bm, Cm, Dv, dy, states, dstates, chunk_states,  # see `_selective_scan_bwd` for shapes
+    u, delta, a2, Bm, Cm, Dv, dy, dstates, chunk_states,  # see `_selective_scan_bwd` for shapes
     du, ddelta, dBm, dCm, dA_part, dD_part, dh0,
     T, Di, NS, L, NCH,
-    N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
+    N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, MIN_CT: tl.constexpr,
 ):
-    """Pass 6: one segment's gradients. A: forwards from the state entering the segment, one thread
-    per channel, storing the state at every chunk start. B: the chunks backwards, CT tokens at a time;
-    for each n the states inside the chunk by a parallel scan over time, dh by a reverse scan from the
-    gradient at the chunk's end, then the gradients of the chunk."""
+    """Pass 6B: one segment's gradients, its chunks backwards, CT tokens at a time: for each n the
+    states inside the chunk by a parallel scan over time from the chunk's start state (6A stored one
+    every MIN_CT tokens), dh by a reverse scan from the gradient at the chunk's end, then the
+    gradients of the chunk."""
     i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0 = i_s * L
     n_tok = tl.minimum(L, T - t0)
@@ -417,29 +425,7 @@ def _chunk_grads_kernel(
     in_d, in_n = cd < Di, cn < N
     in_nd = in_n[:, None] & in_d[None, :]
     nd = cn[:, None] * Di + cd[None, :]  # (BN, BD) offsets into an (N, Di) matrix
-    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // CT) * N * Di  # the segment's first chunk
-
-    # A: h at every chunk start
-    a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)
-    h = tl.load(states + (i_b.to(tl.int64) * NS + i_s) * N * Di + nd, mask=in_nd, other=0.0)  # (BN, BD)
-    u_seg, dt_seg, b_seg = u + tok0 * Di + cd, delta + tok0 * Di + cd, Bm + tok0 * N + cn
-    nxt = ()  # each CH tokens' rows loaded while the CH before them are computed
-    for i in tl.static_range(CH):
-        nxt = nxt + (_walk_rows(dt_seg, u_seg, b_seg, tl.minimum(i, n_tok - 1), i < n_tok, in_d, in_n, Di, N),)
-    for c0 in range(0, n_tok, CH):
-        if c0 % CT == 0:
-            tl.store(chunk0 + (c0 // CT) * N * Di + nd, h, mask=in_nd)
-        cur = nxt
-        nxt = ()
-        for i in tl.static_range(CH):
-            t = c0 + CH + i
-            nxt = nxt + (_walk_rows(dt_seg, u_seg, b_seg, tl.minimum(t, n_tok - 1), t < n_tok, in_d, in_n, Di, N),)
-        for i in tl.static_range(CH):
-            dt_t, u_t, b_t = cur[i][0].to(tl.float32), cur[i][1].to(tl.float32), cur[i][2].to(tl.float32)
-            h = tl.exp2(dt_t[None, :] * a2_nd) * h + b_t[:, None] * (dt_t * u_t)[None, :]
-    tl.debug_barrier()  # the chunk-start states are read back below by other threads
-
-    # B: the chunks backwards
+    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // MIN_CT) * N * Di  # the segment's first chunk state
     rows = tl.arange(0, CT)
     first, last = (rows == 0)[:, None], (rows == CT - 1)[:, None]
     d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)  # (BD,)
@@ -461,7 +447,7 @@ def _chunk_grads_kernel(
         dB_c = tl.zeros([CT, BN], dtype=tl.float32)  # this channel block's share of dB, dC for the chunk
         dC_c = tl.zeros([CT, BN], dtype=tl.float32)
         dtu = dt_c * u_c
-        start = chunk0 + (c0 // CT) * N * Di
+        start = chunk0 + (c0 // MIN_CT) * N * Di
         for n in range(N):
             a2_n = tl.load(a2 + n * Di + cd, mask=in_d, other=0.0)  # (BD,)
             b_n = tl.load(Bm + (tok0 + r) * N + n, mask=live, other=0.0).to(tl.float32)  # (CT,)
@@ -545,15 +531,16 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
         states = torch.empty(Bsz, NS, N, Di, device=u.device, dtype=torch.float32)
         dt_sums = torch.empty(Bsz, NS, Di, device=u.device, dtype=torch.float32)
         _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
-            u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=prefetch, WORDS=words
+            u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=prefetch,
+            WORDS=words, CHUNK=0,
         )
         E = 512  # state entries per carry program: 48 programs at N = 16, Di = 1536
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, E))](
             states, dt_sums, a2, h0 if h0 is not None else states, NS, Di, N, E=E, HAS_H0=h0 is not None, num_warps=4
         )
     _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
-        u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=True,
-        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=prefetch, WORDS=words,
+        u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, N=N, BN=BN, OUTPUTS=True,
+        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=prefetch, WORDS=words, CHUNK=0,
     )
     entering = states if NS > 1 else h0[:, None] if h0 is not None else None  # (B, NS, N, Di) or None: zeros
     return y, ht.transpose(1, 2), entering
@@ -595,14 +582,20 @@ def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_lengt
             dstates, dt_sums, a2, dht if dht is not None else dstates, NS, Di, N, E=512, HAS_H0=dht is not None, num_warps=4
         )
     NCH = triton.cdiv(T, _MIN_CT)
-    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state at every chunk start
+    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state entering every _MIN_CT tokens
+    words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
+    prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
+    _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](  # 6A: the forward's walk
+        u, delta, a2, B, C, D, states, chunk_states, chunk_states, chunk_states, chunk_states, T, Di, NS, L, NCH,
+        N=N, BN=max(2, BN), OUTPUTS=False, LOAD_STATE=True, PREFETCH=prefetch, WORDS=words, CHUNK=_MIN_CT,
+    )
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dB, dC = torch.zeros(Bsz, T, N, **f32), torch.zeros(Bsz, T, N, **f32)  # summed over channel blocks by atomics
     dA_part, dD_part = torch.empty(Bsz * NS, N, Di, **f32), torch.empty(Bsz * NS, Di, **f32)  # per (batch, segment)
     dh0 = torch.empty(Bsz, N, Di, **f32)
     _chunk_grads_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
-        u, delta, a2, B, C, D, dy, states, dstates, chunk_states, du, ddelta, dB, dC, dA_part, dD_part, dh0,
-        T, Di, NS, L, NCH, N=N, BN=BN, CH=4,
+        u, delta, a2, B, C, D, dy, dstates, chunk_states, du, ddelta, dB, dC, dA_part, dD_part, dh0,
+        T, Di, NS, L, NCH, N=N, BN=BN, MIN_CT=_MIN_CT,
     )
     return du, ddelta, dA_part.sum(0).t(), dB.to(B.dtype), dC.to(C.dtype), dD_part.sum(0), dh0.transpose(1, 2) if h0 is not None else None
 
