@@ -90,19 +90,31 @@ the backward, with the forward's segments, runs
        before it, and its sum of Delta; stored in reversed segment order, so that
     5. `_carry_states_kernel`, the forward's carry over the reversed segments from dh_T, leaves
        the gradient arriving at each segment's end;
-    6. `_chunk_grads_kernel`, grid (B, Di / BD, S): (A) from the state entering its segment, one
-       thread per channel, stores the state at every chunk start (CT tokens; fp32, B x T/CT x N x
-       Di, transient); (B) walks the chunks backwards, holding (CT, BD) tiles of u, Delta and dy;
-       for each n, a parallel scan over time rebuilds h inside the chunk from its start state, a
-       reverse scan gives dh from the gradient at the chunk's end, and the terms above are summed:
-       du, dDelta per chunk; dB, dC, one (CT, N) tile per chunk, summed over channel blocks by
-       fp32 atomic adds; dA, dD per (batch, segment) and summed by torch; dh0 by the first
-       segment.
+    6A. `_segment_kernel` (CHUNK mode), grid (B, Di / BD, S): the forward's walk from the state
+       entering each segment, storing the state every 32 tokens (fp32, B x T/32 x N x Di,
+       transient: 3 KB per token at Di = 1536, N = 16);
+    6B. `_chunk_grads_kernel`, grid (B, Di / BD, S): walks the chunks (CT tokens) backwards,
+       holding (CT, BD) tiles of u, Delta and dy; for each n, a parallel scan over time rebuilds h
+       inside the chunk from its start state, a reverse scan gives dh from the gradient at the
+       chunk's end, and the terms above are summed: du, dDelta per chunk; dB, dC, one (CT, N)
+       tile per chunk, summed over channel blocks by fp32 atomic adds; dA, dD per (batch,
+       segment) and summed by torch; dh0 by the first segment.
+
+The walks of passes 4 and 6A load each chunk's rows while the chunk before is computed, as the
+forward does (pass 4 loads C entry by entry and keeps one (N, BD) tile).
 
 The reverse scan needs a_{t+1} at token t; rather than shift the tile, it scans triples (a_t,
 a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. The backward computes a_t
 three times per token and state entry (passes 4, 6A and 6B), the forward twice (passes 1 and 3):
 the exp2 bound above makes the backward at least 1.5x the forward.
+
+PREDICTION, not measured (H200, B = 1, Di = 1536, N = 16, bf16, 256K tokens): passes 4 and 6A
+are each a pass of exp2, about 1.5-1.8 ms (before: one memory round trip per token, like the
+first forward, ~7 ms each at 8K-token segments; 6A also took several waves inside the 255-register
+kernel). 6B is unchanged and untimed: 255 registers (ptxas, sm_90, no spills at CT = 32), one
+program of 8 warps or two of 4 per SM, two scans and ~16 shuffle rounds per n and chunk, and
+about 48 fp32 atomics per token and channel block on dB, dC; it is the next target (per-block
+partial sums of dB, dC and one reduction instead of atomics; fewer live tiles).
 
 The backward was not yet timed on a GPU: written on a CPU machine, checked against the reference
 in Triton's interpreter, and compiled for sm_90 offline. The autotuner picks BD, CH and warps per
