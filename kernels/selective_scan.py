@@ -112,9 +112,10 @@ PREDICTION, not measured (H200, B = 1, Di = 1536, N = 16, bf16, 256K tokens): pa
 are each a pass of exp2, about 1.5-1.8 ms (before: one memory round trip per token, like the
 first forward, ~7 ms each at 8K-token segments; 6A also took several waves inside the 255-register
 kernel). 6B is unchanged and untimed: 255 registers (ptxas, sm_90, no spills at CT = 32), one
-program of 8 warps or two of 4 per SM, two scans and ~16 shuffle rounds per n and chunk, and
-about 48 fp32 atomics per token and channel block on dB, dC; it is the next target (per-block
-partial sums of dB, dC and one reduction instead of atomics; fewer live tiles).
+program of 8 warps or two of 4 per SM, two scans with shuffles and barriers per n and chunk, and
+dB, dC added by fp32 atomics from every channel block (48 blocks of 32 at Di = 1536); it is the
+next target (per-block partial sums of dB, dC and one reduction instead of atomics; fewer live
+tiles).
 
 The backward was not yet timed on a GPU: written on a CPU machine, checked against the reference
 in Triton's interpreter, and compiled for sm_90 offline. The autotuner picks BD, CH and warps per
@@ -156,6 +157,7 @@ def _token_inputs(u_seg, dt_seg, b_seg, c_seg, t, live, in_d, j, Di, N: tl.const
     its B, C rows as `_state_row` (C only WITH_C), read unmasked (t must be in range): a dead step
     multiplies them by 0."""
     m = in_d & live
+    t = t.to(tl.int64)  # t * Di may pass 2^31 in a long segment
     u_t = tl.load(u_seg + t * Di, mask=m, other=0.0)
     dt_t = tl.load(dt_seg + t * Di, mask=m, other=0.0)
     b_t = _state_row(b_seg, t, j, N, BN, WORDS)
@@ -278,8 +280,8 @@ def _segment_kernel(
                 _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, i_d, Di, BD, N, CH, OUTPUTS)
         if CHUNK > 0:
             if c0 % CHUNK == 0:
-                tl.store(chunk0 + (c0 // CHUNK) * N * Di, h_e, mask=in_e)
-                tl.store(chunk0 + (c0 // CHUNK) * N * Di + Di, h_o, mask=in_o)
+                tl.store(chunk0 + (c0 // CHUNK).to(tl.int64) * N * Di, h_e, mask=in_e)
+                tl.store(chunk0 + (c0 // CHUNK).to(tl.int64) * N * Di + Di, h_o, mask=in_o)
         cur = nxt  # chunk c0's inputs, loaded one iteration ago
         nxt = ()
         for i in tl.static_range(CH):
@@ -357,6 +359,7 @@ def _walk_rows(x_seg, z_seg, s_seg, t, live, in_d, in_n, Di, N):
     """The segment's token t as loaded by the backward's walks (pass 4: Delta, dy, C; pass 6A:
     Delta, u, B): two (BD,) channel rows and one (BN,) state row, zeros when not `live`."""
     m = in_d & live
+    t = t.to(tl.int64)  # t * Di may pass 2^31 in a long segment
     return tl.load(x_seg + t * Di, mask=m, other=0.0), tl.load(z_seg + t * Di, mask=m, other=0.0), tl.load(s_seg + t * N, mask=in_n & live, other=0.0)
 
 
