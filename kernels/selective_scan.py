@@ -280,8 +280,8 @@ def _segment_kernel(
                 _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, i_d, Di, BD, N, CH, OUTPUTS)
         if CHUNK > 0:
             if c0 % CHUNK == 0:
-                tl.store(chunk0 + (c0 // CHUNK).to(tl.int64) * N * Di, h_e, mask=in_e)
-                tl.store(chunk0 + (c0 // CHUNK).to(tl.int64) * N * Di + Di, h_o, mask=in_o)
+                tl.store(chunk0 + tl.cast(c0 // CHUNK, tl.int64) * N * Di, h_e, mask=in_e)
+                tl.store(chunk0 + tl.cast(c0 // CHUNK, tl.int64) * N * Di + Di, h_o, mask=in_o)
         cur = nxt  # chunk c0's inputs, loaded one iteration ago
         nxt = ()
         for i in tl.static_range(CH):
