@@ -90,9 +90,11 @@ def test_the_kernel_compiles_and_replays_from_a_cuda_graph(scope):
     ids = torch.randint(0, model.config.vocab_size, (2, 33), device="cuda")
     with torch.inference_mode():
         state = decode_state(model, ids, context=33, segment=0, headroom=8)
+        rewind = rewinder(state)
         expected, _ = model.step(ids[:, -1], state)
+        rewind()
         fast = fast_call(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), torch.device("cuda"),
-                         compile=regions(model, "step", scope), graphs=True, rewind=rewinder(state))
+                         compile=regions(model, "step", scope), graphs=True, rewind=rewind)
         assert fast.compiled and fast.cuda_graphs, fast.note
         logits, _ = fast.call()
     assert_close("graphed step", expected, logits, 1e-4)

@@ -82,7 +82,8 @@ def compile_regions(modules: list[nn.Module], method: str) -> None:
 
 
 def capture(call: Callable[[], object], rewind: Callable[[], None]) -> Callable[[], object]:
-    """`call` captured in a CUDA graph (after two warm-up calls on a side stream); its replay."""
+    """`call` captured in a CUDA graph (after two warm-up calls on a side stream); its replay, which
+    returns the captured call's outputs (static tensors the replay rewrites)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -92,9 +93,14 @@ def capture(call: Callable[[], object], rewind: Callable[[], None]) -> Callable[
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        call()
+        out = call()
     rewind()
-    return graph.replay
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
 
 
 def fast_call(
