@@ -32,13 +32,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from altbench.errors import UserError
-from altbench.models.attention import Attention, AttentionConfig
 from altbench.models.base import BIDIRECTIONAL, LanguageModel, LMConfig, linear_flops
-from altbench.models.blocks import SwiGLU
-from altbench.models.compose import pattern_blocks
+from altbench.models.transformer import llama_blocks
 
 REMASKING = ("low_confidence", "random")  # which predictions a step keeps: the most confident, or random ones
 
@@ -93,14 +90,7 @@ class LLaDA(LanguageModel):
     def __init__(self, c: LLaDAConfig):
         if not 0 <= c.mask_token_id < c.vocab_size:
             raise UserError(f"'mask_token_id' {c.mask_token_id} is outside the vocabulary of {c.vocab_size} tokens")
-        attention = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta, causal=False)
-        blocks = pattern_blocks(
-            "A" * c.n_layers,
-            mixers={"A": lambda i: Attention(attention)},
-            mlp=lambda i: SwiGLU(c.d_model, c.d_hidden),
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-        )
-        super().__init__(c, blocks)
+        super().__init__(c, llama_blocks(c, causal=False))
 
     # --- the mask predictor ------------------------------------------------------------------------
     def denoise(self, ids: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
