@@ -15,7 +15,8 @@ and its own KV cache, so the state of a hybrid layer is (KV cache of that use, M
 the position of a token is the length of the KV cache before it, so positions carry across calls.
 
 The released models differ in the shared block (their config.json): Zamba2-1.2B has one shared block,
-attention adapters and RoPE; Zamba2-2.7B has two shared blocks, adapters on the MLP only, no RoPE.
+attention adapters and RoPE; Zamba2-2.7B two shared blocks, adapters on the MLP only and no RoPE;
+Zamba2-7B two shared blocks, adapters on the MLP only, RoPE, and two Mamba-2 B, C groups.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class Zamba2Config(LMConfig):
     def mamba2(self) -> Mamba2Config:
         return Mamba2Config(
             d_model=self.d_model, norm_eps=self.norm_eps, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
-            head_dim=self.expand * self.d_model // self.n_mamba_heads, n_heads=self.n_mamba_heads, n_groups=self.n_groups,
-            chunk_size=self.chunk_size, dt_min=self.dt_min, dt_max=self.dt_max, dt_floor=self.dt_min,
+            head_dim=self.expand * self.d_model // self.n_mamba_heads, n_heads=self.n_mamba_heads,
+            n_groups=self.n_groups, chunk_size=self.chunk_size, dt_min=self.dt_min, dt_max=self.dt_max,
+            dt_floor=self.dt_min,
         )
 
 
@@ -236,6 +238,21 @@ SIZES = {
         vocab_size=50280, d_model=768, n_layers=20, pattern="MMMMH" * 4, n_heads=12, d_hidden=2048, n_shared=1,
         adapter_rank=64, n_mamba_heads=24,
     ),
+    # The released checkpoints, from their config.json (Zyphra/Zamba2-1.2B, Zyphra/Zamba2-2.7B, Zyphra/Zamba2-7B);
+    # all have Mamba-2 head_dim 64 and a 32000-token vocabulary with tied embeddings.
+    "1.2b": Zamba2Config(
+        vocab_size=32000, d_model=2048, n_layers=38, pattern="MMMMMH" * 6 + "MM", n_heads=32, d_hidden=8192,
+        n_shared=1, adapter_rank=128, attn_adapters=True, rope=True, d_state=128, n_mamba_heads=64,
+    ),
+    "2.7b": Zamba2Config(
+        vocab_size=32000, d_model=2560, n_layers=54, pattern="M" + "MMMMMH" * 7 + "MMMMH" + "MMMH" + "MM", n_heads=32,
+        d_hidden=10240, n_shared=2, adapter_rank=128, attn_adapters=False, rope=False, d_state=64, n_mamba_heads=80,
+    ),
+    "7b": Zamba2Config(
+        vocab_size=32000, d_model=3584, n_layers=81, pattern="MMMMMMH" + "MMMMH" + "MMMMMH" * 11 + "MMM", n_heads=32,
+        d_hidden=14336, n_shared=2, adapter_rank=128, attn_adapters=False, rope=True, d_state=64, n_mamba_heads=112,
+        n_groups=2,
+    ),
 }
 MODEL = Zamba2
 
@@ -273,7 +290,9 @@ def from_hf_config(d: dict) -> Zamba2Config:
     kinds = d.get("layers_block_type") or d.get("layer_types")
     rope = d.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
-        raise UserError(f"rope_parameters.rope_type = '{rope['rope_type']}': altbench's Zamba2 has the default RoPE only")
+        raise UserError(
+            f"rope_parameters.rope_type = '{rope['rope_type']}': altbench's Zamba2 has the default (unscaled) RoPE only"
+        )
     return Zamba2Config(
         vocab_size=d["vocab_size"], d_model=d["hidden_size"], n_layers=d["num_hidden_layers"],
         pattern="".join("H" if k == "hybrid" else "M" for k in kinds), n_heads=d["num_attention_heads"],
@@ -281,7 +300,8 @@ def from_hf_config(d: dict) -> Zamba2Config:
         adapter_rank=d.get("adapter_rank", 128), attn_adapters=d.get("use_shared_attention_adapter", False),
         rope=d.get("use_mem_rope", False), rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
         d_state=d.get("mamba_d_state", 64), d_conv=d.get("mamba_d_conv", 4), expand=d.get("mamba_expand", 2),
-        n_mamba_heads=d.get("n_mamba_heads", 8), n_groups=d.get("mamba_ngroups", 1), chunk_size=d.get("chunk_size", 256),
+        n_mamba_heads=d.get("n_mamba_heads", 8), n_groups=d.get("mamba_ngroups", 1),
+        chunk_size=d.get("chunk_size", 256),
         dt_min=d.get("time_step_min", 0.001), dt_max=d.get("time_step_max", 0.1), norm_eps=d.get("rms_norm_eps", 1e-5),
         tie_embeddings=d.get("tie_word_embeddings", True),
     )
