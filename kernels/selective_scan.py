@@ -340,18 +340,13 @@ def _carry_states_kernel(
 
 # --- backward ------------------------------------------------------------------------------------
 
-# Kernel 6 holds (CT, BD) tiles: CT tokens by BD channels, the time axis scanned in parallel. These
-# compile for sm_90 without spills (8 tile elements per thread; 16 spill at N = 16). CT >= 32 keeps
-# the chunk-start states at most 2 N Di bytes per token (3.2 GB at 1M tokens, Di = 1536, N = 16).
-_GRAD_CONFIGS = [
-    triton.Config({"BD": 32, "CT": 32}, num_warps=4),
-    triton.Config({"BD": 64, "CT": 32}, num_warps=8),
-    triton.Config({"BD": 32, "CT": 64}, num_warps=8),
-]
-_INTERPRET_GRAD_CONFIGS = [triton.Config({"BD": 16, "CT": 16}, num_warps=1)]
-_CTS = [c.kwargs["CT"] for c in (_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS)]
-_MIN_CT, _MAX_CT = min(_CTS), max(_CTS)  # the buffer of chunk-start states is sized for the smallest; segments hold whole chunks
-assert all(_MIN_CT % c.kwargs["CH"] == 0 for c in _INTERPRET_CONFIGS + _CONFIGS), "6A stores a state every _MIN_CT tokens, a whole number of its CH-token steps"
+# Pass 6B takes one channel a thread (BD = 32 * num_warps) and CT tokens a chunk, and 6A stores the
+# state entering every CT tokens (4 N Di / CT bytes per token: 6 KB at Di = 1536, N = 16, CT = 16).
+# The interpreter takes small blocks so that tests cover several blocks, lane groups and chunks.
+_GRAD_BD, _GRAD_WARPS = (16, 1) if _INTERPRET else (128, 4)
+_LANES = 8 if _INTERPRET else 32  # `_sum_over_channels` reduces within groups of this many lanes (a warp), then across groups
+_CT = 4 if _INTERPRET else 16
+assert all(_CT % c.kwargs["CH"] == 0 for c in _INTERPRET_CONFIGS + _CONFIGS), "6A stores a state every _CT tokens, a whole number of its CH-token steps"
 
 
 @triton.jit
@@ -407,95 +402,134 @@ def _segment_grad_kernel(
 
 
 @triton.jit
-def _scan_pair(a_l, b_l, a_r, b_r):
-    """(a_l, b_l) then (a_r, b_r) for h_t = a_t h_{t-1} + b_t."""
-    return a_l * a_r, a_r * b_l + b_r
+def _from_lanes(x, CT: tl.constexpr, LANES: tl.constexpr):
+    """x (BD,), one element a thread, as CT tensors (BD,): the i-th holds in every thread what lane
+    i of its group of LANES lanes holds (a warp shuffle where LANES = 32)."""
+    BD: tl.constexpr = x.shape[0]
+    rows = tl.reshape(x, (BD // LANES, LANES))
+    out = ()
+    for i in tl.static_range(CT):
+        out = out + (tl.reshape(tl.gather(rows, tl.full((BD // LANES, LANES), i, tl.int32), 1), (BD,)),)
+    return out
 
 
 @triton.jit
-def _reverse_scan_triple(first_r, rest_r, x_r, first_l, rest_l, x_l):
-    """Reverse scan (the later range r comes first) of dh_t = x_t + a_{t+1} dh_{t+1}: a range
-    t ... s holds (a_t, a_{t+1} ... a_s, its dh_t from its own x only)."""
-    bridge = rest_l * first_r  # a_{t+1} ... a_{m+1}: from the earlier range's start into the later one
-    return first_l, bridge * rest_r, x_l + bridge * x_r
+def _halve_over_lanes(v, lane, m: tl.constexpr, half: tl.constexpr, LANES: tl.constexpr):
+    """One step of `_sum_over_channels` between lanes m apart (partners: lane ^ m, in the same group
+    of LANES lanes, a warp shuffle where LANES = 32): of the 2 half values v (BD,) a lane holds, the
+    lane with bit m set keeps the upper half and its partner the lower, and each adds the half that
+    the other sends; once a lane holds one value (half = 0), both add it."""
+    BD: tl.constexpr = v[0].shape[0]
+    partner = tl.reshape(lane ^ m, (BD // LANES, LANES))
+    if half > 0:
+        upper = (lane & m) != 0
+        kept = ()
+        for j in tl.static_range(half):
+            send = tl.reshape(tl.where(upper, v[j], v[j + half]), (BD // LANES, LANES))
+            kept = kept + (tl.where(upper, v[j + half], v[j]) + tl.reshape(tl.gather(send, partner, 1), (BD,)),)
+        v = kept
+    elif m > 0:
+        v = (v[0] + tl.reshape(tl.gather(tl.reshape(v[0], (BD // LANES, LANES)), partner, 1), (BD,)),)
+    return v
 
 
-@triton.autotune(configs=_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS, key=["Di", "N"], reset_to_zero=["dBm", "dCm"])
+@triton.jit
+def _sum_over_channels(v, lane, CT: tl.constexpr, LANES: tl.constexpr):
+    """v: CT tensors (BD,), a value per token and channel. Returns (LANES,): element l holds the
+    sum over all BD channels of token l // (LANES // CT). Within each group of LANES lanes, a
+    reduce-scatter: each step halves the values a lane holds (keeping one half, sending the other
+    to its partner, adding what comes back), then the lanes left holding the same token add theirs;
+    about 4 instructions per value instead of the 2 log2(LANES) of a shuffle tree per value. Then the
+    BD / LANES groups (warps) are summed."""
+    BD: tl.constexpr = v[0].shape[0]
+    for level in tl.static_range(5):  # LANES <= 32
+        v = _halve_over_lanes(v, lane, LANES // (2 ** (level + 1)), CT // (2 ** (level + 1)), LANES)
+    return tl.sum(tl.reshape(v[0], (BD // LANES, LANES)), 0)
+
+
 @triton.jit
 def _chunk_grads_kernel(
     u, delta, a2, Bm, Cm, Dv, dy, dstates, chunk_states,  # see `_selective_scan_bwd` for shapes
-    du, ddelta, dBm, dCm, dA_part, dD_part, dh0,
-    T, Di, NS, L, NCH,
-    N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, MIN_CT: tl.constexpr,
+    du, ddelta, dB_part, dC_part, dA_part, dD_part, dh_carry,
+    T, BT, Di, NS, L, NCH,  # BT = B * T: the stride of dB_part, dC_part between channel blocks, in rows
+    N: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, LANES: tl.constexpr,
 ):
-    """Pass 6B: one segment's gradients, its chunks backwards, CT tokens at a time: for each n the
-    states inside the chunk by a parallel scan over time from the chunk's start state (6A stored one
-    every MIN_CT tokens), dh by a reverse scan from the gradient at the chunk's end, then the
-    gradients of the chunk."""
+    """Pass 6B: one segment's gradients, one channel a thread, its chunks of CT tokens backwards.
+    Per chunk and state index n: the walk forwards from the chunk's start state (6A stored it)
+    rebuilds a_t and h_{t-1} in registers, the walk backwards gives dh_t from the gradient at the
+    chunk's end, and the chunk's terms are summed; dB, dC over this block's channels into row
+    i_d of dB_part, dC_part (n_blocks, B, T, N), which the launcher sums over blocks. The
+    gradient at the current chunk's end and dA, per n, wait in dh_carry and dA_part (this
+    program's own rows) between chunks; dh_carry ends as the gradient to the segment's entering
+    state (dh0 in segment 0)."""
     i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0 = i_s * L
     n_tok = tl.minimum(L, T - t0)
     tok0 = i_b.to(tl.int64) * T + t0
-    cd, cn = i_d * BD + tl.arange(0, BD), tl.arange(0, BN)
-    in_d, in_n = cd < Di, cn < N
-    in_nd = in_n[:, None] & in_d[None, :]
-    nd = cn[:, None] * Di + cd[None, :]  # (BN, BD) offsets into an (N, Di) matrix
-    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // MIN_CT) * N * Di  # the segment's first chunk state
-    rows = tl.arange(0, CT)
-    first, last = (rows == 0)[:, None], (rows == CT - 1)[:, None]
+    cd = i_d * BD + tl.arange(0, BD)
+    in_d = cd < Di
+    lane = tl.arange(0, BD) % LANES
+    token = lane % CT  # the token of its chunk whose B, C entries a lane loads (CT <= LANES)
+    summed = tl.arange(0, LANES)  # `_sum_over_channels`: element l holds token l // (LANES // CT), once per LANES // CT elements
+    row, first = summed // (LANES // CT), summed % (LANES // CT) == 0
+    part = i_b.to(tl.int64) * NS + i_s
+    arriving = dstates + (i_b.to(tl.int64) * NS + NS - 1 - i_s) * N * Di + cd  # (BD,) at n = 0: the gradient at the segment's end
+    carry = dh_carry + part * N * Di + cd
+    dA_row = dA_part + part * N * Di + cd
+    sums = (i_d.to(tl.int64) * BT + tok0) * N  # the segment's first token in this block's rows of dB_part, dC_part
     d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)  # (BD,)
-    dh_end = tl.load(dstates + (i_b.to(tl.int64) * NS + NS - 1 - i_s) * N * Di + nd, mask=in_nd, other=0.0)  # (BN, BD)
-    dA_acc = tl.zeros([BN, BD], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     n_ct = tl.cdiv(n_tok, CT)
     for ci in range(n_ct):
         c0 = (n_ct - 1 - ci) * CT
-        r = c0 + rows
-        live = r < n_tok  # past the end: Delta = u = dy = 0, a step that passes gradients through unchanged
-        td = (tok0 + r)[:, None] * Di + cd[None, :]  # (CT, BD)
-        m = live[:, None] & in_d[None, :]
-        u_c = tl.load(u + td, mask=m, other=0.0).to(tl.float32)  # (CT, BD)
-        dt_c = tl.load(delta + td, mask=m, other=0.0).to(tl.float32)
-        dy_c = tl.load(dy + td, mask=m, other=0.0).to(tl.float32)
-        du_c = dy_c * d_skip[None, :]
-        ddt_c = tl.zeros([CT, BD], dtype=tl.float32)
-        dB_c = tl.zeros([CT, BN], dtype=tl.float32)  # this channel block's share of dB, dC for the chunk
-        dC_c = tl.zeros([CT, BN], dtype=tl.float32)
-        dtu = dt_c * u_c
-        start = chunk0 + (c0 // MIN_CT) * N * Di
+        x, dt, dyc, s_b, s_a = (), (), (), (), ()  # per token of the chunk, (BD,) each
+        for i in tl.static_range(CT):
+            off = (tok0 + c0 + i) * Di + cd
+            m = in_d & (c0 + i < n_tok)  # past the segment's end: Delta = u = dy = 0, a step that passes h and dh on unchanged
+            u_i = tl.load(u + off, mask=m, other=0.0).to(tl.float32)
+            dt_i = tl.load(delta + off, mask=m, other=0.0).to(tl.float32)
+            dy_i = tl.load(dy + off, mask=m, other=0.0).to(tl.float32)
+            x, dt, dyc = x + (dt_i * u_i,), dt + (dt_i,), dyc + (dy_i,)
+            s_b, s_a = s_b + (tl.zeros([BD], dtype=tl.float32),), s_a + (tl.zeros([BD], dtype=tl.float32),)
+            dD_acc += dy_i * u_i
+        start = chunk_states + (i_b.to(tl.int64) * NCH + (t0 + c0) // CT) * N * Di + cd  # the state entering the chunk
+        grad_end = tl.where(ci == 0, arriving, carry)
+        live = first & (c0 + row < n_tok)  # (LANES,)
         for n in range(N):
             a2_n = tl.load(a2 + n * Di + cd, mask=in_d, other=0.0)  # (BD,)
-            b_n = tl.load(Bm + (tok0 + r) * N + n, mask=live, other=0.0).to(tl.float32)  # (CT,)
-            c_n = tl.load(Cm + (tok0 + r) * N + n, mask=live, other=0.0).to(tl.float32)  # (CT,)
-            h_start = tl.load(start + n * Di + cd, mask=in_d, other=0.0)  # (BD,)
-            pick = (cn == n)[:, None]
-            dh_in = tl.sum(tl.where(pick, dh_end, 0.0), 0)  # (BD,): gradient from after the chunk
-
-            a = tl.exp2(dt_c * a2_n[None, :])  # (CT, BD)
-            b = dtu * b_n[:, None]
-            _, h_c = tl.associative_scan((a, tl.where(first, b + a * h_start[None, :], b)), 0, _scan_pair)  # (CT, BD)
-            x = c_n[:, None] * dy_c + tl.where(last, dh_in[None, :], 0.0)
-            _, _, dh = tl.associative_scan((a, tl.full([CT, BD], 1.0, tl.float32), x), 0, _reverse_scan_triple, reverse=True)
-
-            decayed = h_c - b  # exp(Delta_t A) h_{t-1}
-            ddt_c += dh * (u_c * b_n[:, None] + decayed * (a2_n * _LN2)[None, :])
-            du_c += dh * dt_c * b_n[:, None]
-            column = (cn == n)[None, :]
-            dB_c = tl.where(column, tl.sum(dh * dtu, 1)[:, None], dB_c)
-            dC_c = tl.where(column, tl.sum(dy_c * h_c, 1)[:, None], dC_c)
-            dA_acc += tl.where(pick, tl.sum(dh * decayed * dt_c, 0)[None, :], 0.0)
-            dh_end = tl.where(pick, tl.sum(tl.where(first, a * dh, 0.0), 0)[None, :], dh_end)  # to the state before the chunk
-        tn = (tok0 + r)[:, None] * N + cn[None, :]  # (CT, BN)
-        tl.atomic_add(dBm + tn, dB_c, mask=live[:, None] & in_n[None, :])  # summed over channel blocks
-        tl.atomic_add(dCm + tn, dC_c, mask=live[:, None] & in_n[None, :])
-        tl.store(du + td, du_c.to(du.dtype.element_ty), mask=m)
-        tl.store(ddelta + td, ddt_c.to(ddelta.dtype.element_ty), mask=m)
-        dD_acc += tl.sum(dy_c * u_c, 0)
-
-    part = i_b.to(tl.int64) * NS + i_s
-    tl.store(dA_part + part * N * Di + nd, dA_acc, mask=in_nd)
+            h = tl.load(start + n * Di, mask=in_d, other=0.0)
+            g = tl.load(grad_end + n * Di, mask=in_d, other=0.0)  # becomes a_{t+1} dh_{t+1}, the gradient h_t gets from later tokens
+            dA = tl.load(dA_row + n * Di, mask=in_d & (ci > 0), other=0.0)
+            b = _from_lanes(tl.load(Bm + (tok0 + c0 + token) * N + n, mask=c0 + token < n_tok, other=0.0).to(tl.float32), CT, LANES)  # B_t[n], t in the chunk
+            c = _from_lanes(tl.load(Cm + (tok0 + c0 + token) * N + n, mask=c0 + token < n_tok, other=0.0).to(tl.float32), CT, LANES)
+            a, h_prev = (), ()
+            dC_c = ()
+            for i in tl.static_range(CT):
+                a_i = tl.exp2(dt[i] * a2_n)
+                a, h_prev = a + (a_i,), h_prev + (h,)
+                h = a_i * h + b[i] * x[i]
+                dC_c = dC_c + (dyc[i] * h,)
+            tl.store(dC_part + sums + (c0 + row) * N + n, _sum_over_channels(dC_c, lane, CT, LANES), mask=live)
+            dB_c = ()
+            new_b, new_a = (), ()
+            for i in tl.static_range(CT - 1, -1, -1):
+                dh = c[i] * dyc[i] + g  # dh_t
+                dB_c = (dh * x[i],) + dB_c
+                g = a[i] * dh
+                p = g * h_prev[i]  # dh_t exp(Delta_t A) h_{t-1}
+                dA += p * dt[i]
+                new_b, new_a = (s_b[i] + dh * b[i],) + new_b, (s_a[i] + p * a2_n,) + new_a
+            s_b, s_a = new_b, new_a
+            tl.store(dB_part + sums + (c0 + row) * N + n, _sum_over_channels(dB_c, lane, CT, LANES), mask=live)
+            tl.store(carry + n * Di, g, mask=in_d)
+            tl.store(dA_row + n * Di, dA, mask=in_d)
+        for i in tl.static_range(CT):
+            off = (tok0 + c0 + i) * Di + cd
+            m = in_d & (c0 + i < n_tok)
+            u_i = tl.load(u + off, mask=m, other=0.0, volatile=True).to(tl.float32)  # loaded again, not kept in registers through the chunk
+            tl.store(du + off, (dt[i] * s_b[i] + d_skip * dyc[i]).to(du.dtype.element_ty), mask=m)
+            tl.store(ddelta + off, (u_i * s_b[i] + _LN2 * s_a[i]).to(ddelta.dtype.element_ty), mask=m)
     tl.store(dD_part + part * Di + cd, dD_acc, mask=in_d)
-    tl.store(dh0 + i_b.to(tl.int64) * N * Di + nd, dh_end, mask=in_nd & (i_s == 0))
 
 
 # --- launchers -----------------------------------------------------------------------------------
@@ -574,7 +608,7 @@ def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_lengt
     assert B.shape == (Bsz, T, N) and C.shape == (Bsz, T, N), f"B {tuple(B.shape)}, C {tuple(C.shape)} must be (B, T, N) = {(Bsz, T, N)}"
     assert states is None or states.shape == (Bsz, NS, N, Di), f"states {tuple(states.shape)} must be (B, NS, N, Di) = {(Bsz, NS, N, Di)}"
     assert dht is None or dht.shape == (Bsz, Di, N), f"dht {tuple(dht.shape)} must be (B, Di, N) = {(Bsz, Di, N)}"
-    assert NS == 1 or L % _MAX_CT == 0, f"segment_length {L}: a multiple of {_MAX_CT} (of every chunk size) when T = {T} spans several"
+    assert NS == 1 or L % _CT == 0, f"segment_length {L}: a multiple of the chunk, {_CT} tokens, when T = {T} spans several"
 
     u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
     dy = dy.to(u.dtype).contiguous()
@@ -596,23 +630,25 @@ def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_lengt
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, 512))](
             dstates, dt_sums, a2, dht if dht is not None else dstates, NS, Di, N, E=512, HAS_H0=dht is not None, num_warps=4
         )
-    NCH = triton.cdiv(T, _MIN_CT)
-    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state entering every _MIN_CT tokens
+    NCH = triton.cdiv(T, _CT)
+    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state entering every _CT tokens
     words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
     prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
     _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](  # 6A: the forward's walk
         u, delta, a2, B, C, D, states, chunk_states, chunk_states, chunk_states, chunk_states, T, Di, NS, L, NCH,
-        N=N, BN=max(2, BN), OUTPUTS=False, LOAD_STATE=True, PREFETCH=prefetch, WORDS=words, CHUNK=_MIN_CT,
+        N=N, BN=max(2, BN), OUTPUTS=False, LOAD_STATE=True, PREFETCH=prefetch, WORDS=words, CHUNK=_CT,
     )
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dB, dC = torch.zeros(Bsz, T, N, **f32), torch.zeros(Bsz, T, N, **f32)  # summed over channel blocks by atomics
+    n_blocks = triton.cdiv(Di, _GRAD_BD)
+    dB_part, dC_part = torch.empty(n_blocks, Bsz, T, N, **f32), torch.empty(n_blocks, Bsz, T, N, **f32)  # per channel block
     dA_part, dD_part = torch.empty(Bsz * NS, N, Di, **f32), torch.empty(Bsz * NS, Di, **f32)  # per (batch, segment)
-    dh0 = torch.empty(Bsz, N, Di, **f32)
-    _chunk_grads_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
-        u, delta, a2, B, C, D, dy, dstates, chunk_states, du, ddelta, dB, dC, dA_part, dD_part, dh0,
-        T, Di, NS, L, NCH, N=N, BN=BN, MIN_CT=_MIN_CT,
+    dh_carry = torch.empty(Bsz, NS, N, Di, **f32)  # per (batch, segment): ends as the gradient to its entering state
+    _chunk_grads_kernel[(Bsz, n_blocks, NS)](
+        u, delta, a2, B, C, D, dy, dstates, chunk_states, du, ddelta, dB_part, dC_part, dA_part, dD_part, dh_carry,
+        T, Bsz * T, Di, NS, L, NCH, N=N, BD=_GRAD_BD, CT=_CT, LANES=_LANES, num_warps=_GRAD_WARPS,
     )
-    return du, ddelta, dA_part.sum(0).t(), dB.to(B.dtype), dC.to(C.dtype), dD_part.sum(0), dh0.transpose(1, 2) if h0 is not None else None
+    dh0 = dh_carry[:, 0].transpose(1, 2) if h0 is not None else None
+    return du, ddelta, dA_part.sum(0).t(), dB_part.sum(0).to(B.dtype), dC_part.sum(0).to(C.dtype), dD_part.sum(0), dh0
 
 
 class _SelectiveScan(torch.autograd.Function):

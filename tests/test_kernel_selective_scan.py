@@ -20,6 +20,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from altbench.kernels.selective_scan import (  # noqa: E402
+    _CT,
+    _GRAD_BD,
     _bulk_aligned,
     _segment_length,
     _selective_scan_fwd,
@@ -151,6 +153,14 @@ def test_gradients_through_segments():
     end comes from the later segments through the reversed carry, and h0's from the first."""
     segmented = lambda *x: _SelectiveScan.apply(*x, 16)  # noqa: E731
     check_grads(make_inputs(1, 37, 32, 8, with_h0=True, seed=7), 1e-5, op=segmented)
+
+
+def test_gradients_summed_over_channel_blocks():
+    """B2, three channel blocks of the backward's pass 6B, segments of two chunks, the last one
+    partial: dB, dC are the sums of the blocks' partial sums, and every segment starts from its
+    own rows of states and gradients."""
+    T, Di = 5 * _CT + 1, 3 * _GRAD_BD
+    check_grads(make_inputs(2, T, Di, 4, with_h0=True, seed=12), 1e-5, op=lambda *x: _SelectiveScan.apply(*x, 2 * _CT))
 
 
 def test_gradients_without_the_final_state():
