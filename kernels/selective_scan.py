@@ -135,6 +135,7 @@ from altbench.models.mamba import selective_scan_ref  # noqa: F401  (the ground 
 _INTERPRET = triton.knobs.runtime.interpret  # TRITON_INTERPRET=1: kernels run on the CPU through numpy
 _MIN_SEGMENT = 512  # tokens; shorter segments would spend more on states than they gain in programs
 _TARGET_CHANNEL_SEGMENTS = 32768  # B * Di * segments kept at least this (about 1024 warps of 32 channels)
+_TARGET_GRAD_CHANNEL_SEGMENTS = 131072  # the same for the backward's passes 4-6B: about 4 waves of 2 programs of 4 warps per SM on 132 SMs
 _LOG2E = math.log2(math.e)
 _LN2 = tl.constexpr(math.log(2.0))  # A = a2 ln 2, inside the backward kernel
 
@@ -546,6 +547,16 @@ def _segment_length(batch_channels: int, T: int) -> int:
     return min(L, T)
 
 
+def _grad_segment_length(batch_channels: int, T: int) -> int:
+    """Tokens per segment of the backward's passes 4, 5 and 6B (pass 6A keeps the forward's): a
+    power of two >= 4 chunks, grown while B * Di * segments stays >= _TARGET_GRAD_CHANNEL_SEGMENTS;
+    T when that is shorter."""
+    L = 4 * _CT
+    while L < T and batch_channels * triton.cdiv(T, 2 * L) >= _TARGET_GRAD_CHANNEL_SEGMENTS:
+        L *= 2
+    return min(L, T)
+
+
 def _bulk_aligned(*tensor_rows) -> bool:
     """Whether every (tensor, row length) starts and keeps its rows at 16-byte multiples, as the
     forward's bulk L2 prefetch needs (also its channel blocks: BD is a multiple of 8)."""
@@ -595,20 +606,22 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
     return y, ht.transpose(1, 2), entering
 
 
-def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_length):
+def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_length, grad_segment_length):
     """Gradients (du, ddelta, dA, dB, dC, dD, dh0 or None) from the forward's inputs, the states
-    entering its segments (B, NS, N, Di) (None: one segment from zeros), dy (B, T, Di) and dht
-    (B, Di, N) or None."""
+    entering its segments of segment_length tokens (B, NS, N, Di) (None: one segment from zeros),
+    dy (B, T, Di) and dht (B, Di, N) or None; passes 4, 5 and 6B take segments of
+    grad_segment_length tokens."""
     Bsz, T, Di = u.shape
     N = A.shape[1]
-    L = segment_length
-    NS = triton.cdiv(T, L)
+    L, LG = segment_length, grad_segment_length
+    NS, NG = triton.cdiv(T, L), triton.cdiv(T, LG)
     assert delta.shape == u.shape and dy.shape == u.shape, f"delta {tuple(delta.shape)}, dy {tuple(dy.shape)} must match u {tuple(u.shape)}"
     assert A.shape == (Di, N) and D.shape == (Di,), f"A {tuple(A.shape)}, D {tuple(D.shape)} must be (Di, N), (Di,) = {(Di, N)}, {(Di,)}"
     assert B.shape == (Bsz, T, N) and C.shape == (Bsz, T, N), f"B {tuple(B.shape)}, C {tuple(C.shape)} must be (B, T, N) = {(Bsz, T, N)}"
     assert states is None or states.shape == (Bsz, NS, N, Di), f"states {tuple(states.shape)} must be (B, NS, N, Di) = {(Bsz, NS, N, Di)}"
     assert dht is None or dht.shape == (Bsz, Di, N), f"dht {tuple(dht.shape)} must be (B, Di, N) = {(Bsz, Di, N)}"
     assert NS == 1 or L % _CT == 0, f"segment_length {L}: a multiple of the chunk, {_CT} tokens, when T = {T} spans several"
+    assert NG == 1 or LG % _CT == 0, f"grad_segment_length {LG}: a multiple of the chunk, {_CT} tokens, when T = {T} spans several"
 
     u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
     dy = dy.to(u.dtype).contiguous()
@@ -619,16 +632,16 @@ def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_lengt
     if states is None:
         states = torch.zeros(Bsz, 1, N, Di, **f32)
     dht = dht.float().transpose(1, 2).contiguous() if dht is not None else None  # (B, N, Di)
-    if NS == 1:  # the gradient at the only segment's end is dh_T
+    if NG == 1:  # the gradient at the only segment's end is dh_T
         dstates = dht[:, None] if dht is not None else torch.zeros(Bsz, 1, N, Di, **f32)
     else:
-        dstates = torch.empty(Bsz, NS, N, Di, **f32)  # reversed: the gradient at the end of segment NS - 1 - r
-        dt_sums = torch.empty(Bsz, NS, Di, **f32)
-        _segment_grad_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
-            delta, a2, C, dy, dstates, dt_sums, T, Di, NS, L, N=N, BN=BN
+        dstates = torch.empty(Bsz, NG, N, Di, **f32)  # reversed: the gradient at the end of segment NG - 1 - r
+        dt_sums = torch.empty(Bsz, NG, Di, **f32)
+        _segment_grad_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NG - 1)](
+            delta, a2, C, dy, dstates, dt_sums, T, Di, NG, LG, N=N, BN=BN
         )
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, 512))](
-            dstates, dt_sums, a2, dht if dht is not None else dstates, NS, Di, N, E=512, HAS_H0=dht is not None, num_warps=4
+            dstates, dt_sums, a2, dht if dht is not None else dstates, NG, Di, N, E=512, HAS_H0=dht is not None, num_warps=4
         )
     NCH = triton.cdiv(T, _CT)
     chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state entering every _CT tokens
@@ -641,11 +654,11 @@ def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_lengt
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     n_blocks = triton.cdiv(Di, _GRAD_BD)
     dB_part, dC_part = torch.empty(n_blocks, Bsz, T, N, **f32), torch.empty(n_blocks, Bsz, T, N, **f32)  # per channel block
-    dA_part, dD_part = torch.empty(Bsz * NS, N, Di, **f32), torch.empty(Bsz * NS, Di, **f32)  # per (batch, segment)
-    dh_carry = torch.empty(Bsz, NS, N, Di, **f32)  # per (batch, segment): ends as the gradient to its entering state
-    _chunk_grads_kernel[(Bsz, n_blocks, NS)](
+    dA_part, dD_part = torch.empty(Bsz * NG, N, Di, **f32), torch.empty(Bsz * NG, Di, **f32)  # per (batch, segment)
+    dh_carry = torch.empty(Bsz, NG, N, Di, **f32)  # per (batch, segment): ends as the gradient to its entering state
+    _chunk_grads_kernel[(Bsz, n_blocks, NG)](
         u, delta, a2, B, C, D, dy, dstates, chunk_states, du, ddelta, dB_part, dC_part, dA_part, dD_part, dh_carry,
-        T, Bsz * T, Di, NS, L, NCH, N=N, BD=_GRAD_BD, CT=_CT, LANES=_LANES, num_warps=_GRAD_WARPS,
+        T, Bsz * T, Di, NG, LG, NCH, N=N, BD=_GRAD_BD, CT=_CT, LANES=_LANES, num_warps=_GRAD_WARPS,
     )
     dh0 = dh_carry[:, 0].transpose(1, 2) if h0 is not None else None
     return du, ddelta, dA_part.sum(0).t(), dB_part.sum(0).to(B.dtype), dC_part.sum(0).to(C.dtype), dD_part.sum(0), dh0
@@ -655,10 +668,10 @@ class _SelectiveScan(torch.autograd.Function):
     """The Triton forward, saving the states entering each segment for the Triton backward."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, h0, segment_length):
+    def forward(ctx, u, delta, A, B, C, D, h0, segment_length, grad_segment_length):
         y, ht, states = _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length)
         ctx.save_for_backward(u, delta, A, B, C, D, h0, states)
-        ctx.segment_length = segment_length
+        ctx.segment_length, ctx.grad_segment_length = segment_length, grad_segment_length
         ctx.set_materialize_grads(False)  # an unused final state's gradient arrives as None: no work for it
         return y, ht
 
@@ -666,8 +679,10 @@ class _SelectiveScan(torch.autograd.Function):
     def backward(ctx, dy, dht):
         u, delta, A, B, C, D, h0, states = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy
-        du, ddelta, dA, dB, dC, dD, dh0 = _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, ctx.segment_length)
-        return du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype), None if h0 is None else dh0.to(h0.dtype), None
+        du, ddelta, dA, dB, dC, dD, dh0 = _selective_scan_bwd(
+            u, delta, A, B, C, D, h0, states, dy, dht, ctx.segment_length, ctx.grad_segment_length
+        )
+        return du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype), None if h0 is None else dh0.to(h0.dtype), None, None
 
 
 def selective_scan(u, delta, A, B, C, D, h0=None):
@@ -679,6 +694,6 @@ def selective_scan(u, delta, A, B, C, D, h0=None):
     """
     L = _segment_length(u.shape[0] * u.shape[2], u.shape[1])
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, h0)):
-        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, L)
+        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, L, _grad_segment_length(u.shape[0] * u.shape[2], u.shape[1]))
     y, ht, _ = _selective_scan_fwd(u, delta, A, B, C, D, h0, L)
     return y, ht
