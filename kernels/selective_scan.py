@@ -233,17 +233,18 @@ def _prefetch_chunk(u, delta, Bm, Cm, tok0, first, n_tok, lane, i_d, Di, BD: tl.
         _bulk_prefetch_l2(Cm + (tok0 + first) * N + 0 * lane, tl.where(lane == 2 * CH + 1, rows * Cm.dtype.element_ty.primitive_bitwidth // 8, 0))
 
 
-@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS", "CHUNK"])
+@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS", "CHUNKS"])
 @triton.jit
 def _segment_kernel(
     u, delta, a2, Bm, Cm, Dv, states, dt_sums, y, ht, chunk_states,  # see `_selective_scan_fwd`, `_bwd` for shapes
-    T, Di, NS, L, NCH,  # tokens, channels, segments, tokens per segment, chunk states per sequence
+    T, Di, NS, L, NCH, chunk_shift,  # tokens, channels, segments, tokens per segment, chunk states per sequence, log2 of a chunk's tokens
     N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CH: tl.constexpr,
-    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr, CHUNK: tl.constexpr,
+    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr, CHUNKS: tl.constexpr,
 ):
     """Pass 1 (OUTPUTS off): own end state and sum of Delta of a segment. Pass 3: y and h_T.
-    CHUNK > 0 (the backward's pass 6A; OUTPUTS off): instead, the state entering every CHUNK
-    tokens of the segment, into chunk_states (B, NCH, N, Di), chunk c at row c of its sequence.
+    CHUNKS: also the state entering every 2^chunk_shift tokens (a divisor of L where NS > 1) into
+    chunk_states (B, NCH, N, Di), chunk c at row c of its sequence: in pass 3 those entering the
+    backward's segments; with OUTPUTS off (the backward's pass 6A) those alone.
     The inputs of chunk k + 1 are loaded while chunk k is computed, and those PREFETCH
     tokens ahead are pulled into L2 (0: off, as in the interpreter, which runs no PTX; the launcher
     turns it on where rows are 16-byte aligned): the walk waits on neither DRAM nor L2. The state is two (BN / 2, BD) tiles, the even and the odd n, so that
@@ -274,15 +275,16 @@ def _segment_kernel(
     nxt = ()
     for i in tl.static_range(CH):
         nxt = nxt + (_token_inputs(u_seg, dt_seg, b_seg, c_seg, tl.minimum(i, n_tok - 1), i < n_tok, in_d, j, Di, N, BN, WORDS, OUTPUTS),)
-    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // tl.maximum(CHUNK, 1)) * N * Di + ne  # the segment's first chunk
+    chunk0 = i_b.to(tl.int64) * NCH + (t0 >> chunk_shift)  # the segment's first chunk
     for c0 in range(0, n_tok, CH):
         if PREFETCH > 0:
             if c0 + PREFETCH < n_tok:
                 _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, i_d, Di, BD, N, CH, OUTPUTS)
-        if CHUNK > 0:
-            if c0 % CHUNK == 0:
-                tl.store(chunk0 + tl.cast(c0 // CHUNK, tl.int64) * N * Di, h_e, mask=in_e)
-                tl.store(chunk0 + tl.cast(c0 // CHUNK, tl.int64) * N * Di + Di, h_o, mask=in_o)
+        if CHUNKS:
+            if (c0 & ((1 << chunk_shift) - 1)) == 0:
+                at = (chunk0 + (c0 >> chunk_shift)) * N * Di + ne  # (BN / 2, BD) offsets made here, not kept through the walk
+                tl.store(chunk_states + at, h_e, mask=in_e)
+                tl.store(chunk_states + at + Di, h_o, mask=in_o)
         cur = nxt  # chunk c0's inputs, loaded one iteration ago
         nxt = ()
         for i in tl.static_range(CH):
@@ -310,7 +312,7 @@ def _segment_kernel(
         last = i_s == NS - 1
         tl.store(ht + i_b.to(tl.int64) * N * Di + ne, h_e, mask=in_e & last)
         tl.store(ht + i_b.to(tl.int64) * N * Di + ne + Di, h_o, mask=in_o & last)
-    elif CHUNK == 0:
+    elif not CHUNKS:
         tl.store(state, h_e, mask=in_e)
         tl.store(state + Di, h_o, mask=in_o)
         tl.store(dt_sums + (i_b.to(tl.int64) * NS + i_s) * Di + cd, dt_total, mask=in_d)
@@ -563,7 +565,9 @@ def _bulk_aligned(*tensor_rows) -> bool:
     return all(t.data_ptr() % 16 == 0 and row * t.element_size() % 16 == 0 for t, row in tensor_rows)
 
 
-def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
+def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length, grad_segment_length=None):
+    """y (B, T, Di), h_T (B, Di, N) and, for the backward (grad_segment_length given), the states
+    entering its segments of grad_segment_length tokens (B, NG, N, Di), or None: zeros."""
     Bsz, T, Di = u.shape
     N = A.shape[1]
     assert delta.shape == u.shape, f"delta {tuple(delta.shape)} must match u {tuple(u.shape)}"
@@ -580,8 +584,9 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
     y = torch.empty_like(u)  # (B, T, Di)
     ht = torch.empty(Bsz, N, Di, device=u.device, dtype=torch.float32)
     h0 = h0.float().transpose(1, 2).contiguous() if h0 is not None else None  # (B, N, Di)
-    L = segment_length
-    NS = triton.cdiv(T, L)
+    L, LG = segment_length, grad_segment_length or T
+    NS, NG = triton.cdiv(T, L), triton.cdiv(T, LG)
+    assert NG == 1 or (LG & (LG - 1) == 0 and (NS == 1 or L % LG == 0)), f"grad_segment_length {LG}: a power of two dividing segment_length {L}"
     BN = max(2, triton.next_power_of_2(N))  # even and odd n: two tiles of BN / 2
     words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
     prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
@@ -591,36 +596,36 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
         states = torch.empty(Bsz, NS, N, Di, device=u.device, dtype=torch.float32)
         dt_sums = torch.empty(Bsz, NS, Di, device=u.device, dtype=torch.float32)
         _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
-            u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=prefetch,
-            WORDS=words, CHUNK=0,
+            u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, 0, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=prefetch,
+            WORDS=words, CHUNKS=False,
         )
         E = 512  # state entries per carry program: 48 programs at N = 16, Di = 1536
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, E))](
             states, dt_sums, a2, h0 if h0 is not None else states, NS, Di, N, E=E, HAS_H0=h0 is not None, num_warps=4
         )
+    entering = torch.empty(Bsz, NG, N, Di, device=u.device, dtype=torch.float32) if NG > 1 else ht  # stored by pass 3
     _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
-        u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, N=N, BN=BN, OUTPUTS=True,
-        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=prefetch, WORDS=words, CHUNK=0,
+        u, delta, a2, B, C, D, states, dt_sums, y, ht, entering, T, Di, NS, L, NG, LG.bit_length() - 1, N=N, BN=BN, OUTPUTS=True,
+        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=prefetch, WORDS=words, CHUNKS=NG > 1,
     )
-    entering = states if NS > 1 else h0[:, None] if h0 is not None else None  # (B, NS, N, Di) or None: zeros
+    if NG == 1:  # the backward's only segment starts from h0
+        entering = h0[:, None] if h0 is not None else None
     return y, ht.transpose(1, 2), entering
 
 
-def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_length, grad_segment_length):
+def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, grad_segment_length):
     """Gradients (du, ddelta, dA, dB, dC, dD, dh0 or None) from the forward's inputs, the states
-    entering its segments of segment_length tokens (B, NS, N, Di) (None: one segment from zeros),
-    dy (B, T, Di) and dht (B, Di, N) or None; passes 4, 5 and 6B take segments of
-    grad_segment_length tokens."""
+    entering segments of grad_segment_length tokens (B, NG, N, Di) (None: one segment from zeros),
+    dy (B, T, Di) and dht (B, Di, N) or None."""
     Bsz, T, Di = u.shape
     N = A.shape[1]
-    L, LG = segment_length, grad_segment_length
-    NS, NG = triton.cdiv(T, L), triton.cdiv(T, LG)
+    LG = grad_segment_length
+    NG = triton.cdiv(T, LG)
     assert delta.shape == u.shape and dy.shape == u.shape, f"delta {tuple(delta.shape)}, dy {tuple(dy.shape)} must match u {tuple(u.shape)}"
     assert A.shape == (Di, N) and D.shape == (Di,), f"A {tuple(A.shape)}, D {tuple(D.shape)} must be (Di, N), (Di,) = {(Di, N)}, {(Di,)}"
     assert B.shape == (Bsz, T, N) and C.shape == (Bsz, T, N), f"B {tuple(B.shape)}, C {tuple(C.shape)} must be (B, T, N) = {(Bsz, T, N)}"
-    assert states is None or states.shape == (Bsz, NS, N, Di), f"states {tuple(states.shape)} must be (B, NS, N, Di) = {(Bsz, NS, N, Di)}"
+    assert states is None or states.shape == (Bsz, NG, N, Di), f"states {tuple(states.shape)} must be (B, NG, N, Di) = {(Bsz, NG, N, Di)}"
     assert dht is None or dht.shape == (Bsz, Di, N), f"dht {tuple(dht.shape)} must be (B, Di, N) = {(Bsz, Di, N)}"
-    assert NS == 1 or L % _CT == 0, f"segment_length {L}: a multiple of the chunk, {_CT} tokens, when T = {T} spans several"
     assert NG == 1 or LG % _CT == 0, f"grad_segment_length {LG}: a multiple of the chunk, {_CT} tokens, when T = {T} spans several"
 
     u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
@@ -647,9 +652,9 @@ def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_lengt
     chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state entering every _CT tokens
     words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
     prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
-    _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](  # 6A: the forward's walk
-        u, delta, a2, B, C, D, states, chunk_states, chunk_states, chunk_states, chunk_states, T, Di, NS, L, NCH,
-        N=N, BN=max(2, BN), OUTPUTS=False, LOAD_STATE=True, PREFETCH=prefetch, WORDS=words, CHUNK=_CT,
+    _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NG)](  # 6A: the forward's walk
+        u, delta, a2, B, C, D, states, chunk_states, chunk_states, chunk_states, chunk_states, T, Di, NG, LG, NCH, _CT.bit_length() - 1,
+        N=N, BN=max(2, BN), OUTPUTS=False, LOAD_STATE=True, PREFETCH=prefetch, WORDS=words, CHUNKS=True,
     )
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     n_blocks = triton.cdiv(Di, _GRAD_BD)
@@ -669,9 +674,9 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, h0, segment_length, grad_segment_length):
-        y, ht, states = _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length)
+        y, ht, states = _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length, grad_segment_length)
         ctx.save_for_backward(u, delta, A, B, C, D, h0, states)
-        ctx.segment_length, ctx.grad_segment_length = segment_length, grad_segment_length
+        ctx.grad_segment_length = grad_segment_length
         ctx.set_materialize_grads(False)  # an unused final state's gradient arrives as None: no work for it
         return y, ht
 
@@ -679,9 +684,7 @@ class _SelectiveScan(torch.autograd.Function):
     def backward(ctx, dy, dht):
         u, delta, A, B, C, D, h0, states = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy
-        du, ddelta, dA, dB, dC, dD, dh0 = _selective_scan_bwd(
-            u, delta, A, B, C, D, h0, states, dy, dht, ctx.segment_length, ctx.grad_segment_length
-        )
+        du, ddelta, dA, dB, dC, dD, dh0 = _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, ctx.grad_segment_length)
         return du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype), None if h0 is None else dh0.to(h0.dtype), None, None
 
 
