@@ -34,7 +34,7 @@ about a thousand warps of 32 channels; one segment when the batch alone fills th
        h_in[s + 1] = exp(A * sum_{t in s} Delta_t) h_in[s] + own[s], h_in[0] = h0.
     3. `_segment_kernel` (outputs on), grid (B, Di / BD, S), in parallel: from the state entering
        its segment; writes y (with the D u skip) and, in the last segment, h_T. Reads u, Delta,
-       B, C.
+       B, C. Under autograd it also stores the state entering each of the backward's segments.
 
 Bytes per token (batch 1; s = bytes per element of u, Delta, B, C and y; 2 in bf16). The floor,
 reading u, Delta, B, C and writing y once, is (3 Di + 2 N) s: 9,280 bytes at Di = 1536, N = 16
@@ -82,44 +82,65 @@ forward's:
 
 It pairs h_{t-1}, running forwards, with dh_t, running backwards; storing h for every token (the
 torch reference's autograd keeps T x Di x N states, which is why Mamba ran out of memory at 4K in a
-16K train step) is avoided by recomputation. The forward saves the states entering its segments;
-the backward, with the forward's segments, runs
+16K train step) is avoided by recomputation. The backward splits time into its own segments of LG
+tokens, finer than the forward's (a power of two >= 4 chunks, grown while B * Di * segments stays
+>= 131072: 128 segments of 2048 tokens at 256K, B = 1, Di = 1536; 64 of 64 at 4K), so that each
+pass has several waves of programs; the forward's pass 3 stores the state entering each (48 bytes
+a token at LG = 2048), and autograd keeps those. Then
 
     4. `_segment_grad_kernel`, grid (B, Di / BD, S - 1): each segment but the first, backwards from
        a zero gradient at its end, one thread per channel: the gradient it sends to the state
        before it, and its sum of Delta; stored in reversed segment order, so that
     5. `_carry_states_kernel`, the forward's carry over the reversed segments from dh_T, leaves
        the gradient arriving at each segment's end;
-    6A. `_segment_kernel` (CHUNK mode), grid (B, Di / BD, S): the forward's walk from the state
-       entering each segment, storing the state every 32 tokens (fp32, B x T/32 x N x Di,
-       transient: 3 KB per token at Di = 1536, N = 16);
-    6B. `_chunk_grads_kernel`, grid (B, Di / BD, S): walks the chunks (CT tokens) backwards,
-       holding (CT, BD) tiles of u, Delta and dy; for each n, a parallel scan over time rebuilds h
-       inside the chunk from its start state, a reverse scan gives dh from the gradient at the
-       chunk's end, and the terms above are summed: du, dDelta per chunk; dB, dC, one (CT, N)
-       tile per chunk, summed over channel blocks by fp32 atomic adds; dA, dD per (batch,
-       segment) and summed by torch; dh0 by the first segment.
+    6A. `_segment_kernel` (chunk mode), grid (B, Di / BD, S): the forward's walk from the state
+       entering each segment, storing the state every CT = 16 tokens (fp32, B x T/16 x N x Di,
+       transient: 6 KB per token at Di = 1536, N = 16);
+    6B. `_chunk_grads_kernel`, grid (B, Di / 128, S), one channel a thread: walks the chunks (CT
+       tokens) backwards, holding the chunk's u_t Delta_t, Delta_t and dy_t in registers. For each n (a
+       loop): the walk forwards from the chunk's start state gives a_t and h_{t-1} for its CT tokens,
+       in registers; the walk backwards from the gradient at the chunk's end gives dh_t, and with
+       it the chunk's sums over n for du, dDelta, dA's sum over time, and, per token, the
+       products that dB and dC sum over channels. Those sums run within each warp as a
+       reduce-scatter over shuffles (the 32 lanes' CT = 16 values halved 4 times, about 4
+       instructions per value, where a shuffle tree per value takes 10), then over the block's 4
+       warps in shared memory, into row i_d of dB, dC partial sums (n_blocks, B, T, N) fp32 that
+       the launcher adds (12 rows at Di = 1536: no atomics). B_t[n], C_t[n] are loaded one token a
+       lane and passed to all lanes by shuffles. The gradient at the chunk's end and dA wait per n
+       in this program's own rows of small buffers between chunks; dh0 is segment 0's last.
+       ptxas (sm_90, bf16, N = 16): 255 registers, no spills in the n loop (48 bytes of stack
+       outside it), 2 programs of 4 warps per SM.
 
 The walks of passes 4 and 6A load each chunk's rows while the chunk before is computed, as the
 forward does (pass 4 loads C entry by entry and keeps one (N, BD) tile).
 
-The reverse scan needs a_{t+1} at token t; rather than shift the tile, it scans triples (a_t,
-a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. The backward computes a_t
-three times per token and state entry (passes 4, 6A and 6B), the forward twice (passes 1 and 3):
-the exp2 bound above makes the backward at least 1.5x the forward.
+Counts for the backward, per token at B = 1, Di = 1536, N = 16, bf16:
+  exp2: Di N per pass and token in passes 4, 6A and 6B, 73,728 (3 x 24,576); the floor that
+  the forward's count gives one pass, 1.5 ms at 256K tokens on an H200, is 4.6 ms for the three.
+  Bytes: pass 4 reads Delta, dy, C, 6,176; 6A reads u, Delta, B, 6,176, and writes the chunk
+  states, 6,144; 6B reads u, Delta, dy, B, C, 9,280, and the chunk states, 6,144, and writes du,
+  dDelta, 6,144, and the partial sums of dB, dC, 2 x 12 x 16 x 4 = 1,536; their sum over blocks
+  reads those again; the carry and dA's segment rows, ~200: about 43.5 KB a token, 11.4 GB at 256K,
+  3.9 ms at 2.9 TB/s, spread over passes that each take longer in instructions.
+  Instructions (ptxas, sm_90, loop bodies, per state entry and token): pass 4 about 7 (BD = 256,
+  CH = 2), 6A about 8, 6B 31 (28 in the n loop: 12 for the recurrences and terms, 8 for the
+  sums over channels, 2 for the B, C shuffles; 3.4 per chunk outside it): about 47, 9 ms at 256K
+  if every issue slot of 132 SMs at 1.98 GHz were used.
 
-PREDICTION, not measured (H200, B = 1, Di = 1536, N = 16, bf16, 256K tokens): passes 4 and 6A
-are each a pass of exp2, about 1.5-1.8 ms (before: one memory round trip per token, like the
-first forward, ~7 ms each at 8K-token segments; 6A also took several waves inside the 255-register
-kernel). 6B is unchanged and untimed: 255 registers (ptxas, sm_90, no spills at CT = 32), one
-program of 8 warps or two of 4 per SM, two scans with shuffles and barriers per n and chunk, and
-dB, dC added by fp32 atomics from every channel block (48 blocks of 32 at Di = 1536); it is the
-next target (per-block partial sums of dB, dC and one reduction instead of atomics; fewer live
-tiles).
+Measured before this design (H200, B = 1, Di = 1536, N = 16, bf16; commit ef5c74c's kernel, whose
+6B scanned (CT, BD) tiles in parallel over time for each n, 255 registers, with shuffles and
+barriers in both scans and the reductions, about 120 instructions per state entry and token,
+and added dB, dC by fp32 atomics from 48 channel blocks): forward 0.403 / 0.881 / 2.59 / 10.3 ms,
+forward + backward 2.27 / 7.71 / 29 / 116 ms at 4K / 16K / 64K / 256K tokens: the backward about
+10x the forward, 1% of its roofline floor.
 
-The backward was not yet timed on a GPU: written on a CPU machine, checked against the reference
-in Triton's interpreter, and compiled for sm_90 offline. The autotuner picks BD, CH and warps per
-(Di, N, segments, pass) on the first call; other lengths with as many segments reuse the choice.
+PREDICTION, not measured (same shapes): 6B at about 60% of the issue rate, 10 ms at 256K, passes
+4 and 6A about 3 ms each (at a third of the issue rate, as the forward's walks measured), sums, carry and
+launches under 0.5 ms: the backward about 16 ms, forward + backward about 26 ms at 256K (116), and
+about 7 / 2.2 / 0.8 ms at 64K / 16K / 4K (29 / 7.71 / 2.27). Untimed here: written on a CPU
+machine, checked against the reference in Triton's interpreter, compiled for sm_90 offline. The
+autotuner picks BD, CH and warps of passes 1, 3, 4 and 6A per (Di, N, segments, pass) on the first
+call; 6B has one configuration.
 """
 
 from __future__ import annotations
