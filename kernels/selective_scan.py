@@ -34,7 +34,7 @@ about a thousand warps of 32 channels; one segment when the batch alone fills th
        h_in[s + 1] = exp(A * sum_{t in s} Delta_t) h_in[s] + own[s], h_in[0] = h0.
     3. `_segment_kernel` (outputs on), grid (B, Di / BD, S), in parallel: from the state entering
        its segment; writes y (with the D u skip) and, in the last segment, h_T. Reads u, Delta,
-       B, C.
+       B, C. Under autograd it also stores the state entering each of the backward's segments.
 
 Bytes per token (batch 1; s = bytes per element of u, Delta, B, C and y; 2 in bf16). The floor,
 reading u, Delta, B, C and writing y once, is (3 Di + 2 N) s: 9,280 bytes at Di = 1536, N = 16
@@ -82,44 +82,65 @@ forward's:
 
 It pairs h_{t-1}, running forwards, with dh_t, running backwards; storing h for every token (the
 torch reference's autograd keeps T x Di x N states, which is why Mamba ran out of memory at 4K in a
-16K train step) is avoided by recomputation. The forward saves the states entering its segments;
-the backward, with the forward's segments, runs
+16K train step) is avoided by recomputation. The backward splits time into its own segments of LG
+tokens, finer than the forward's (a power of two >= 4 chunks, grown while B * Di * segments stays
+>= 131072: 128 segments of 2048 tokens at 256K, B = 1, Di = 1536; 64 of 64 at 4K), so that each
+pass has several waves of programs; the forward's pass 3 stores the state entering each (48 bytes
+a token at LG = 2048), and autograd keeps those. Then
 
     4. `_segment_grad_kernel`, grid (B, Di / BD, S - 1): each segment but the first, backwards from
        a zero gradient at its end, one thread per channel: the gradient it sends to the state
        before it, and its sum of Delta; stored in reversed segment order, so that
     5. `_carry_states_kernel`, the forward's carry over the reversed segments from dh_T, leaves
        the gradient arriving at each segment's end;
-    6A. `_segment_kernel` (CHUNK mode), grid (B, Di / BD, S): the forward's walk from the state
-       entering each segment, storing the state every 32 tokens (fp32, B x T/32 x N x Di,
-       transient: 3 KB per token at Di = 1536, N = 16);
-    6B. `_chunk_grads_kernel`, grid (B, Di / BD, S): walks the chunks (CT tokens) backwards,
-       holding (CT, BD) tiles of u, Delta and dy; for each n, a parallel scan over time rebuilds h
-       inside the chunk from its start state, a reverse scan gives dh from the gradient at the
-       chunk's end, and the terms above are summed: du, dDelta per chunk; dB, dC, one (CT, N)
-       tile per chunk, summed over channel blocks by fp32 atomic adds; dA, dD per (batch,
-       segment) and summed by torch; dh0 by the first segment.
+    6A. `_segment_kernel` (chunk mode), grid (B, Di / BD, S): the forward's walk from the state
+       entering each segment, storing the state every CT = 16 tokens (fp32, B x T/16 x N x Di,
+       transient: 6 KB per token at Di = 1536, N = 16);
+    6B. `_chunk_grads_kernel`, grid (B, Di / 128, S), one channel a thread: walks the chunks (CT
+       tokens) backwards, holding the chunk's u_t Delta_t, Delta_t and dy_t in registers. For each n (a
+       loop): the walk forwards from the chunk's start state gives a_t and h_{t-1} for its CT tokens,
+       in registers; the walk backwards from the gradient at the chunk's end gives dh_t, and with
+       it the chunk's sums over n for du, dDelta, dA's sum over time, and, per token, the
+       products that dB and dC sum over channels. Those sums run within each warp as a
+       reduce-scatter over shuffles (the 32 lanes' CT = 16 values halved 4 times, about 4
+       instructions per value, where a shuffle tree per value takes 10), then over the block's 4
+       warps in shared memory, into row i_d of dB, dC partial sums (n_blocks, B, T, N) fp32 that
+       the launcher adds (12 rows at Di = 1536: no atomics). B_t[n], C_t[n] are loaded one token a
+       lane and passed to all lanes by shuffles. The gradient at the chunk's end and dA wait per n
+       in this program's own rows of small buffers between chunks; dh0 is segment 0's last.
+       ptxas (sm_90, bf16, N = 16): 255 registers, no spills in the n loop (48 bytes of stack
+       outside it), 2 programs of 4 warps per SM.
 
 The walks of passes 4 and 6A load each chunk's rows while the chunk before is computed, as the
 forward does (pass 4 loads C entry by entry and keeps one (N, BD) tile).
 
-The reverse scan needs a_{t+1} at token t; rather than shift the tile, it scans triples (a_t,
-a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. The backward computes a_t
-three times per token and state entry (passes 4, 6A and 6B), the forward twice (passes 1 and 3):
-the exp2 bound above makes the backward at least 1.5x the forward.
+Counts for the backward, per token at B = 1, Di = 1536, N = 16, bf16:
+  exp2: Di N per pass and token in passes 4, 6A and 6B, 73,728 (3 x 24,576); the floor that
+  the forward's count gives one pass, 1.5 ms at 256K tokens on an H200, is 4.6 ms for the three.
+  Bytes: pass 4 reads Delta, dy, C, 6,176; 6A reads u, Delta, B, 6,176, and writes the chunk
+  states, 6,144; 6B reads u, Delta, dy, B, C, 9,280, and the chunk states, 6,144, and writes du,
+  dDelta, 6,144, and the partial sums of dB, dC, 2 x 12 x 16 x 4 = 1,536; their sum over blocks
+  reads those again; the carry and dA's segment rows, ~200: about 43.5 KB a token, 11.4 GB at 256K,
+  3.9 ms at 2.9 TB/s, spread over passes that each take longer in instructions.
+  Instructions (ptxas, sm_90, loop bodies, per state entry and token): pass 4 about 7 (BD = 256,
+  CH = 2), 6A about 8, 6B 31 (28 in the n loop: 12 for the recurrences and terms, 8 for the
+  sums over channels, 2 for the B, C shuffles; 3.4 per chunk outside it): about 47, 9 ms at 256K
+  if every issue slot of 132 SMs at 1.98 GHz were used.
 
-PREDICTION, not measured (H200, B = 1, Di = 1536, N = 16, bf16, 256K tokens): passes 4 and 6A
-are each a pass of exp2, about 1.5-1.8 ms (before: one memory round trip per token, like the
-first forward, ~7 ms each at 8K-token segments; 6A also took several waves inside the 255-register
-kernel). 6B is unchanged and untimed: 255 registers (ptxas, sm_90, no spills at CT = 32), one
-program of 8 warps or two of 4 per SM, two scans with shuffles and barriers per n and chunk, and
-dB, dC added by fp32 atomics from every channel block (48 blocks of 32 at Di = 1536); it is the
-next target (per-block partial sums of dB, dC and one reduction instead of atomics; fewer live
-tiles).
+Measured before this design (H200, B = 1, Di = 1536, N = 16, bf16; commit ef5c74c's kernel, whose
+6B scanned (CT, BD) tiles in parallel over time for each n, 255 registers, with shuffles and
+barriers in both scans and the reductions, about 120 instructions per state entry and token,
+and added dB, dC by fp32 atomics from 48 channel blocks): forward 0.403 / 0.881 / 2.59 / 10.3 ms,
+forward + backward 2.27 / 7.71 / 29 / 116 ms at 4K / 16K / 64K / 256K tokens: the backward about
+10x the forward, 1% of its roofline floor.
 
-The backward was not yet timed on a GPU: written on a CPU machine, checked against the reference
-in Triton's interpreter, and compiled for sm_90 offline. The autotuner picks BD, CH and warps per
-(Di, N, segments, pass) on the first call; other lengths with as many segments reuse the choice.
+PREDICTION, not measured (same shapes): 6B at about 60% of the issue rate, 10 ms at 256K, passes
+4 and 6A about 3 ms each (at a third of the issue rate, as the forward's walks measured), sums, carry and
+launches under 0.5 ms: the backward about 16 ms, forward + backward about 26 ms at 256K (116), and
+about 7 / 2.2 / 0.8 ms at 64K / 16K / 4K (29 / 7.71 / 2.27). Untimed here: written on a CPU
+machine, checked against the reference in Triton's interpreter, compiled for sm_90 offline. The
+autotuner picks BD, CH and warps of passes 1, 3, 4 and 6A per (Di, N, segments, pass) on the first
+call; 6B has one configuration.
 """
 
 from __future__ import annotations
@@ -135,6 +156,7 @@ from altbench.models.mamba import selective_scan_ref  # noqa: F401  (the ground 
 _INTERPRET = triton.knobs.runtime.interpret  # TRITON_INTERPRET=1: kernels run on the CPU through numpy
 _MIN_SEGMENT = 512  # tokens; shorter segments would spend more on states than they gain in programs
 _TARGET_CHANNEL_SEGMENTS = 32768  # B * Di * segments kept at least this (about 1024 warps of 32 channels)
+_TARGET_GRAD_CHANNEL_SEGMENTS = 131072  # the same for the backward's passes 4-6B: about 4 waves of 2 programs of 4 warps per SM on 132 SMs
 _LOG2E = math.log2(math.e)
 _LN2 = tl.constexpr(math.log(2.0))  # A = a2 ln 2, inside the backward kernel
 
@@ -232,17 +254,18 @@ def _prefetch_chunk(u, delta, Bm, Cm, tok0, first, n_tok, lane, i_d, Di, BD: tl.
         _bulk_prefetch_l2(Cm + (tok0 + first) * N + 0 * lane, tl.where(lane == 2 * CH + 1, rows * Cm.dtype.element_ty.primitive_bitwidth // 8, 0))
 
 
-@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS", "CHUNK"])
+@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS", "CHUNKS"])
 @triton.jit
 def _segment_kernel(
     u, delta, a2, Bm, Cm, Dv, states, dt_sums, y, ht, chunk_states,  # see `_selective_scan_fwd`, `_bwd` for shapes
-    T, Di, NS, L, NCH,  # tokens, channels, segments, tokens per segment, chunk states per sequence
+    T, Di, NS, L, NCH, chunk_shift,  # tokens, channels, segments, tokens per segment, chunk states per sequence, log2 of a chunk's tokens
     N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CH: tl.constexpr,
-    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr, CHUNK: tl.constexpr,
+    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr, CHUNKS: tl.constexpr,
 ):
     """Pass 1 (OUTPUTS off): own end state and sum of Delta of a segment. Pass 3: y and h_T.
-    CHUNK > 0 (the backward's pass 6A; OUTPUTS off): instead, the state entering every CHUNK
-    tokens of the segment, into chunk_states (B, NCH, N, Di), chunk c at row c of its sequence.
+    CHUNKS: also the state entering every 2^chunk_shift tokens (a divisor of L where NS > 1) into
+    chunk_states (B, NCH, N, Di), chunk c at row c of its sequence: in pass 3 those entering the
+    backward's segments; with OUTPUTS off (the backward's pass 6A) those alone.
     The inputs of chunk k + 1 are loaded while chunk k is computed, and those PREFETCH
     tokens ahead are pulled into L2 (0: off, as in the interpreter, which runs no PTX; the launcher
     turns it on where rows are 16-byte aligned): the walk waits on neither DRAM nor L2. The state is two (BN / 2, BD) tiles, the even and the odd n, so that
@@ -273,15 +296,16 @@ def _segment_kernel(
     nxt = ()
     for i in tl.static_range(CH):
         nxt = nxt + (_token_inputs(u_seg, dt_seg, b_seg, c_seg, tl.minimum(i, n_tok - 1), i < n_tok, in_d, j, Di, N, BN, WORDS, OUTPUTS),)
-    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // tl.maximum(CHUNK, 1)) * N * Di + ne  # the segment's first chunk
+    chunk0 = i_b.to(tl.int64) * NCH + (t0 >> chunk_shift)  # the segment's first chunk
     for c0 in range(0, n_tok, CH):
         if PREFETCH > 0:
             if c0 + PREFETCH < n_tok:
                 _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, i_d, Di, BD, N, CH, OUTPUTS)
-        if CHUNK > 0:
-            if c0 % CHUNK == 0:
-                tl.store(chunk0 + tl.cast(c0 // CHUNK, tl.int64) * N * Di, h_e, mask=in_e)
-                tl.store(chunk0 + tl.cast(c0 // CHUNK, tl.int64) * N * Di + Di, h_o, mask=in_o)
+        if CHUNKS:
+            if (c0 & ((1 << chunk_shift) - 1)) == 0:
+                at = (chunk0 + (c0 >> chunk_shift)) * N * Di + ne  # (BN / 2, BD) offsets made here, not kept through the walk
+                tl.store(chunk_states + at, h_e, mask=in_e)
+                tl.store(chunk_states + at + Di, h_o, mask=in_o)
         cur = nxt  # chunk c0's inputs, loaded one iteration ago
         nxt = ()
         for i in tl.static_range(CH):
@@ -309,7 +333,7 @@ def _segment_kernel(
         last = i_s == NS - 1
         tl.store(ht + i_b.to(tl.int64) * N * Di + ne, h_e, mask=in_e & last)
         tl.store(ht + i_b.to(tl.int64) * N * Di + ne + Di, h_o, mask=in_o & last)
-    elif CHUNK == 0:
+    elif not CHUNKS:
         tl.store(state, h_e, mask=in_e)
         tl.store(state + Di, h_o, mask=in_o)
         tl.store(dt_sums + (i_b.to(tl.int64) * NS + i_s) * Di + cd, dt_total, mask=in_d)
@@ -340,18 +364,13 @@ def _carry_states_kernel(
 
 # --- backward ------------------------------------------------------------------------------------
 
-# Kernel 6 holds (CT, BD) tiles: CT tokens by BD channels, the time axis scanned in parallel. These
-# compile for sm_90 without spills (8 tile elements per thread; 16 spill at N = 16). CT >= 32 keeps
-# the chunk-start states at most 2 N Di bytes per token (3.2 GB at 1M tokens, Di = 1536, N = 16).
-_GRAD_CONFIGS = [
-    triton.Config({"BD": 32, "CT": 32}, num_warps=4),
-    triton.Config({"BD": 64, "CT": 32}, num_warps=8),
-    triton.Config({"BD": 32, "CT": 64}, num_warps=8),
-]
-_INTERPRET_GRAD_CONFIGS = [triton.Config({"BD": 16, "CT": 16}, num_warps=1)]
-_CTS = [c.kwargs["CT"] for c in (_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS)]
-_MIN_CT, _MAX_CT = min(_CTS), max(_CTS)  # the buffer of chunk-start states is sized for the smallest; segments hold whole chunks
-assert all(_MIN_CT % c.kwargs["CH"] == 0 for c in _INTERPRET_CONFIGS + _CONFIGS), "6A stores a state every _MIN_CT tokens, a whole number of its CH-token steps"
+# Pass 6B takes one channel a thread (BD = 32 * num_warps) and CT tokens a chunk, and 6A stores the
+# state entering every CT tokens (4 N Di / CT bytes per token: 6 KB at Di = 1536, N = 16, CT = 16).
+# The interpreter takes small blocks so that tests cover several blocks, lane groups and chunks.
+_GRAD_BD, _GRAD_WARPS = (16, 1) if _INTERPRET else (128, 4)
+_LANES = 8 if _INTERPRET else 32  # `_sum_over_channels` reduces within groups of this many lanes (a warp), then across groups
+_CT = 4 if _INTERPRET else 16
+assert all(_CT % c.kwargs["CH"] == 0 for c in _INTERPRET_CONFIGS + _CONFIGS), "6A stores a state every _CT tokens, a whole number of its CH-token steps"
 
 
 @triton.jit
@@ -407,95 +426,134 @@ def _segment_grad_kernel(
 
 
 @triton.jit
-def _scan_pair(a_l, b_l, a_r, b_r):
-    """(a_l, b_l) then (a_r, b_r) for h_t = a_t h_{t-1} + b_t."""
-    return a_l * a_r, a_r * b_l + b_r
+def _from_lanes(x, CT: tl.constexpr, LANES: tl.constexpr):
+    """x (BD,), one element a thread, as CT tensors (BD,): the i-th holds in every thread what lane
+    i of its group of LANES lanes holds (a warp shuffle where LANES = 32)."""
+    BD: tl.constexpr = x.shape[0]
+    rows = tl.reshape(x, (BD // LANES, LANES))
+    out = ()
+    for i in tl.static_range(CT):
+        out = out + (tl.reshape(tl.gather(rows, tl.full((BD // LANES, LANES), i, tl.int32), 1), (BD,)),)
+    return out
 
 
 @triton.jit
-def _reverse_scan_triple(first_r, rest_r, x_r, first_l, rest_l, x_l):
-    """Reverse scan (the later range r comes first) of dh_t = x_t + a_{t+1} dh_{t+1}: a range
-    t ... s holds (a_t, a_{t+1} ... a_s, its dh_t from its own x only)."""
-    bridge = rest_l * first_r  # a_{t+1} ... a_{m+1}: from the earlier range's start into the later one
-    return first_l, bridge * rest_r, x_l + bridge * x_r
+def _halve_over_lanes(v, lane, m: tl.constexpr, half: tl.constexpr, LANES: tl.constexpr):
+    """One step of `_sum_over_channels` between lanes m apart (partners: lane ^ m, in the same group
+    of LANES lanes, a warp shuffle where LANES = 32): of the 2 half values v (BD,) a lane holds, the
+    lane with bit m set keeps the upper half and its partner the lower, and each adds the half that
+    the other sends; once a lane holds one value (half = 0), both add it."""
+    BD: tl.constexpr = v[0].shape[0]
+    partner = tl.reshape(lane ^ m, (BD // LANES, LANES))
+    if half > 0:
+        upper = (lane & m) != 0
+        kept = ()
+        for j in tl.static_range(half):
+            send = tl.reshape(tl.where(upper, v[j], v[j + half]), (BD // LANES, LANES))
+            kept = kept + (tl.where(upper, v[j + half], v[j]) + tl.reshape(tl.gather(send, partner, 1), (BD,)),)
+        v = kept
+    elif m > 0:
+        v = (v[0] + tl.reshape(tl.gather(tl.reshape(v[0], (BD // LANES, LANES)), partner, 1), (BD,)),)
+    return v
 
 
-@triton.autotune(configs=_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS, key=["Di", "N"], reset_to_zero=["dBm", "dCm"])
+@triton.jit
+def _sum_over_channels(v, lane, CT: tl.constexpr, LANES: tl.constexpr):
+    """v: CT tensors (BD,), a value per token and channel. Returns (LANES,): element l holds the
+    sum over all BD channels of token l // (LANES // CT). Within each group of LANES lanes, a
+    reduce-scatter: each step halves the values a lane holds (keeping one half, sending the other
+    to its partner, adding what comes back), then the lanes left holding the same token add theirs;
+    about 4 instructions per value instead of the 2 log2(LANES) of a shuffle tree per value. Then the
+    BD / LANES groups (warps) are summed."""
+    BD: tl.constexpr = v[0].shape[0]
+    for level in tl.static_range(5):  # LANES <= 32
+        v = _halve_over_lanes(v, lane, LANES // (2 ** (level + 1)), CT // (2 ** (level + 1)), LANES)
+    return tl.sum(tl.reshape(v[0], (BD // LANES, LANES)), 0)
+
+
 @triton.jit
 def _chunk_grads_kernel(
     u, delta, a2, Bm, Cm, Dv, dy, dstates, chunk_states,  # see `_selective_scan_bwd` for shapes
-    du, ddelta, dBm, dCm, dA_part, dD_part, dh0,
-    T, Di, NS, L, NCH,
-    N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, MIN_CT: tl.constexpr,
+    du, ddelta, dB_part, dC_part, dA_part, dD_part, dh_carry,
+    T, BT, Di, NS, L, NCH,  # BT = B * T: the stride of dB_part, dC_part between channel blocks, in rows
+    N: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, LANES: tl.constexpr,
 ):
-    """Pass 6B: one segment's gradients, its chunks backwards, CT tokens at a time: for each n the
-    states inside the chunk by a parallel scan over time from the chunk's start state (6A stored one
-    every MIN_CT tokens), dh by a reverse scan from the gradient at the chunk's end, then the
-    gradients of the chunk."""
+    """Pass 6B: one segment's gradients, one channel a thread, its chunks of CT tokens backwards.
+    Per chunk and state index n: the walk forwards from the chunk's start state (6A stored it)
+    rebuilds a_t and h_{t-1} in registers, the walk backwards gives dh_t from the gradient at the
+    chunk's end, and the chunk's terms are summed; dB, dC over this block's channels into row
+    i_d of dB_part, dC_part (n_blocks, B, T, N), which the launcher sums over blocks. The
+    gradient at the current chunk's end and dA, per n, wait in dh_carry and dA_part (this
+    program's own rows) between chunks; dh_carry ends as the gradient to the segment's entering
+    state (dh0 in segment 0)."""
     i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0 = i_s * L
     n_tok = tl.minimum(L, T - t0)
     tok0 = i_b.to(tl.int64) * T + t0
-    cd, cn = i_d * BD + tl.arange(0, BD), tl.arange(0, BN)
-    in_d, in_n = cd < Di, cn < N
-    in_nd = in_n[:, None] & in_d[None, :]
-    nd = cn[:, None] * Di + cd[None, :]  # (BN, BD) offsets into an (N, Di) matrix
-    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // MIN_CT) * N * Di  # the segment's first chunk state
-    rows = tl.arange(0, CT)
-    first, last = (rows == 0)[:, None], (rows == CT - 1)[:, None]
+    cd = i_d * BD + tl.arange(0, BD)
+    in_d = cd < Di
+    lane = tl.arange(0, BD) % LANES
+    token = lane % CT  # the token of its chunk whose B, C entries a lane loads (CT <= LANES)
+    summed = tl.arange(0, LANES)  # `_sum_over_channels`: element l holds token l // (LANES // CT), once per LANES // CT elements
+    row, first = summed // (LANES // CT), summed % (LANES // CT) == 0
+    part = i_b.to(tl.int64) * NS + i_s
+    arriving = dstates + (i_b.to(tl.int64) * NS + NS - 1 - i_s) * N * Di + cd  # (BD,) at n = 0: the gradient at the segment's end
+    carry = dh_carry + part * N * Di + cd
+    dA_row = dA_part + part * N * Di + cd
+    sums = (i_d.to(tl.int64) * BT + tok0) * N  # the segment's first token in this block's rows of dB_part, dC_part
     d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)  # (BD,)
-    dh_end = tl.load(dstates + (i_b.to(tl.int64) * NS + NS - 1 - i_s) * N * Di + nd, mask=in_nd, other=0.0)  # (BN, BD)
-    dA_acc = tl.zeros([BN, BD], dtype=tl.float32)
     dD_acc = tl.zeros([BD], dtype=tl.float32)
     n_ct = tl.cdiv(n_tok, CT)
     for ci in range(n_ct):
         c0 = (n_ct - 1 - ci) * CT
-        r = c0 + rows
-        live = r < n_tok  # past the end: Delta = u = dy = 0, a step that passes gradients through unchanged
-        td = (tok0 + r)[:, None] * Di + cd[None, :]  # (CT, BD)
-        m = live[:, None] & in_d[None, :]
-        u_c = tl.load(u + td, mask=m, other=0.0).to(tl.float32)  # (CT, BD)
-        dt_c = tl.load(delta + td, mask=m, other=0.0).to(tl.float32)
-        dy_c = tl.load(dy + td, mask=m, other=0.0).to(tl.float32)
-        du_c = dy_c * d_skip[None, :]
-        ddt_c = tl.zeros([CT, BD], dtype=tl.float32)
-        dB_c = tl.zeros([CT, BN], dtype=tl.float32)  # this channel block's share of dB, dC for the chunk
-        dC_c = tl.zeros([CT, BN], dtype=tl.float32)
-        dtu = dt_c * u_c
-        start = chunk0 + (c0 // MIN_CT) * N * Di
+        x, dt, dyc, s_b, s_a = (), (), (), (), ()  # per token of the chunk, (BD,) each
+        for i in tl.static_range(CT):
+            off = (tok0 + c0 + i) * Di + cd
+            m = in_d & (c0 + i < n_tok)  # past the segment's end: Delta = u = dy = 0, a step that passes h and dh on unchanged
+            u_i = tl.load(u + off, mask=m, other=0.0).to(tl.float32)
+            dt_i = tl.load(delta + off, mask=m, other=0.0).to(tl.float32)
+            dy_i = tl.load(dy + off, mask=m, other=0.0).to(tl.float32)
+            x, dt, dyc = x + (dt_i * u_i,), dt + (dt_i,), dyc + (dy_i,)
+            s_b, s_a = s_b + (tl.zeros([BD], dtype=tl.float32),), s_a + (tl.zeros([BD], dtype=tl.float32),)
+            dD_acc += dy_i * u_i
+        start = chunk_states + (i_b.to(tl.int64) * NCH + (t0 + c0) // CT) * N * Di + cd  # the state entering the chunk
+        grad_end = tl.where(ci == 0, arriving, carry)
+        live = first & (c0 + row < n_tok)  # (LANES,)
         for n in range(N):
             a2_n = tl.load(a2 + n * Di + cd, mask=in_d, other=0.0)  # (BD,)
-            b_n = tl.load(Bm + (tok0 + r) * N + n, mask=live, other=0.0).to(tl.float32)  # (CT,)
-            c_n = tl.load(Cm + (tok0 + r) * N + n, mask=live, other=0.0).to(tl.float32)  # (CT,)
-            h_start = tl.load(start + n * Di + cd, mask=in_d, other=0.0)  # (BD,)
-            pick = (cn == n)[:, None]
-            dh_in = tl.sum(tl.where(pick, dh_end, 0.0), 0)  # (BD,): gradient from after the chunk
-
-            a = tl.exp2(dt_c * a2_n[None, :])  # (CT, BD)
-            b = dtu * b_n[:, None]
-            _, h_c = tl.associative_scan((a, tl.where(first, b + a * h_start[None, :], b)), 0, _scan_pair)  # (CT, BD)
-            x = c_n[:, None] * dy_c + tl.where(last, dh_in[None, :], 0.0)
-            _, _, dh = tl.associative_scan((a, tl.full([CT, BD], 1.0, tl.float32), x), 0, _reverse_scan_triple, reverse=True)
-
-            decayed = h_c - b  # exp(Delta_t A) h_{t-1}
-            ddt_c += dh * (u_c * b_n[:, None] + decayed * (a2_n * _LN2)[None, :])
-            du_c += dh * dt_c * b_n[:, None]
-            column = (cn == n)[None, :]
-            dB_c = tl.where(column, tl.sum(dh * dtu, 1)[:, None], dB_c)
-            dC_c = tl.where(column, tl.sum(dy_c * h_c, 1)[:, None], dC_c)
-            dA_acc += tl.where(pick, tl.sum(dh * decayed * dt_c, 0)[None, :], 0.0)
-            dh_end = tl.where(pick, tl.sum(tl.where(first, a * dh, 0.0), 0)[None, :], dh_end)  # to the state before the chunk
-        tn = (tok0 + r)[:, None] * N + cn[None, :]  # (CT, BN)
-        tl.atomic_add(dBm + tn, dB_c, mask=live[:, None] & in_n[None, :])  # summed over channel blocks
-        tl.atomic_add(dCm + tn, dC_c, mask=live[:, None] & in_n[None, :])
-        tl.store(du + td, du_c.to(du.dtype.element_ty), mask=m)
-        tl.store(ddelta + td, ddt_c.to(ddelta.dtype.element_ty), mask=m)
-        dD_acc += tl.sum(dy_c * u_c, 0)
-
-    part = i_b.to(tl.int64) * NS + i_s
-    tl.store(dA_part + part * N * Di + nd, dA_acc, mask=in_nd)
+            h = tl.load(start + n * Di, mask=in_d, other=0.0)
+            g = tl.load(grad_end + n * Di, mask=in_d, other=0.0)  # becomes a_{t+1} dh_{t+1}, the gradient h_t gets from later tokens
+            dA = tl.load(dA_row + n * Di, mask=in_d & (ci > 0), other=0.0)
+            b = _from_lanes(tl.load(Bm + (tok0 + c0 + token) * N + n, mask=c0 + token < n_tok, other=0.0).to(tl.float32), CT, LANES)  # B_t[n], t in the chunk
+            c = _from_lanes(tl.load(Cm + (tok0 + c0 + token) * N + n, mask=c0 + token < n_tok, other=0.0).to(tl.float32), CT, LANES)
+            a, h_prev = (), ()
+            dC_c = ()
+            for i in tl.static_range(CT):
+                a_i = tl.exp2(dt[i] * a2_n)
+                a, h_prev = a + (a_i,), h_prev + (h,)
+                h = a_i * h + b[i] * x[i]
+                dC_c = dC_c + (dyc[i] * h,)
+            tl.store(dC_part + sums + (c0 + row) * N + n, _sum_over_channels(dC_c, lane, CT, LANES), mask=live)
+            dB_c = ()
+            new_b, new_a = (), ()
+            for i in tl.static_range(CT - 1, -1, -1):
+                dh = c[i] * dyc[i] + g  # dh_t
+                dB_c = (dh * x[i],) + dB_c
+                g = a[i] * dh
+                p = g * h_prev[i]  # dh_t exp(Delta_t A) h_{t-1}
+                dA += p * dt[i]
+                new_b, new_a = (s_b[i] + dh * b[i],) + new_b, (s_a[i] + p * a2_n,) + new_a
+            s_b, s_a = new_b, new_a
+            tl.store(dB_part + sums + (c0 + row) * N + n, _sum_over_channels(dB_c, lane, CT, LANES), mask=live)
+            tl.store(carry + n * Di, g, mask=in_d)
+            tl.store(dA_row + n * Di, dA, mask=in_d)
+        for i in tl.static_range(CT):
+            off = (tok0 + c0 + i) * Di + cd
+            m = in_d & (c0 + i < n_tok)
+            u_i = tl.load(u + off, mask=m, other=0.0, volatile=True).to(tl.float32)  # loaded again, not kept in registers through the chunk
+            tl.store(du + off, (dt[i] * s_b[i] + d_skip * dyc[i]).to(du.dtype.element_ty), mask=m)
+            tl.store(ddelta + off, (u_i * s_b[i] + _LN2 * s_a[i]).to(ddelta.dtype.element_ty), mask=m)
     tl.store(dD_part + part * Di + cd, dD_acc, mask=in_d)
-    tl.store(dh0 + i_b.to(tl.int64) * N * Di + nd, dh_end, mask=in_nd & (i_s == 0))
 
 
 # --- launchers -----------------------------------------------------------------------------------
@@ -512,13 +570,25 @@ def _segment_length(batch_channels: int, T: int) -> int:
     return min(L, T)
 
 
+def _grad_segment_length(batch_channels: int, T: int) -> int:
+    """Tokens per segment of the backward's passes 4, 5 and 6B (pass 6A keeps the forward's): a
+    power of two >= 4 chunks, grown while B * Di * segments stays >= _TARGET_GRAD_CHANNEL_SEGMENTS;
+    T when that is shorter."""
+    L = 4 * _CT
+    while L < T and batch_channels * triton.cdiv(T, 2 * L) >= _TARGET_GRAD_CHANNEL_SEGMENTS:
+        L *= 2
+    return min(L, T)
+
+
 def _bulk_aligned(*tensor_rows) -> bool:
     """Whether every (tensor, row length) starts and keeps its rows at 16-byte multiples, as the
     forward's bulk L2 prefetch needs (also its channel blocks: BD is a multiple of 8)."""
     return all(t.data_ptr() % 16 == 0 and row * t.element_size() % 16 == 0 for t, row in tensor_rows)
 
 
-def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
+def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length, grad_segment_length=None):
+    """y (B, T, Di), h_T (B, Di, N) and, for the backward (grad_segment_length given), the states
+    entering its segments of grad_segment_length tokens (B, NG, N, Di), or None: zeros."""
     Bsz, T, Di = u.shape
     N = A.shape[1]
     assert delta.shape == u.shape, f"delta {tuple(delta.shape)} must match u {tuple(u.shape)}"
@@ -535,8 +605,9 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
     y = torch.empty_like(u)  # (B, T, Di)
     ht = torch.empty(Bsz, N, Di, device=u.device, dtype=torch.float32)
     h0 = h0.float().transpose(1, 2).contiguous() if h0 is not None else None  # (B, N, Di)
-    L = segment_length
-    NS = triton.cdiv(T, L)
+    L, LG = segment_length, grad_segment_length or T
+    NS, NG = triton.cdiv(T, L), triton.cdiv(T, LG)
+    assert NG == 1 or (LG & (LG - 1) == 0 and (NS == 1 or L % LG == 0)), f"grad_segment_length {LG}: a power of two dividing segment_length {L}"
     BN = max(2, triton.next_power_of_2(N))  # even and odd n: two tiles of BN / 2
     words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
     prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
@@ -546,35 +617,37 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
         states = torch.empty(Bsz, NS, N, Di, device=u.device, dtype=torch.float32)
         dt_sums = torch.empty(Bsz, NS, Di, device=u.device, dtype=torch.float32)
         _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
-            u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=prefetch,
-            WORDS=words, CHUNK=0,
+            u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, 0, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=prefetch,
+            WORDS=words, CHUNKS=False,
         )
         E = 512  # state entries per carry program: 48 programs at N = 16, Di = 1536
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, E))](
             states, dt_sums, a2, h0 if h0 is not None else states, NS, Di, N, E=E, HAS_H0=h0 is not None, num_warps=4
         )
+    entering = torch.empty(Bsz, NG, N, Di, device=u.device, dtype=torch.float32) if NG > 1 else ht  # stored by pass 3
     _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
-        u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, N=N, BN=BN, OUTPUTS=True,
-        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=prefetch, WORDS=words, CHUNK=0,
+        u, delta, a2, B, C, D, states, dt_sums, y, ht, entering, T, Di, NS, L, NG, LG.bit_length() - 1, N=N, BN=BN, OUTPUTS=True,
+        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=prefetch, WORDS=words, CHUNKS=NG > 1,
     )
-    entering = states if NS > 1 else h0[:, None] if h0 is not None else None  # (B, NS, N, Di) or None: zeros
+    if NG == 1:  # the backward's only segment starts from h0
+        entering = h0[:, None] if h0 is not None else None
     return y, ht.transpose(1, 2), entering
 
 
-def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_length):
+def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, grad_segment_length):
     """Gradients (du, ddelta, dA, dB, dC, dD, dh0 or None) from the forward's inputs, the states
-    entering its segments (B, NS, N, Di) (None: one segment from zeros), dy (B, T, Di) and dht
-    (B, Di, N) or None."""
+    entering segments of grad_segment_length tokens (B, NG, N, Di) (None: one segment from zeros),
+    dy (B, T, Di) and dht (B, Di, N) or None."""
     Bsz, T, Di = u.shape
     N = A.shape[1]
-    L = segment_length
-    NS = triton.cdiv(T, L)
+    LG = grad_segment_length
+    NG = triton.cdiv(T, LG)
     assert delta.shape == u.shape and dy.shape == u.shape, f"delta {tuple(delta.shape)}, dy {tuple(dy.shape)} must match u {tuple(u.shape)}"
     assert A.shape == (Di, N) and D.shape == (Di,), f"A {tuple(A.shape)}, D {tuple(D.shape)} must be (Di, N), (Di,) = {(Di, N)}, {(Di,)}"
     assert B.shape == (Bsz, T, N) and C.shape == (Bsz, T, N), f"B {tuple(B.shape)}, C {tuple(C.shape)} must be (B, T, N) = {(Bsz, T, N)}"
-    assert states is None or states.shape == (Bsz, NS, N, Di), f"states {tuple(states.shape)} must be (B, NS, N, Di) = {(Bsz, NS, N, Di)}"
+    assert states is None or states.shape == (Bsz, NG, N, Di), f"states {tuple(states.shape)} must be (B, NG, N, Di) = {(Bsz, NG, N, Di)}"
     assert dht is None or dht.shape == (Bsz, Di, N), f"dht {tuple(dht.shape)} must be (B, Di, N) = {(Bsz, Di, N)}"
-    assert NS == 1 or L % _MAX_CT == 0, f"segment_length {L}: a multiple of {_MAX_CT} (of every chunk size) when T = {T} spans several"
+    assert NG == 1 or LG % _CT == 0, f"grad_segment_length {LG}: a multiple of the chunk, {_CT} tokens, when T = {T} spans several"
 
     u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
     dy = dy.to(u.dtype).contiguous()
@@ -585,44 +658,46 @@ def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_lengt
     if states is None:
         states = torch.zeros(Bsz, 1, N, Di, **f32)
     dht = dht.float().transpose(1, 2).contiguous() if dht is not None else None  # (B, N, Di)
-    if NS == 1:  # the gradient at the only segment's end is dh_T
+    if NG == 1:  # the gradient at the only segment's end is dh_T
         dstates = dht[:, None] if dht is not None else torch.zeros(Bsz, 1, N, Di, **f32)
     else:
-        dstates = torch.empty(Bsz, NS, N, Di, **f32)  # reversed: the gradient at the end of segment NS - 1 - r
-        dt_sums = torch.empty(Bsz, NS, Di, **f32)
-        _segment_grad_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
-            delta, a2, C, dy, dstates, dt_sums, T, Di, NS, L, N=N, BN=BN
+        dstates = torch.empty(Bsz, NG, N, Di, **f32)  # reversed: the gradient at the end of segment NG - 1 - r
+        dt_sums = torch.empty(Bsz, NG, Di, **f32)
+        _segment_grad_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NG - 1)](
+            delta, a2, C, dy, dstates, dt_sums, T, Di, NG, LG, N=N, BN=BN
         )
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, 512))](
-            dstates, dt_sums, a2, dht if dht is not None else dstates, NS, Di, N, E=512, HAS_H0=dht is not None, num_warps=4
+            dstates, dt_sums, a2, dht if dht is not None else dstates, NG, Di, N, E=512, HAS_H0=dht is not None, num_warps=4
         )
-    NCH = triton.cdiv(T, _MIN_CT)
-    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state entering every _MIN_CT tokens
+    NCH = triton.cdiv(T, _CT)
+    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state entering every _CT tokens
     words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
     prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
-    _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](  # 6A: the forward's walk
-        u, delta, a2, B, C, D, states, chunk_states, chunk_states, chunk_states, chunk_states, T, Di, NS, L, NCH,
-        N=N, BN=max(2, BN), OUTPUTS=False, LOAD_STATE=True, PREFETCH=prefetch, WORDS=words, CHUNK=_MIN_CT,
+    _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NG)](  # 6A: the forward's walk
+        u, delta, a2, B, C, D, states, chunk_states, chunk_states, chunk_states, chunk_states, T, Di, NG, LG, NCH, _CT.bit_length() - 1,
+        N=N, BN=max(2, BN), OUTPUTS=False, LOAD_STATE=True, PREFETCH=prefetch, WORDS=words, CHUNKS=True,
     )
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-    dB, dC = torch.zeros(Bsz, T, N, **f32), torch.zeros(Bsz, T, N, **f32)  # summed over channel blocks by atomics
-    dA_part, dD_part = torch.empty(Bsz * NS, N, Di, **f32), torch.empty(Bsz * NS, Di, **f32)  # per (batch, segment)
-    dh0 = torch.empty(Bsz, N, Di, **f32)
-    _chunk_grads_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
-        u, delta, a2, B, C, D, dy, dstates, chunk_states, du, ddelta, dB, dC, dA_part, dD_part, dh0,
-        T, Di, NS, L, NCH, N=N, BN=BN, MIN_CT=_MIN_CT,
+    n_blocks = triton.cdiv(Di, _GRAD_BD)
+    dB_part, dC_part = torch.empty(n_blocks, Bsz, T, N, **f32), torch.empty(n_blocks, Bsz, T, N, **f32)  # per channel block
+    dA_part, dD_part = torch.empty(Bsz * NG, N, Di, **f32), torch.empty(Bsz * NG, Di, **f32)  # per (batch, segment)
+    dh_carry = torch.empty(Bsz, NG, N, Di, **f32)  # per (batch, segment): ends as the gradient to its entering state
+    _chunk_grads_kernel[(Bsz, n_blocks, NG)](
+        u, delta, a2, B, C, D, dy, dstates, chunk_states, du, ddelta, dB_part, dC_part, dA_part, dD_part, dh_carry,
+        T, Bsz * T, Di, NG, LG, NCH, N=N, BD=_GRAD_BD, CT=_CT, LANES=_LANES, num_warps=_GRAD_WARPS,
     )
-    return du, ddelta, dA_part.sum(0).t(), dB.to(B.dtype), dC.to(C.dtype), dD_part.sum(0), dh0.transpose(1, 2) if h0 is not None else None
+    dh0 = dh_carry[:, 0].transpose(1, 2) if h0 is not None else None
+    return du, ddelta, dA_part.sum(0).t(), dB_part.sum(0).to(B.dtype), dC_part.sum(0).to(C.dtype), dD_part.sum(0), dh0
 
 
 class _SelectiveScan(torch.autograd.Function):
     """The Triton forward, saving the states entering each segment for the Triton backward."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, h0, segment_length):
-        y, ht, states = _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length)
+    def forward(ctx, u, delta, A, B, C, D, h0, segment_length, grad_segment_length):
+        y, ht, states = _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length, grad_segment_length)
         ctx.save_for_backward(u, delta, A, B, C, D, h0, states)
-        ctx.segment_length = segment_length
+        ctx.grad_segment_length = grad_segment_length
         ctx.set_materialize_grads(False)  # an unused final state's gradient arrives as None: no work for it
         return y, ht
 
@@ -630,8 +705,8 @@ class _SelectiveScan(torch.autograd.Function):
     def backward(ctx, dy, dht):
         u, delta, A, B, C, D, h0, states = ctx.saved_tensors
         dy = torch.zeros_like(u) if dy is None else dy
-        du, ddelta, dA, dB, dC, dD, dh0 = _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, ctx.segment_length)
-        return du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype), None if h0 is None else dh0.to(h0.dtype), None
+        du, ddelta, dA, dB, dC, dD, dh0 = _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, ctx.grad_segment_length)
+        return du, ddelta, dA.to(A.dtype), dB, dC, dD.to(D.dtype), None if h0 is None else dh0.to(h0.dtype), None, None
 
 
 def selective_scan(u, delta, A, B, C, D, h0=None):
@@ -643,6 +718,6 @@ def selective_scan(u, delta, A, B, C, D, h0=None):
     """
     L = _segment_length(u.shape[0] * u.shape[2], u.shape[1])
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, h0)):
-        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, L)
+        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, L, _grad_segment_length(u.shape[0] * u.shape[2], u.shape[1]))
     y, ht, _ = _selective_scan_fwd(u, delta, A, B, C, D, h0, L)
     return y, ht

@@ -20,7 +20,10 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from altbench.kernels.selective_scan import (  # noqa: E402
+    _CT,
+    _GRAD_BD,
     _bulk_aligned,
+    _grad_segment_length,
     _segment_length,
     _selective_scan_fwd,
     _SelectiveScan,
@@ -102,6 +105,14 @@ def test_segment_length():
     assert _segment_length(64 * 1536, 1 << 20) == 1 << 20  # a batch that fills the GPU: one segment
 
 
+def test_grad_segment_length():
+    """The backward's segments: 128 of them at batch 1, Di = 1536, 256K tokens; at least 4 chunks."""
+    assert _grad_segment_length(1536, 1 << 18) == 2048
+    assert _grad_segment_length(1536, 1024) == 4 * _CT  # short sequences: 4 chunks a segment
+    assert _grad_segment_length(1536, 3 * _CT) == 3 * _CT  # shorter than one segment
+    assert _grad_segment_length(256 * 1536, 1 << 18) == 1 << 18  # a batch that fills the GPU: one segment
+
+
 def test_launcher_rejects_bad_shapes():
     u, delta, A, Bm, Cm, D, _ = make_inputs(1, 8, 16, 8)
     with pytest.raises(AssertionError, match="A"):
@@ -147,10 +158,19 @@ def test_gradients_match_reference(B, T, Di, N, with_h0):
 
 
 def test_gradients_through_segments():
-    """Segments of 16 tokens (the public op takes one at this size): the gradient at each segment's
-    end comes from the later segments through the reversed carry, and h0's from the first."""
-    segmented = lambda *x: _SelectiveScan.apply(*x, 16)  # noqa: E731
+    """Segments of 16 tokens in the forward and the backward (the public op takes one forward segment
+    at this size): the gradient at each segment's end comes from the later segments through the
+    reversed carry, and h0's from the first."""
+    segmented = lambda *x: _SelectiveScan.apply(*x, 16, 16)  # noqa: E731
     check_grads(make_inputs(1, 37, 32, 8, with_h0=True, seed=7), 1e-5, op=segmented)
+
+
+def test_gradients_summed_over_channel_blocks():
+    """B2, three channel blocks of the backward's pass 6B; forward segments of four chunks, the
+    backward's of two, the last one partial: dB, dC are the sums of the blocks' partial sums, and
+    every segment starts from its own rows of states and gradients."""
+    T, Di = 5 * _CT + 1, 3 * _GRAD_BD
+    check_grads(make_inputs(2, T, Di, 4, with_h0=True, seed=12), 1e-5, op=lambda *x: _SelectiveScan.apply(*x, 4 * _CT, 2 * _CT))
 
 
 def test_gradients_without_the_final_state():
@@ -184,7 +204,7 @@ def test_autograd_saves_no_per_step_states():
     inputs = [x.requires_grad_() if x is not None else None for x in make_inputs(1, 37, 32, 8, with_h0=True)]
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        _SelectiveScan.apply(*inputs, 16)
+        _SelectiveScan.apply(*inputs, 16, 16)
     T, Di, N = 37, 32, 8
     input_elements = sum(x.numel() for x in inputs)
     assert sum(saved) <= input_elements + 3 * N * Di  # inputs + the states entering 3 segments
