@@ -17,7 +17,7 @@ from torch import nn
 from altbench.models.attention import Attention, AttentionConfig
 from altbench.models.base import LanguageModel, LMConfig
 from altbench.models.blocks import SwiGLU
-from altbench.models.compose import pattern_blocks
+from altbench.models.compose import uniform_blocks
 
 
 @dataclass
@@ -35,12 +35,7 @@ def llama_blocks(
     with `qkv_bias`), RMSNorm, then `mlp(i)` for layer i, by default a SwiGLU of width c.d_hidden (the
     MoE decoders pass their experts). `c` has the fields of TransformerConfig but d_hidden."""
     attention = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta, causal=causal, qkv_bias=qkv_bias)
-    return pattern_blocks(
-        "A" * c.n_layers,
-        mixers={"A": lambda i: Attention(attention)},
-        mlp=mlp or (lambda i: SwiGLU(c.d_model, c.d_hidden)),
-        norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-    )
+    return uniform_blocks(c, mixer=lambda i: Attention(attention), mlp=mlp or (lambda i: SwiGLU(c.d_model, c.d_hidden)))
 
 
 class Transformer(LanguageModel):
