@@ -195,6 +195,76 @@ def _bwd_configs():
     return [triton.Config({"C": 16}, num_warps=4)] if _INTERPRET else _BWD_CONFIGS
 
 
+@triton.jit
+def _segment_program(T, H, HK, L, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr):
+    """The place of a program of grid (b*h, segment, V block): its ids i_bh, i_s, i_v; n, the tokens in
+    its segment; tok0, the row of the segment's first token in (B*T), int64; its value head i_h and key
+    head i_hk; a chunk's rows, and its tiles' K and V columns."""
+    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // (H // HK)
+    t0 = i_s * L
+    n = tl.minimum(L, T - t0)
+    tok0 = i_b.to(tl.int64) * T + t0
+    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    return i_bh, i_s, i_v, n, tok0, i_h, i_hk, rows, ck, cv
+
+
+@triton.jit
+def _at(x, row, head, heads, D: tl.constexpr):
+    """Pointer to (row, head) of x, a (rows, heads, D) tensor: a segment's first token at one head."""
+    return x + row * heads * D + head * D
+
+
+@triton.jit
+def _load_rows(seg, r, in_seq, cols, in_cols, row):
+    """The tile of rows r (`row` elements apart from `seg`) and columns `cols`, zero outside the masks."""
+    return tl.load(seg + r[:, None] * row + cols[None, :], mask=in_seq[:, None] & in_cols[None, :], other=0.0)
+
+
+@triton.jit
+def _chunk_log_decay(g_seg, r, in_seq, H):
+    """G, the log-decay from the chunk's start through each token (C,) fp32, and G_end, the chunk's: G
+    is non-increasing, so its min is its last entry and the last token decays by exp(0) exactly."""
+    G = tl.cumsum(tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32), 0)
+    return G, tl.min(G, 0)
+
+
+@triton.jit
+def _walk_tiles(
+    q_seg, k_seg, v_seg, do_seg, g_seg, r, in_seq, ck, cv, in_k, in_v, H, HK, K: tl.constexpr, V: tl.constexpr,
+):
+    """A backward walk's tiles of the chunk at rows r: q, k (C, BK), v, do (C, BV), and its log-decay G,
+    G_end."""
+    qc = _load_rows(q_seg, r, in_seq, ck, in_k, HK * K)
+    kc = _load_rows(k_seg, r, in_seq, ck, in_k, HK * K)
+    vc = _load_rows(v_seg, r, in_seq, cv, in_v, H * V)
+    doc = _load_rows(do_seg, r, in_seq, cv, in_v, H * V)
+    G, G_end = _chunk_log_decay(g_seg, r, in_seq, H)
+    return qc, kc, vc, doc, G, G_end
+
+
+@triton.jit
+def _key_grad_rows(dx, dgx, tok0, i_h, i_hk, i_v, H, HK, BT, K: tl.constexpr, PART: tl.constexpr):
+    """Where a backward walk writes its key-side gradients: the segment's first row of dx, (B, T, HK, K),
+    or with PART this V block's slice of (NV, B, T, H, K) at value head i_h; dx's row stride; and the
+    first row of dgx (NV, B, T, H), this V block's slice, likewise."""
+    part = i_v.to(tl.int64) * BT
+    if PART:
+        dx_seg, dx_row = _at(dx, part + tok0, i_h, H, K), H * K
+    else:
+        dx_seg, dx_row = _at(dx, tok0, i_hk, HK, K), HK * K
+    return dx_seg, dx_row, _at(dgx, part + tok0, i_h, H, 1)
+
+
+@triton.jit
+def _state_tile(states, row, ck, cv, K: tl.constexpr, V: tl.constexpr):
+    """Pointers to the (BK, BV) tile at columns ck, cv of state `row` (int64) in a (rows, K, V) buffer,
+    and the tile's mask."""
+    at = states + row * K * V + ck[:, None] * V + cv[None, :]
+    return at, (ck < K)[:, None] & (cv < V)[None, :]
+
+
 @triton.autotune(configs=_configs(), key=_TUNE_KEY)
 @triton.jit
 def _segment_states_kernel(
@@ -202,33 +272,24 @@ def _segment_states_kernel(
     T, H, HK, NS, L,  # tokens, value heads, key heads, segments, tokens per segment
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
 ):
-    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // (H // HK)
-    t0 = i_s * L
-    n = tl.minimum(L, T - t0)  # tokens in this segment
-    tok0 = i_b.to(tl.int64) * T + t0  # row of the segment's first token in (B*T)
-    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    k_seg = k + tok0 * HK * K + i_hk * K
-    v_seg = v + tok0 * H * V + i_h * V
-    g_seg = g + tok0 * H + i_h
+    i_bh, i_s, i_v, n, tok0, i_h, i_hk, rows, ck, cv = _segment_program(T, H, HK, L, BK, BV, C)
+    k_seg, v_seg, g_seg = _at(k, tok0, i_hk, HK, K), _at(v, tok0, i_h, H, V), _at(g, tok0, i_h, H, 1)
+    in_k, in_v = ck < K, cv < V
 
     S = tl.zeros([BK, BV], dtype=tl.float32)  # this segment's own state, from a zero start
     total = tl.zeros([], dtype=tl.float32)  # sum of g over the segment
     for c0 in range(0, n, C):
         r = c0 + rows
         in_seq = r < n
-        kc = tl.load(k_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & (ck < K)[None, :], other=0.0)  # (C, BK)
-        vc = tl.load(v_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & (cv < V)[None, :], other=0.0)  # (C, BV)
-        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
-        G = tl.cumsum(gc, 0)  # log-decay from the chunk start through each token
-        G_end = tl.min(G, 0)  # G is non-increasing: its last entry, so the last token decays by exp(0) exactly
+        kc = _load_rows(k_seg, r, in_seq, ck, in_k, HK * K)  # (C, BK)
+        vc = _load_rows(v_seg, r, in_seq, cv, in_v, H * V)  # (C, BV)
+        G, G_end = _chunk_log_decay(g_seg, r, in_seq, H)
         k_dec = (kc * tl.exp(G_end - G)[:, None]).to(kc.dtype)  # k_j exp(G_C - G_j), exponent <= 0
         S = S * tl.exp(G_end) + tl.dot(tl.trans(k_dec), vc, input_precision=PREC)
         total += G_end
 
-    out = states + (i_bh.to(tl.int64) * NS + i_s) * K * V
-    tl.store(out + ck[:, None] * V + cv[None, :], S, mask=(ck < K)[:, None] & (cv < V)[None, :])
+    out, kv_mask = _state_tile(states, i_bh.to(tl.int64) * NS + i_s, ck, cv, K, V)
+    tl.store(out, S, mask=kv_mask)
     tl.store(seg_decay + i_bh.to(tl.int64) * NS + i_s, total, mask=i_v == 0)
 
 
@@ -272,32 +333,21 @@ def _segment_outputs_kernel(
     T, H, HK, NS, L, scale,
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
 ):
-    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // (H // HK)
-    t0 = i_s * L
-    n = tl.minimum(L, T - t0)
-    tok0 = i_b.to(tl.int64) * T + t0
-    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    q_seg = q + tok0 * HK * K + i_hk * K
-    k_seg = k + tok0 * HK * K + i_hk * K
-    v_seg = v + tok0 * H * V + i_h * V
-    o_seg = o + tok0 * H * V + i_h * V
-    g_seg = g + tok0 * H + i_h
+    i_bh, i_s, i_v, n, tok0, i_h, i_hk, rows, ck, cv = _segment_program(T, H, HK, L, BK, BV, C)
+    q_seg, k_seg = _at(q, tok0, i_hk, HK, K), _at(k, tok0, i_hk, HK, K)
+    v_seg, o_seg, g_seg = _at(v, tok0, i_h, H, V), _at(o, tok0, i_h, H, V), _at(g, tok0, i_h, H, 1)
     in_k, in_v = ck < K, cv < V
     causal = rows[:, None] >= rows[None, :]
 
-    entering = states + (i_bh.to(tl.int64) * NS + i_s) * K * V
-    S = tl.load(entering + ck[:, None] * V + cv[None, :], mask=in_k[:, None] & in_v[None, :], other=0.0)  # (BK, BV) fp32
+    entering, kv_mask = _state_tile(states, i_bh.to(tl.int64) * NS + i_s, ck, cv, K, V)
+    S = tl.load(entering, mask=kv_mask, other=0.0)  # (BK, BV) fp32
     for c0 in range(0, n, C):
         r = c0 + rows
         in_seq = r < n
-        qc = tl.load(q_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
-        kc = tl.load(k_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
-        vc = tl.load(v_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
-        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
-        G = tl.cumsum(gc, 0)
-        G_end = tl.min(G, 0)  # G is non-increasing: its last entry, so the last token decays by exp(0) exactly
+        qc = _load_rows(q_seg, r, in_seq, ck, in_k, HK * K)  # (C, BK)
+        kc = _load_rows(k_seg, r, in_seq, ck, in_k, HK * K)  # (C, BK)
+        vc = _load_rows(v_seg, r, in_seq, cv, in_v, H * V)  # (C, BV)
+        G, G_end = _chunk_log_decay(g_seg, r, in_seq, H)
 
         # inside the chunk: (q k^T * exp(G_i - G_j), j <= i) v; the mask goes on before the exp
         A = tl.dot(qc, tl.trans(kc), input_precision=PREC)  # (C, C) fp32
@@ -320,16 +370,8 @@ def _segment_grad_states_kernel(
 ):
     """A segment's own gradient at its start, sum_i exp(G_i) scale q_i^T do_i (G from the segment's
     start), and its total log-decay; stored at segment NS - 1 - s so the forward's scan runs backwards."""
-    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // (H // HK)
-    t0 = i_s * L
-    n = tl.minimum(L, T - t0)
-    tok0 = i_b.to(tl.int64) * T + t0
-    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    q_seg = q + tok0 * HK * K + i_hk * K
-    do_seg = do + tok0 * H * V + i_h * V
-    g_seg = g + tok0 * H + i_h
+    i_bh, i_s, i_v, n, tok0, i_h, i_hk, rows, ck, cv = _segment_program(T, H, HK, L, BK, BV, C)
+    q_seg, do_seg, g_seg = _at(q, tok0, i_hk, HK, K), _at(do, tok0, i_h, H, V), _at(g, tok0, i_h, H, 1)
     in_k, in_v = ck < K, cv < V
 
     dS = tl.zeros([BK, BV], dtype=tl.float32)
@@ -339,18 +381,16 @@ def _segment_grad_states_kernel(
         c0 = (nc - 1 - ci) * C  # chunks from the segment's end
         r = c0 + rows
         in_seq = r < n
-        qc = tl.load(q_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
-        doc = tl.load(do_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
-        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
-        G = tl.cumsum(gc, 0)
-        G_end = tl.min(G, 0)
+        qc = _load_rows(q_seg, r, in_seq, ck, in_k, HK * K)  # (C, BK)
+        doc = _load_rows(do_seg, r, in_seq, cv, in_v, H * V)  # (C, BV)
+        G, G_end = _chunk_log_decay(g_seg, r, in_seq, H)
         q_dec = (qc * tl.exp(G)[:, None]).to(qc.dtype)  # q_i exp(G_i), exponent <= 0
         dS = dS * tl.exp(G_end) + tl.dot(tl.trans(q_dec), doc, input_precision=PREC)
         total += G_end
 
     i_r = NS - 1 - i_s
-    out = dstates + (i_bh.to(tl.int64) * NS + i_r) * K * V
-    tl.store(out + ck[:, None] * V + cv[None, :], dS * scale, mask=in_k[:, None] & in_v[None, :])
+    out, kv_mask = _state_tile(dstates, i_bh.to(tl.int64) * NS + i_r, ck, cv, K, V)
+    tl.store(out, dS * scale, mask=kv_mask)
     tl.store(dseg_decay + i_bh.to(tl.int64) * NS + i_r, total, mask=i_v == 0)
 
 
@@ -366,40 +406,20 @@ def _segment_dq_kernel(
     """Kernel 6: walks the segment's chunks forwards from the state entering it, the forward's loop
     with do in q's place and v in k's: dq_i = scale (sum_{j<=i} (do_i . v_j) exp(G_i - G_j) k_j
     + exp(G_i) do_i S^T), and q_i . dq_i without its j = i term."""
-    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // (H // HK)
-    t0 = i_s * L
-    n = tl.minimum(L, T - t0)
-    tok0 = i_b.to(tl.int64) * T + t0
-    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    q_seg = q + tok0 * HK * K + i_hk * K
-    k_seg = k + tok0 * HK * K + i_hk * K
-    v_seg = v + tok0 * H * V + i_h * V
-    do_seg = do + tok0 * H * V + i_h * V
-    g_seg = g + tok0 * H + i_h
-    part = i_v.to(tl.int64) * BT  # this V block's slice of the per-block buffers
-    if PART:
-        dq_seg, dq_row = dq + (part + tok0) * H * K + i_h * K, H * K
-    else:
-        dq_seg, dq_row = dq + tok0 * HK * K + i_hk * K, HK * K
-    dgq_seg = dgq + (part + tok0) * H + i_h
+    i_bh, i_s, i_v, n, tok0, i_h, i_hk, rows, ck, cv = _segment_program(T, H, HK, L, BK, BV, C)
+    q_seg, k_seg = _at(q, tok0, i_hk, HK, K), _at(k, tok0, i_hk, HK, K)
+    v_seg, do_seg, g_seg = _at(v, tok0, i_h, H, V), _at(do, tok0, i_h, H, V), _at(g, tok0, i_h, H, 1)
+    dq_seg, dq_row, dgq_seg = _key_grad_rows(dq, dgq, tok0, i_h, i_hk, i_v, H, HK, BT, K, PART)
     in_k, in_v = ck < K, cv < V
-    kv_mask = in_k[:, None] & in_v[None, :]
     diagonal = rows[:, None] == rows[None, :]
     before = rows[:, None] > rows[None, :]  # j < i, rows i
 
-    S = tl.load(states + (i_bh.to(tl.int64) * NS + i_s) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)  # (BK, BV)
+    entering, kv_mask = _state_tile(states, i_bh.to(tl.int64) * NS + i_s, ck, cv, K, V)
+    S = tl.load(entering, mask=kv_mask, other=0.0)  # (BK, BV)
     for c0 in range(0, n, C):
         r = c0 + rows
         in_seq = r < n
-        qc = tl.load(q_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
-        kc = tl.load(k_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
-        vc = tl.load(v_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
-        doc = tl.load(do_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
-        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
-        G = tl.cumsum(gc, 0)
-        G_end = tl.min(G, 0)
+        qc, kc, vc, doc, G, G_end = _walk_tiles(q_seg, k_seg, v_seg, do_seg, g_seg, r, in_seq, ck, cv, in_k, in_v, H, HK, K, V)
 
         Ad = tl.dot(doc, tl.trans(vc), input_precision=PREC)  # (C, C): do_i . v_j
         own = tl.sum(tl.where(diagonal, Ad, 0.0), 1)  # (C,): do_i . v_i
@@ -414,7 +434,7 @@ def _segment_dq_kernel(
         k_dec = tl.where(((r == n - 1) & (i_s == NS - 1))[:, None], 0.0, k_dec)  # leaves exp(g_T) S_{T-1}, not S_T
         S = S * tl.exp(G_end) + tl.dot(tl.trans(k_dec), vc, input_precision=PREC)
     if HAS_DHT:  # the final state's own term of dg_T: <dh_T, exp(g_T) S_{T-1}>
-        dh_T = tl.load(dht + i_bh.to(tl.int64) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)
+        dh_T = tl.load(_state_tile(dht, i_bh.to(tl.int64), ck, cv, K, V)[0], mask=kv_mask, other=0.0)
         tl.store(dg_last + i_v.to(tl.int64) * (BT // T) * H + i_bh, tl.sum(tl.sum(S * dh_T, 1), 0), mask=i_s == NS - 1)
 
 
@@ -429,44 +449,24 @@ def _segment_dkv_kernel(
 ):
     """Kernel 7: walks the segment's chunks backwards from the gradient at its end, the state's
     gradient dS in registers: dk_j, dv_j, and k_j . dk_j without its i = j term."""
-    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    i_hk = i_h // (H // HK)
-    t0 = i_s * L
-    n = tl.minimum(L, T - t0)
-    tok0 = i_b.to(tl.int64) * T + t0
-    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
-    q_seg = q + tok0 * HK * K + i_hk * K
-    k_seg = k + tok0 * HK * K + i_hk * K
-    v_seg = v + tok0 * H * V + i_h * V
-    do_seg = do + tok0 * H * V + i_h * V
-    dv_seg = dv + tok0 * H * V + i_h * V
-    g_seg = g + tok0 * H + i_h
-    part = i_v.to(tl.int64) * BT
-    if PART:
-        dk_seg, dk_row = dk + (part + tok0) * H * K + i_h * K, H * K
-    else:
-        dk_seg, dk_row = dk + tok0 * HK * K + i_hk * K, HK * K
-    dgk_seg = dgk + (part + tok0) * H + i_h
+    i_bh, i_s, i_v, n, tok0, i_h, i_hk, rows, ck, cv = _segment_program(T, H, HK, L, BK, BV, C)
+    q_seg, k_seg = _at(q, tok0, i_hk, HK, K), _at(k, tok0, i_hk, HK, K)
+    v_seg, do_seg, dv_seg = _at(v, tok0, i_h, H, V), _at(do, tok0, i_h, H, V), _at(dv, tok0, i_h, H, V)
+    g_seg = _at(g, tok0, i_h, H, 1)
+    dk_seg, dk_row, dgk_seg = _key_grad_rows(dk, dgk, tok0, i_h, i_hk, i_v, H, HK, BT, K, PART)
     in_k, in_v = ck < K, cv < V
     anticausal = rows[:, None] <= rows[None, :]  # i >= j, rows j
     diagonal = rows[:, None] == rows[None, :]
     after = rows[:, None] < rows[None, :]  # i > j, rows j
 
-    dS = tl.load(dstates + (i_bh.to(tl.int64) * NS + NS - 1 - i_s) * K * V + ck[:, None] * V + cv[None, :],
-                 mask=in_k[:, None] & in_v[None, :], other=0.0)  # (BK, BV)
+    at_end, kv_mask = _state_tile(dstates, i_bh.to(tl.int64) * NS + NS - 1 - i_s, ck, cv, K, V)
+    dS = tl.load(at_end, mask=kv_mask, other=0.0)  # (BK, BV)
     nc = tl.cdiv(n, C)
     for ci in range(nc):
         c0 = (nc - 1 - ci) * C
         r = c0 + rows
         in_seq = r < n
-        qc = tl.load(q_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
-        kc = tl.load(k_seg + r[:, None] * (HK * K) + ck[None, :], mask=in_seq[:, None] & in_k[None, :], other=0.0)  # (C, BK)
-        vc = tl.load(v_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
-        doc = tl.load(do_seg + r[:, None] * (H * V) + cv[None, :], mask=in_seq[:, None] & in_v[None, :], other=0.0)  # (C, BV)
-        gc = tl.load(g_seg + r * H, mask=in_seq, other=0.0).to(tl.float32)  # (C,)
-        G = tl.cumsum(gc, 0)
-        G_end = tl.min(G, 0)
+        qc, kc, vc, doc, G, G_end = _walk_tiles(q_seg, k_seg, v_seg, do_seg, g_seg, r, in_seq, ck, cv, in_k, in_v, H, HK, K, V)
         decay_to_end = tl.exp(G_end - G)[:, None]  # (C, 1)
         gap = tl.exp(tl.where(anticausal, G[None, :] - G[:, None], 0.0))  # (C, C): exp(G_i - G_j), rows j
 

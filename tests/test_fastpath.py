@@ -8,9 +8,9 @@ import torch
 from altbench import registry
 from altbench.measure import energy, fastpath, roofline
 from altbench.measure.fastpath import CompileError, fast_call
-from altbench.measure.scenarios import decode_state, rewinder
 from altbench.runner.worker import _call, call_isolated
 from conftest import assert_close
+from step_checks import assert_graphed_step_is_eager, eager_and_fast_step
 
 
 @pytest.fixture
@@ -23,16 +23,8 @@ def cpu_compile(monkeypatch):
 def test_compiled_decode_step_gives_the_eager_logits_and_repeats_the_same_step(arch, scope, cpu_compile):
     torch.manual_seed(0)
     model = registry.build(arch, "tiny").eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 17))
     with torch.inference_mode():
-        state = decode_state(model, ids, context=17, segment=0, headroom=8)
-        lengths = [s.length for s in state if hasattr(s, "fill_random")]
-        rewind = rewinder(state)
-
-        expected, _ = model.step(ids[:, -1], state)
-        rewind()
-        fast = fast_call(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), torch.device("cpu"),
-                         compile=fastpath.regions(model, "step", scope), graphs=True, rewind=rewind)
+        state, expected, fast = eager_and_fast_step(model, "cpu", scope, context=17)
         assert fast.compiled and not fast.cuda_graphs and fast.compile_ms > 0  # no graphs on a CPU
         compiled = [model] if scope == "model" else list(model.layers)
         assert all(hasattr(m.step, "_torchdynamo_orig_callable") for m in compiled)
@@ -40,7 +32,7 @@ def test_compiled_decode_step_gives_the_eager_logits_and_repeats_the_same_step(a
         for _ in range(2):  # every call is the same step at the same context
             logits, _ = fast.call()
             assert_close(f"{arch} compiled step", expected, logits, 1e-5)
-    assert [s.length for s in state if hasattr(s, "fill_random")] == lengths
+    assert all(cache.length == 16 for cache in state if hasattr(cache, "fill_random"))  # context - 1
 
 
 def test_compile_scopes_are_the_settings_choices():
@@ -124,17 +116,4 @@ def test_a_graph_capture_failure_falls_back_to_eager_or_fails_the_cell_never_a_b
 @pytest.mark.parametrize("scope", ["layer", "model"])
 @pytest.mark.parametrize("arch", ["transformer", "mamba2"])
 def test_compiled_graphed_decode_on_gpu_matches_eager(arch, scope):
-    torch.manual_seed(0)
-    model = registry.build(arch, "tiny", device="cuda").eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 33), device="cuda")
-    with torch.inference_mode():
-        state = decode_state(model, ids, context=33, segment=0, headroom=8)
-        rewind = rewinder(state)
-
-        expected, _ = model.step(ids[:, -1], state)
-        rewind()
-        fast = fast_call(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), torch.device("cuda"),
-                         compile=fastpath.regions(model, "step", scope), graphs=True, rewind=rewind)
-        assert fast.compiled and fast.cuda_graphs, fast.note
-        logits, _ = fast.call()
-        assert_close(f"{arch} graphed step", expected, logits, 1e-4)
+    assert_graphed_step_is_eager(arch, scope)

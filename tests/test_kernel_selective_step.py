@@ -13,15 +13,14 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from altbench import registry  # noqa: E402
 from altbench.kernels.selective_step import selective_step, selective_step_ref  # noqa: E402
 from conftest import assert_close  # noqa: E402
+from step_checks import assert_graphed_step_is_eager, decode_as_torch_backend  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -59,34 +58,12 @@ def test_fused_step_matches_the_torch_step(dtype):
 
 
 def test_triton_backend_decodes_as_the_torch_backend():
-    torch.manual_seed(0)
-    ref = registry.build("mamba", "tiny", device=DEVICE).eval()
-    fast = registry.build("mamba", "tiny", device=DEVICE, backend="triton").eval()
-    fast.load_state_dict(ref.state_dict())
-    ids = torch.randint(0, ref.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    with torch.no_grad():
-        states = [m.init_state(2) for m in (ref, fast)]
-        for t in range(ids.shape[1]):
-            (expected, states[0]), (logits, states[1]) = (m.step(ids[:, t], s) for m, s in zip((ref, fast), states))
-            assert_close(f"logits at step {t}", expected, logits, 1e-5)
-    assert_close("final state", states[0][0][1], states[1][0][1], 1e-5)
+    ref_states, fast_states = decode_as_torch_backend("mamba", "triton", DEVICE)
+    assert_close("final state", ref_states[0][1], fast_states[0][1], 1e-5)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("scope", ["layer", "model"])
 def test_the_kernel_compiles_and_replays_from_a_cuda_graph(scope):
     """torch.compile traces the user kernel, and the graph-replayed step is the eager one."""
-    from altbench.measure.fastpath import fast_call, regions
-    from altbench.measure.scenarios import decode_state, rewinder
-
-    torch.manual_seed(0)
-    model = registry.build("mamba", "tiny", device="cuda", backend="triton").eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 33), device="cuda")
-    with torch.inference_mode():
-        state = decode_state(model, ids, context=33, segment=0, headroom=8)
-        expected, _ = model.step(ids[:, -1], state)
-        fast = fast_call(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), torch.device("cuda"),
-                         compile=regions(model, "step", scope), graphs=True, rewind=rewinder(state))
-        assert fast.compiled and fast.cuda_graphs, fast.note
-        logits, _ = fast.call()
-    assert_close("graphed step", expected, logits, 1e-4)
+    assert_graphed_step_is_eager("mamba", scope, backend="triton")

@@ -19,9 +19,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from altbench import registry  # noqa: E402
 from altbench.kernels.ssd_step import ssd_conv_step, ssd_conv_step_ref  # noqa: E402
 from conftest import assert_close  # noqa: E402
+from step_checks import assert_graphed_step_is_eager, decode_as_torch_backend  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,17 +64,8 @@ def test_fused_step_matches_the_torch_step(dtype, dt_floor):
 
 
 def test_triton_backend_decodes_as_the_torch_backend():
-    torch.manual_seed(0)
-    ref = registry.build("mamba2", "tiny", device=DEVICE).eval()
-    fast = registry.build("mamba2", "tiny", device=DEVICE, backend="triton").eval()
-    fast.load_state_dict(ref.state_dict())
-    ids = torch.randint(0, ref.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    with torch.no_grad():
-        states = [m.init_state(2) for m in (ref, fast)]
-        for t in range(ids.shape[1]):
-            (expected, states[0]), (logits, states[1]) = (m.step(ids[:, t], s) for m, s in zip((ref, fast), states))
-            assert_close(f"logits at step {t}", expected, logits, 1e-5)
-    for name, a, b in zip(("window", "state"), states[0][0], states[1][0]):
+    ref_states, fast_states = decode_as_torch_backend("mamba2", "triton", DEVICE)
+    for name, a, b in zip(("window", "state"), ref_states[0], fast_states[0]):
         assert_close(f"final {name}", a, b, 1e-5)
 
 
@@ -82,19 +73,4 @@ def test_triton_backend_decodes_as_the_torch_backend():
 @pytest.mark.parametrize("scope", ["layer", "model"])
 def test_the_kernel_compiles_and_replays_from_a_cuda_graph(scope):
     """torch.compile traces the user kernel, and the graph-replayed step is the eager one."""
-    from altbench.measure.fastpath import fast_call, regions
-    from altbench.measure.scenarios import decode_state, rewinder
-
-    torch.manual_seed(0)
-    model = registry.build("mamba2", "tiny", device="cuda", backend="triton").eval()
-    ids = torch.randint(0, model.config.vocab_size, (2, 33), device="cuda")
-    with torch.inference_mode():
-        state = decode_state(model, ids, context=33, segment=0, headroom=8)
-        rewind = rewinder(state)
-        expected, _ = model.step(ids[:, -1], state)
-        rewind()
-        fast = fast_call(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), torch.device("cuda"),
-                         compile=regions(model, "step", scope), graphs=True, rewind=rewind)
-        assert fast.compiled and fast.cuda_graphs, fast.note
-        logits, _ = fast.call()
-    assert_close("graphed step", expected, logits, 1e-4)
+    assert_graphed_step_is_eager("mamba2", scope, backend="triton")

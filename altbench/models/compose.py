@@ -86,3 +86,11 @@ def pattern_blocks(
         mixer = mixers[letter](i)
         blocks.append(Block(mixer, mlp(i), norm))
     return blocks
+
+
+def uniform_blocks(c, mixer: Callable[[int], nn.Module], mlp: Callable[[int], nn.Module | None]) -> list[Block]:
+    """c.n_layers Blocks of one mixer, `mixer(i)` and `mlp(i)` in layer i, each normalised by
+    RMSNorm(c.d_model, c.norm_eps): `pattern_blocks` for a one-letter pattern."""
+    return pattern_blocks(
+        "X" * c.n_layers, mixers={"X": mixer}, mlp=mlp, norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps)
+    )

@@ -39,7 +39,7 @@ from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 from altbench.models.blocks import FusedLinear, SwiGLU
-from altbench.models.compose import pattern_blocks
+from altbench.models.compose import uniform_blocks
 
 
 @dataclass
@@ -206,12 +206,7 @@ class GatedLinearAttention(nn.Module):
 
 class GLA(LanguageModel):
     def __init__(self, c: GLAConfig):
-        blocks = pattern_blocks(
-            "G" * c.n_layers,
-            mixers={"G": lambda i: GatedLinearAttention(c)},
-            mlp=lambda i: SwiGLU(c.d_model, c.d_hidden),
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-        )
+        blocks = uniform_blocks(c, mixer=lambda i: GatedLinearAttention(c), mlp=lambda i: SwiGLU(c.d_model, c.d_hidden))
         super().__init__(c, blocks)
 
 

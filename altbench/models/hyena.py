@@ -58,7 +58,7 @@ from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
 from altbench.models.blocks import CausalConv1d, GeluMLP
-from altbench.models.compose import pattern_blocks
+from altbench.models.compose import uniform_blocks
 
 
 @dataclass
@@ -353,11 +353,9 @@ class Hyena(LanguageModel):
     """Hyena operator + GPT-style MLP (fc2(gelu(fc1 x)), with biases) per layer."""
 
     def __init__(self, c: HyenaConfig):
-        blocks = pattern_blocks(
-            "H" * c.n_layers,
-            mixers={"H": lambda i: HyenaOperator(c)},
+        blocks = uniform_blocks(
+            c, mixer=lambda i: HyenaOperator(c),
             mlp=lambda i: GeluMLP(c.d_model, c.d_hidden or 2 * c.d_model, bias=True, approximate="tanh"),
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
         )
         super().__init__(c, blocks)
 

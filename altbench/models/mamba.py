@@ -23,7 +23,7 @@ from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 from altbench.models.blocks import CausalConv1d
-from altbench.models.compose import pattern_blocks
+from altbench.models.compose import uniform_blocks
 
 
 @dataclass
@@ -212,13 +212,7 @@ class Mamba(LanguageModel):
     """Mamba blocks only: each layer is x + MambaMixer(RMSNorm(x)), no MLP (sec. 3.4)."""
 
     def __init__(self, c: MambaConfig):
-        blocks = pattern_blocks(
-            "M" * c.n_layers,
-            mixers={"M": lambda i: MambaMixer(c)},
-            mlp=lambda i: None,
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-        )
-        super().__init__(c, blocks)
+        super().__init__(c, uniform_blocks(c, mixer=lambda i: MambaMixer(c), mlp=lambda i: None))
 
     def activation_bytes(self, batch, tokens, dtype):
         """The PyTorch chunked scan keeps ~8 fp32 (B, chunk, d_inner, N) tensors alive per layer call;

@@ -28,7 +28,7 @@ from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 from altbench.models.blocks import CausalConv1d, causal_conv_step
-from altbench.models.compose import pattern_blocks
+from altbench.models.compose import uniform_blocks
 
 
 @dataclass
@@ -253,13 +253,7 @@ class Mamba2(LanguageModel):
     """Mamba-2 blocks only: each layer is x + Mamba2Mixer(RMSNorm(x)), no MLP (sec. 7.1)."""
 
     def __init__(self, c: Mamba2Config):
-        blocks = pattern_blocks(
-            "M" * c.n_layers,
-            mixers={"M": lambda i: Mamba2Mixer(c)},
-            mlp=lambda i: None,
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-        )
-        super().__init__(c, blocks)
+        super().__init__(c, uniform_blocks(c, mixer=lambda i: Mamba2Mixer(c), mlp=lambda i: None))
 
 
 # Dao & Gu 2024 (sec. 9.2) and the state-spaces/mamba2-* config.json files: width and depth per size,

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from altbench.errors import UserError
-from altbench.models.attention import Attention, AttentionConfig
 from altbench.models.base import LanguageModel, LMConfig
-from altbench.models.compose import pattern_blocks
 from altbench.models.moe import MoE, MoEConfig
-from altbench.models.transformer import LLAMA_DECODER_RENAMES
+from altbench.models.transformer import LLAMA_DECODER_RENAMES, llama_blocks
 
 
 @dataclass
@@ -41,14 +37,8 @@ class MixtralConfig(LMConfig):
 
 class Mixtral(LanguageModel):
     def __init__(self, c: MixtralConfig):
-        attention, moe = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta), c.moe()
-        blocks = pattern_blocks(
-            "A" * c.n_layers,
-            mixers={"A": lambda i: Attention(attention)},
-            mlp=lambda i: MoE(moe),
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-        )
-        super().__init__(c, blocks)
+        moe = c.moe()
+        super().__init__(c, llama_blocks(c, mlp=lambda i: MoE(moe)))
 
 
 # Jiang et al. 2024, Table 1 (8x7B) and the mistralai/Mixtral-8x22B-v0.1 config.json. `130m` is matched

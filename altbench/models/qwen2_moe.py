@@ -11,14 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
 from altbench.errors import UserError
-from altbench.models.attention import Attention, AttentionConfig
 from altbench.models.base import LanguageModel, LMConfig
-from altbench.models.compose import pattern_blocks
 from altbench.models.moe import MoE, MoEConfig
-from altbench.models.transformer import LLAMA_DECODER_RENAMES
+from altbench.models.transformer import LLAMA_DECODER_RENAMES, llama_blocks
 
 
 @dataclass
@@ -45,14 +41,8 @@ class Qwen2MoEConfig(LMConfig):
 
 class Qwen2MoE(LanguageModel):
     def __init__(self, c: Qwen2MoEConfig):
-        attention, moe = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta, qkv_bias=True), c.moe()
-        blocks = pattern_blocks(
-            "A" * c.n_layers,
-            mixers={"A": lambda i: Attention(attention)},
-            mlp=lambda i: MoE(moe),
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-        )
-        super().__init__(c, blocks)
+        moe = c.moe()
+        super().__init__(c, llama_blocks(c, qkv_bias=True, mlp=lambda i: MoE(moe)))
 
 
 # "a2.7b": Qwen1.5-MoE-A2.7B, the shape of transformers' Qwen2MoeConfig defaults (documented against

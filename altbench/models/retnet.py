@@ -49,7 +49,7 @@ from torch import nn
 from altbench.errors import UserError
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
 from altbench.models.blocks import FusedLinear, GeluMLP, RotaryEmbedding, apply_rotary
-from altbench.models.compose import pattern_blocks
+from altbench.models.compose import uniform_blocks
 
 
 @dataclass
@@ -235,11 +235,9 @@ class MultiScaleRetention(nn.Module):
 
 class RetNet(LanguageModel):
     def __init__(self, c: RetNetConfig):
-        blocks = pattern_blocks(
-            "R" * c.n_layers,
-            mixers={"R": lambda i: MultiScaleRetention(c)},
+        blocks = uniform_blocks(
+            c, mixer=lambda i: MultiScaleRetention(c),
             mlp=lambda i: GeluMLP(c.d_model, c.d_hidden, bias=False),
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
         )
         super().__init__(c, blocks)
 

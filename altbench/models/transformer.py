@@ -10,13 +10,14 @@ so `step` costs O(context) per token, unlike a recurrence) and a SwiGLU MLP.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import nn
 
 from altbench.models.attention import Attention, AttentionConfig
 from altbench.models.base import LanguageModel, LMConfig
 from altbench.models.blocks import SwiGLU
-from altbench.models.compose import pattern_blocks
+from altbench.models.compose import uniform_blocks
 
 
 @dataclass
@@ -27,16 +28,14 @@ class TransformerConfig(LMConfig):
     rope_theta: float = 10000.0
 
 
-def llama_blocks(c, causal: bool = True) -> list:
-    """n_layers Llama blocks: RMSNorm, attention with RoPE (causal or bidirectional), RMSNorm, SwiGLU.
-    `c` has the fields of TransformerConfig."""
-    attention = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta, causal=causal)
-    return pattern_blocks(
-        "A" * c.n_layers,
-        mixers={"A": lambda i: Attention(attention)},
-        mlp=lambda i: SwiGLU(c.d_model, c.d_hidden),
-        norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-    )
+def llama_blocks(
+    c, causal: bool = True, qkv_bias: bool = False, mlp: Callable[[int], nn.Module] | None = None
+) -> list:
+    """n_layers Llama blocks: RMSNorm, attention with RoPE (causal or bidirectional, biases on q, k, v
+    with `qkv_bias`), RMSNorm, then `mlp(i)` for layer i, by default a SwiGLU of width c.d_hidden (the
+    MoE decoders pass their experts). `c` has the fields of TransformerConfig but d_hidden."""
+    attention = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta, causal=causal, qkv_bias=qkv_bias)
+    return uniform_blocks(c, mixer=lambda i: Attention(attention), mlp=mlp or (lambda i: SwiGLU(c.d_model, c.d_hidden)))
 
 
 class Transformer(LanguageModel):

@@ -68,7 +68,7 @@ from torch import nn
 from altbench.errors import UserError
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
 from altbench.models.blocks import RotaryEmbedding, SwiGLU, apply_rotary
-from altbench.models.compose import pattern_blocks
+from altbench.models.compose import uniform_blocks
 
 INNER = {"linear": 1, "mlp": 4}  # inner model -> hidden width of g in units of F (1: no hidden layer)
 
@@ -406,12 +406,7 @@ class TTT(LanguageModel):
     """TTT layers in the Transformer backbone: x + TTT(RMSNorm(x)), then + SwiGLU(RMSNorm(.))."""
 
     def __init__(self, c: TTTConfig):
-        blocks = pattern_blocks(
-            "T" * c.n_layers,
-            mixers={"T": lambda i: TTTMixer(c)},
-            mlp=lambda i: SwiGLU(c.d_model, c.d_hidden),
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-        )
+        blocks = uniform_blocks(c, mixer=lambda i: TTTMixer(c), mlp=lambda i: SwiGLU(c.d_model, c.d_hidden))
         super().__init__(c, blocks)
 
 
