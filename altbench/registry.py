@@ -35,6 +35,7 @@ ARCHITECTURES: dict[str, str] = {
     "jamba": "altbench.models.jamba",
     "zamba2": "altbench.models.zamba2",
     "striped-hyena": "altbench.models.striped_hyena",
+    "hrm": "altbench.models.hrm",
 }
 
 # backend -> (module that must be importable, what it is)

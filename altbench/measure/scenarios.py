@@ -38,9 +38,9 @@ def _weight_bytes(model) -> int:
 
 
 def _activation_bytes(model, batch: int, tokens: int) -> int:
-    """The residual stream read and written once per layer: what any forward must move at least."""
+    """The residual stream read and written once per layer call: what any forward must move at least."""
     c = model.config
-    return 2 * batch * tokens * c.d_model * c.n_layers * torch.finfo(model.embed.weight.dtype).bits // 8
+    return 2 * batch * tokens * c.d_model * model.layer_calls() * torch.finfo(model.embed.weight.dtype).bits // 8
 
 
 def _timed(fn, args, cell, device, compile, graphs: bool, tokens: int, rewind=lambda: None, reps: int = 0,
@@ -163,7 +163,7 @@ def train_step(model, cell, device, generator) -> dict:
 
     tokens = cell.batch * cell.seq_len
     row = _timed(step, (), cell, device, compile=None, graphs=False, tokens=tokens)
-    flops = 3 * cell.batch * model.prefill_flops(cell.seq_len)  # backward ~ 2x forward
+    flops = cell.batch * model.train_flops(cell.seq_len)
     moved = 32 * model.params() + 2 * _activation_bytes(model, cell.batch, cell.seq_len)  # see measure/roofline.py
     return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved}
 

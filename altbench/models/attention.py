@@ -1,6 +1,7 @@
 """Causal softmax attention (Vaswani et al. 2017) as a mixer, with grouped KV heads (Ainslie et al.
 2023) and optional RoPE (Su et al. 2021; `rope_theta=None` is attention without position encoding,
-as in Jamba's attention layers, Lieber et al. 2024, sec. 2).
+as in Jamba's attention layers, Lieber et al. 2024, sec. 2). `causal=False` is the bidirectional
+attention of an encoder (every position attends every other; no cache, no step), as in HRM's modules.
 
 Attention runs through `torch.nn.functional.scaled_dot_product_attention`, so on a GPU it uses
 FlashAttention / memory-efficient kernels. Its state is a KV cache; `step` appends one token and
@@ -27,6 +28,7 @@ class AttentionConfig:
     n_kv_heads: int  # < n_heads gives grouped-query attention
     rope_theta: float | None = 10000.0  # None: no rotary position embedding
     qkv_bias: bool = False  # biases on the q, k, v projections (Qwen)
+    causal: bool = True  # False: bidirectional over the call's tokens; the state is always None
 
 
 class KVCache:
@@ -99,7 +101,7 @@ def attend(q, k, v, cache: KVCache | None, scale: float | None = None) -> tuple[
 
 
 class Attention(nn.Module):
-    """q, k, v projections -> RoPE -> causal SDPA over the cache -> o_proj."""
+    """q, k, v projections -> RoPE -> causal SDPA over the cache (or bidirectional SDPA) -> o_proj."""
 
     def __init__(self, c: AttentionConfig):
         super().__init__()
@@ -109,9 +111,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=c.qkv_bias)
         self.o_proj = nn.Linear(c.n_heads * self.head_dim, c.d_model, bias=False)
         self.rotary = RotaryEmbedding(self.head_dim, c.rope_theta) if c.rope_theta is not None else None
-        self.d_model = c.d_model
+        self.d_model, self.causal = c.d_model, c.causal
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache]:
+    def forward(self, x: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache | None]:
         B, T, _ = x.shape
         start = cache.length if cache is not None else 0
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
@@ -120,7 +122,11 @@ class Attention(nn.Module):
         if self.rotary is not None:
             cos, sin = self.rotary(start, T, x.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        o, cache = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cache)  # (B, H, T, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D)
+        if self.causal:
+            o, cache = attend(q, k, v, cache)  # (B, H, T, D)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.n_heads != self.n_kv_heads)  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), cache
 
     def step(self, x: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
