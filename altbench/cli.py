@@ -28,7 +28,10 @@ Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (de
 
 def _fmt_ms(row: dict) -> str:
     if row.get("status") != "ok":
-        return row.get("status", "?").upper()
+        from altbench.report import status_label
+
+        label = status_label(row)
+        return label if label == "n/a" else row.get("status", "?").upper()
     value = row.get("ms_median")
     return f"{value:.3g}" if value is not None else "-"
 
@@ -88,7 +91,8 @@ def _summary_table(rows: list[dict]) -> Table:
         ci = f" [{low:.3g}, {high:.3g}]" if ok and low is not None and high is not None else ""
         tps = r.get("tokens_per_s")
         table.add_row(
-            str(r.get("measurement")), f"{r.get('arch')} {r.get('size')}", *[str(r.get(k)) for k in varying],
+            str(r.get("measurement")), " ".join(str(r[k]) for k in ("arch", "size", "task") if r.get(k)),
+            *[str(r.get(k)) for k in varying],
             str(r.get("seq_len")),
             _fmt_ms(r) + ci, f"{tps:,.0f}" if ok and tps else "-", _fmt_bytes(r.get("peak_mem_bytes")),
         )

@@ -33,7 +33,12 @@ def test_smoke_run_stores_one_ok_row_per_cell(smoke_run):
     rows = rundir.read_rows(run_dir)
     expected = {c.cell_id for c in expand(suites.load("smoke"), "cpu")}
     assert sorted(r["cell_id"] for r in rows) == sorted(expected)
+    not_applicable = [r for r in rows if r["status"] == "skipped"]
+    assert {(r["arch"], r["measurement"], r["message"]) for r in not_applicable} == {
+        ("hrm", "decode", "not applicable (no causal step)")}
     for r in rows:
+        if r in not_applicable:
+            continue
         assert r["status"] == "ok", r
         assert r["ms_median"] > 0 and r["ms_ci_low"] <= r["ms_median"] <= r["ms_ci_high"]
         assert r["reps"] >= 7 and r["peak_mem_bytes"] > 0 and r["tokens_per_s"] > 0
@@ -44,7 +49,7 @@ def test_smoke_run_writes_env_tables_and_plots(smoke_run):
     run_dir, _ = smoke_run
     env = json.loads((run_dir / "env.json").read_text())
     assert env["suite"] == "smoke" and env["torch"] and "run --suite smoke" in env["command"]
-    for name in ("prefill", "decode", "train_step"):
+    for name in ("prefill", "decode", "train_step", "reasoning"):
         assert (run_dir / "tables" / f"{name}.md").stat().st_size > 0
         assert (run_dir / "tables" / f"{name}.csv").stat().st_size > 0
     assert any(p.stat().st_size > 1000 for p in (run_dir / "plots").glob("*.png"))
@@ -94,7 +99,7 @@ def test_backends_narrows_a_new_run(tmp_path):
 def test_list_shows_archs_sizes_backends_suites():
     result = altbench("list")
     assert result.returncode == 0, result.stderr
-    for text in ("transformer", "mamba", "130m", "129.1M", "mamba_ssm", "smoke", "long-context"):
+    for text in ("transformer", "mamba", "130m", "129.1M", "mamba_ssm", "smoke", "long-context", "hrm", "27m (27.3M)"):
         assert text in result.stdout
 
 

@@ -1,4 +1,5 @@
-"""What a cell measures: prefill, decode, a training step, and the mixer alone (`kernel`).
+"""What a cell measures: prefill, decode, a training step, the mixer alone (`kernel`), and the cost
+of reasoning over a puzzle (`reasoning`).
 
 Each function takes a built model, the cell and the input generator, runs the timing protocol of
 `measure/timing.py` and returns the row's figures. They never catch errors: the worker turns an
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from altbench.measure import energy
 from altbench.measure.fastpath import fast_call
 from altbench.measure.timing import time_calls
-from altbench.models.base import CAUSAL_STEP, SEGMENTED_PREFILL
+from altbench.models.base import CAUSAL_STEP, ITERATIVE, SEGMENTED_PREFILL
 
 
 def _ids(model, batch: int, length: int, device, generator: torch.Generator) -> torch.Tensor:
@@ -193,6 +194,42 @@ def kernel(model, cell, device, generator) -> dict:
     return {**row, "tokens_per_s": tokens / (row["ms_median"] / 1e3), "bytes_moved": moved, "segment": s.prefill_segment}
 
 
+def reasoning(model, cell, device, generator) -> dict:
+    """Cost of answering a puzzle of seq_len tokens (81 for 9x9 Sudoku), logits at every cell.
+
+    An iterative model (ITERATIVE, e.g. HRM) runs `segments` segments of `cycles` high-level cycles
+    (cell.extra), every sample all of them: halting is data-dependent, so the cost is given per
+    number of segments (the paper's evaluation runs M_max). Any other model runs one forward pass
+    over the puzzle, so the rows compare directly; its row's `form` says so. Graph-captured and
+    compiled as `prefill` is; `ms_per_sample` is the call's median over the batch.
+    """
+    s = cell.settings
+    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    if ITERATIVE in model.capabilities:
+        cycles, segments = cell.extra["cycles"], cell.extra["segments"]
+        model.check_reasoning(segments, cycles)
+        run = lambda ids: model.reason(ids, segments, cycles)  # noqa: E731
+        flops = cell.batch * model.reasoning_flops(cell.seq_len, segments, cycles)
+        calls = model.layer_calls(segments, cycles)
+        shape = {"cycles": cycles, "segments": segments, "l_steps": model.config.l_cycles,
+                 "form": f"{segments} segment(s) of {cycles} cycle(s) of {model.config.l_cycles} L-steps"}
+    else:
+        run = lambda ids: model(ids)  # noqa: E731
+        flops = cell.batch * model.prefill_flops(cell.seq_len)
+        calls = model.layer_calls()
+        shape = {"form": "one forward pass (not iterative)"}
+    tokens = cell.batch * cell.seq_len
+    with torch.inference_mode():
+        row = _timed(run, (ids,), cell, device,
+                     compile=(list(model.layers), "forward") if s.compile_prefill else None,
+                     graphs=s.cuda_graphs and cell.seq_len <= s.graph_max_len, tokens=tokens)
+    elt = torch.finfo(model.embed.weight.dtype).bits // 8
+    moved = (_weight_bytes(model) + 2 * tokens * model.config.d_model * calls * elt
+             + model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype))
+    return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved, "layer_calls": calls,
+            "ms_per_sample": row["ms_median"] / cell.batch, **shape}
+
+
 def predicted_bytes(model, cell) -> int:
     """Analytic peak memory of the cell: weights (+ grads and AdamW moments for training), the
     state after seq_len tokens, and activations of one prefill segment."""
@@ -217,10 +254,10 @@ def not_applicable(model, cell) -> str | None:
     need = NEEDS.get(cell.measurement)
     if need and need[0] not in model.capabilities:
         return need[1]
-    segmented = cell.measurement == "prefill" and 0 < cell.settings.prefill_segment < cell.seq_len
+    segmented = cell.measurement in ("prefill", "kernel") and 0 < cell.settings.prefill_segment < cell.seq_len
     if segmented and SEGMENTED_PREFILL not in model.capabilities:
         return f"no state carried across prefill segments of {cell.settings.prefill_segment} tokens"
     return None
 
 
-MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel}
+MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel, "reasoning": reasoning}

@@ -32,6 +32,8 @@ UNITS = {
     "decode": "ms per decode step (one token per sequence) at context length L",
     "train_step": "ms per training step (forward, backward, AdamW) on the batch's L tokens",
     "kernel": "ms per call of the first layer's sequence mixer alone (attention, SSM or recurrence; no norm, MLP or head) over L tokens",
+    "reasoning": "ms per call answering the batch's puzzles of L tokens (per sample: divide by the batch); an iterative "
+                 "model runs every segment (task c<cycles>-s<segments>), any other one forward pass (task 'forward')",
 }
 PROBE_TASKS = ("mqar", "selective_copying", "induction_heads", "copying")  # display order; others follow by name
 PROBE_AXES = {"seq_len": "L", "num_kv_pairs": "kv", "num_tokens": "tokens", "power_a": "a"}  # axis -> short label
@@ -41,13 +43,14 @@ CSV_FIELDS = (
     "warmup", "first_call_ms", "compile_ms", "compiled", "cuda_graphs", "fast_path_note", "tokens_per_s", "flops",
     "tflops", "bandwidth_gbs", "bytes_per_token", "bytes_moved", "compute_bound_ms", "memory_bound_ms", "bound_ms",
     "roofline_frac", "implementation_bound", "joules_per_token", "energy_note", "matmul_ceiling_fraction", "copy_ceiling_fraction", "peak_mem_bytes", "mem_source", "predicted_mem_bytes",
-    "state_bytes", "params", "value", "stderr", "chance", "num_kv_pairs", "num_tokens", "exponent", "fit_first_len",
+    "state_bytes", "params", "value", "stderr", "chance", "num_kv_pairs", "num_tokens", "cycles", "segments",
+    "ms_per_sample", "layer_calls", "exponent", "fit_first_len",
     "fit_last_len", "message",
 )
 
 INT_FIELDS = (
     "batch", "seq_len", "reps", "warmup", "flops", "bytes_per_token", "bytes_moved", "peak_mem_bytes", "predicted_mem_bytes",
-    "state_bytes", "params", "num_kv_pairs", "num_tokens", "fit_first_len", "fit_last_len",
+    "state_bytes", "params", "num_kv_pairs", "num_tokens", "cycles", "segments", "layer_calls", "fit_first_len", "fit_last_len",
 )
 
 

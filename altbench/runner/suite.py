@@ -31,6 +31,9 @@
     [measurements.train_step]
     max_seq_len = 16384                  # longer cells are recorded as skipped, with this reason
     [measurements.kernel]                # the first layer's sequence mixer alone (block.mix)
+    [measurements.reasoning]             # cost of answering a puzzle of seq_len tokens
+    cycles = [1, 2, 4]                   # iterative models (HRM): high-level cycles per segment (default: the size's)
+    segments = [1, 4, 8]                 # and segments, at most the size's max_segments (default: max_segments)
 
 Any mistake (bad TOML, unknown key, wrong type, unknown architecture / size / backend /
 measurement) raises `UserError` naming the file, the key and the fix.
@@ -48,7 +51,8 @@ from altbench import registry
 from altbench.errors import UserError, one_line
 from altbench.runner import rundir
 
-MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "probe", "lm_eval")
+MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "reasoning", "probe", "lm_eval")
+REASONING_AXES = ("cycles", "segments")  # [measurements.reasoning] keys: positive integers or lists of them
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -178,6 +182,34 @@ def _names(where: str, key: str, values: list, known: list[str]) -> list[str]:
     return values
 
 
+def _reasoning_axes(where: str, table: dict, archs: list[str], sizes: list[str], arch_sizes: dict) -> dict:
+    """`cycles` and `segments` as lists of integers >= 1, segments at most the max_segments of every
+    iterative architecture and size in the suite; UserError naming the key and the fix otherwise."""
+    from altbench.models.base import ITERATIVE
+
+    axes = {}
+    for key, value in table.items():
+        if key not in REASONING_AXES:
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(REASONING_AXES + tuple(_SETTING_TYPES))}")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{where}: key '{key}' must hold integers >= 1, got {v!r}; give e.g. {key} = [1, 2, 4]")
+        if not values or len(set(values)) != len(values):
+            raise UserError(f"{where}: key '{key}' must list distinct values, got {value!r}")
+        axes[key] = values
+    for arch in archs:
+        if ITERATIVE not in registry.family(arch).MODEL.capabilities:
+            continue
+        for size in arch_sizes.get(arch, sizes):
+            most = registry.config(arch, size).max_segments
+            over = [m for m in axes.get("segments", []) if m > most]
+            if over:
+                raise UserError(f"{where}: key 'segments' holds {over[0]}, more than {arch} {size}'s max_segments "
+                                f"({most}); list segments <= {most}")
+    return axes
+
+
 def load(name_or_path: str) -> Suite:
     path = resolve(name_or_path)
     where = str(path)
@@ -246,7 +278,9 @@ def load(name_or_path: str) -> Suite:
         if not isinstance(table, dict):
             raise UserError(f"{where}: [measurements.{name}] must be a table")
         measurements[name], extra[name] = _settings(f"{where} [measurements.{name}]", table, base)
-        if extra[name] and name not in ("probe", "lm_eval"):
+        if name == "reasoning":
+            extra[name] = _reasoning_axes(f"{where} [measurements.reasoning]", extra[name], archs, sizes, arch_sizes)
+        elif extra[name] and name not in ("probe", "lm_eval"):
             raise UserError(
                 f"{where} [measurements.{name}]: unknown key '{next(iter(extra[name]))}'; known: {', '.join(_SETTING_TYPES)}"
             )
