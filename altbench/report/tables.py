@@ -35,8 +35,8 @@ UNITS = {
     "reasoning": "ms per call answering the batch's puzzles of L tokens (per sample: divide by the batch); an iterative "
                  "model runs every segment (task c<cycles>-s<segments>), any other one forward pass (task 'forward')",
 }
-PROBE_TASKS = ("mqar", "selective_copying", "induction_heads", "copying")  # display order; others follow by name
-PROBE_AXES = {"seq_len": "L", "num_kv_pairs": "kv", "num_tokens": "tokens", "power_a": "a"}  # axis -> short label
+PROBE_TASKS = ("mqar", "selective_copying", "induction_heads", "copying", "sudoku")  # display order; others follow by name
+PROBE_AXES = {"seq_len": "L", "num_kv_pairs": "kv", "num_tokens": "tokens", "power_a": "a", "blanks": "blanks"}  # axis -> short label
 ALL_POINTS = "all points"  # the point of a failed probe cell in a task where no cell ran (its points are unknown)
 CSV_FIELDS = (
     "cell_id", "measurement", *SERIES_FIELDS, "seq_len", "status", "ms_median", "ms_ci_low", "ms_ci_high", "reps",
@@ -242,15 +242,18 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
         ok = [r for r in subset if r.get("status") == "ok"]
         axes = [a for a in PROBE_AXES if any(r.get(a) is not None for r in ok)]
         varying = [a for a in axes if len({r.get(a) for r in ok}) > 1] or axes
+        metrics = len({r.get("metric") for r in ok}) > 1  # e.g. sudoku's accuracy per cell and per puzzle
 
-        def point_key(r: dict) -> tuple:  # the varying axes, then the trained length of an untrained point
+        def point_key(r: dict) -> tuple:  # the varying axes, the metric, then the trained length of an untrained point
             untrained = r.get("train_seq_len") not in (None, r.get("seq_len"))
-            return (*(r.get(a) for a in varying), r["train_seq_len"] if untrained else None)
+            return (*(r.get(a) for a in varying), r.get("metric") if metrics else None,
+                    r["train_seq_len"] if untrained else None)
 
         labels = {}
         for r in ok:
             key = point_key(r)
             labels[key] = ", ".join(f"{PROBE_AXES[a]}={r.get(a)}" for a in varying)
+            labels[key] += f" · {key[-2]}" if key[-2] else ""
             labels[key] += f" (trained at L={key[-1]})" if key[-1] else ""
         points = [labels[k] for k in sorted(labels, key=sort_key)] or [ALL_POINTS]
         chance = next((r["chance"] for r in ok if r.get("chance") is not None), None)
