@@ -6,16 +6,20 @@ import pytest
 import torch
 
 from altbench import registry
-from altbench.models.base import state_nbytes
+from altbench.models.base import CAUSAL_STEP, SEGMENTED_PREFILL, state_nbytes
 from conftest import assert_close
 
 ARCHS = list(registry.ARCHITECTURES)
 RTOL = 1e-5  # fp32 throughout
 
 
-def tiny(arch):
+def tiny(arch, needs: str | None = None):
+    """The tiny model; the test is skipped when the model lacks the capability it `needs`."""
     torch.manual_seed(0)
-    return registry.build(arch, "tiny", dtype=torch.float32).eval()
+    model = registry.build(arch, "tiny", dtype=torch.float32).eval()
+    if needs is not None and needs not in model.capabilities:
+        pytest.skip(f"{arch} has no {needs}")
+    return model
 
 
 def ids(model, T=37, B=2):
@@ -25,7 +29,7 @@ def ids(model, T=37, B=2):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_segmented_forward_equals_one_forward(arch):
-    model, x = tiny(arch), None
+    model, x = tiny(arch, SEGMENTED_PREFILL), None
     x = ids(model)
     with torch.no_grad():
         full, _ = model(x)
@@ -38,7 +42,7 @@ def test_segmented_forward_equals_one_forward(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_step_equals_forward(arch):
-    model = tiny(arch)
+    model = tiny(arch, CAUSAL_STEP)
     x = ids(model, T=21)
     with torch.no_grad():
         full, _ = model(x)
@@ -51,7 +55,7 @@ def test_step_equals_forward(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_step_continues_a_prefill(arch):
-    model = tiny(arch)
+    model = tiny(arch, CAUSAL_STEP)
     x = ids(model, T=24)
     with torch.no_grad():
         full, _ = model(x)
@@ -104,7 +108,7 @@ def test_last_only_gives_the_last_position_logits(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mix_is_the_first_layers_mixer_with_carried_state(arch):
     """`block.mix` (the `kernel` measurement) runs the mixer alone, and continues with its state."""
-    model = tiny(arch)
+    model = tiny(arch, SEGMENTED_PREFILL)
     x = torch.randn(2, 21, model.config.d_model, generator=torch.Generator().manual_seed(5))
     block = model.layers[0]
     with torch.no_grad():
