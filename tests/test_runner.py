@@ -183,7 +183,10 @@ def test_backends_without_an_implementation_or_not_installed_are_skipped_rows(tm
 def test_smoke_suite_expands_to_every_axis():
     suite = suites.load("smoke")
     cells = expand(suite, "cpu")
-    assert len(cells) == len(suite.archs) * len(suite.seq_lens) * len(suite.measurements)
+    timed = [c for c in cells if c.measurement != "reasoning"]
+    assert len(timed) == len(suite.archs) * len(suite.seq_lens) * (len(suite.measurements) - 1)
+    reasoning = [c.task for c in cells if c.measurement == "reasoning"]  # hrm at 2 cycles x 2 segments, others once
+    assert len(reasoning) == (len(suite.archs) - 1 + 4) * len(suite.seq_lens) and "c2-s1" in reasoning
     assert len({c.cell_id for c in cells}) == len(cells)
 
 
