@@ -27,11 +27,11 @@ Device = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (de
 
 
 def _fmt_ms(row: dict) -> str:
-    if row.get("status") != "ok":
-        from altbench.report import status_label
+    from altbench.report import status_label
 
+    if row.get("status") != "ok":
         label = status_label(row)
-        return label if label == "n/a" else row.get("status", "?").upper()
+        return label if label == "n/a" else label.upper()
     value = row.get("ms_median")
     return f"{value:.3g}" if value is not None else "-"
 
@@ -264,6 +264,7 @@ def eval_(
     prefix_token_id: Annotated[Optional[int], typer.Option("--prefix-token-id", help="Token that conditions empty contexts and rolling windows (default: BOS, else EOS).")] = None,
     add_bos_token: Annotated[Optional[bool], typer.Option("--add-bos-token/--no-add-bos-token", help="Add BOS when encoding (default: as the tokenizer does).")] = None,
     carry_state: Annotated[bool, typer.Option("--carry-state", help="Rolling log-likelihood in one pass, the state carried across max-length windows (lm-eval restarts each window).")] = False,
+    mc_samples: Annotated[int, typer.Option("--mc-samples", min=1, help="Masked diffusion models (llada): Monte-Carlo draws per log-likelihood.")] = 128,
     out: OutDir = Path("results"),
 ) -> None:
     """Score an altbench model on lm-eval tasks as lm-eval's HF backend (--model hf) would; the scores land in a run's store beside speed."""
@@ -282,7 +283,7 @@ def eval_(
     rows = run_eval(arch, size, tasks.split(","), device, weights=str(weights) if weights else None, limit=limit,
                     batch_size=batch_size, include_path=[str(p) for p in include] if include else None,
                     max_length=max_length, prefix_token_id=prefix_token_id, add_bos_token=add_bos_token,
-                    carry_state=carry_state)
+                    carry_state=carry_state, mc_samples=mc_samples)
     run_dir = rundir.create(out, "eval")
     rundir.hold_writer(run_dir)
     rundir.write_env(run_dir, {**envmod.capture(sys.argv, "eval"), "device": device})

@@ -35,6 +35,9 @@ ARCHITECTURES: dict[str, str] = {
     "jamba": "altbench.models.jamba",
     "zamba2": "altbench.models.zamba2",
     "striped-hyena": "altbench.models.striped_hyena",
+    "ttt-linear": "altbench.models.ttt_linear",
+    "ttt-mlp": "altbench.models.ttt_mlp",
+    "llada": "altbench.models.llada",
     "hrm": "altbench.models.hrm",
 }
 
@@ -44,12 +47,12 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "triton": ("triton", "altbench's Triton kernels"),
     "fla": ("fla", "flash-linear-attention kernels"),
     "mamba_ssm": ("mamba_ssm", "the official Mamba kernels"),
+    "mlstm_kernels": ("mlstm_kernels", "NX-AI's official mLSTM kernels (xLSTM)"),
 }
-FORWARD_ONLY: tuple[str, ...] = ()  # backends without backward kernels: a train step runs on another
 # backend_choice = "fastest": per architecture and measurement, the first of these that implements the
 # mixer, can run the measurement and is installed. altbench's kernels lead where they exist: the forward
 # measured ahead of fla's and mamba_ssm's (benchmarks/kernels.py); the plain torch forms come last.
-FASTEST = ("triton", "fla", "mamba_ssm", "torch")
+FASTEST = ("triton", "fla", "mlstm_kernels", "mamba_ssm", "torch")
 
 
 # Hybrids declared by the suite being run ([hybrids.NAME] tables, models/hybrid.py), as JSON
@@ -136,6 +139,12 @@ def backends_of(arch: str) -> list[str]:
     """Backends that implement `arch`'s mixer: torch always, others where the family's module maps
     them (`BACKENDS`: name -> function that swaps the model's op for that backend's)."""
     return ["torch", *getattr(family(arch), "BACKENDS", {})]
+
+
+def trains_on(arch: str, backend: str) -> bool:
+    """Whether `backend` implements `arch` with a backward (a family lists its forward-only backends
+    in `FORWARD_ONLY`), so that a train step can run on it."""
+    return backend in backends_of(arch) and backend not in getattr(family(arch), "FORWARD_ONLY", ())
 
 
 def use_backend(model, arch: str, backend: str) -> None:

@@ -634,16 +634,15 @@ def main(argv=None):
     unknown = set(ops) - set(OPS)
     if unknown:
         ap.error(f"unknown ops {sorted(unknown)}; choose from {OPS}")
+    out = args.out or os.path.join(os.environ.get("OUT") or ".", "kernels.json")
     rows = []
-    for op in ops:
+    for op in ops:  # the JSON is rewritten after each op, so a run cut off by a time limit keeps what it measured
         t = time.time()
         rows += run_op(op, lengths, args.quick, args.timeout)
         print(f"[{op}: {time.time() - t:.0f} s]", file=sys.stderr, flush=True)
-    table = markdown(rows, lengths)
-    print(table)
-    out = args.out or os.path.join(os.environ.get("OUT") or ".", "kernels.json")
-    with open(out, "w") as f:
-        json.dump({"lengths": lengths, "argv": sys.argv, "rows": rows}, f, indent=1)
+        with open(out, "w") as f:
+            json.dump({"lengths": lengths, "argv": sys.argv, "rows": rows, "complete": op == ops[-1]}, f, indent=1)
+    print(markdown(rows, lengths))
     print(f"\nrows written to {out}", file=sys.stderr)
     return 0
 

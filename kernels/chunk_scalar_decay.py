@@ -72,7 +72,7 @@ of g), the log-decay's gradient is a reverse cumulative sum:
     dg_t = sum_{s >= t} ( q_s . dq_s - k_s . dk_s ) + <dh_T, S_T>
 
 The token's own term, scale (q_s . k_s)(do_s . v_s), is in both dot products and cancels; the
-kernel leaves it out of both before it forms them, and likewise forms the last token's final-state
+kernels leave it out of both before it forms them, and likewise forms the last token's final-state
 term as <dh_T, exp(g_T) S_{T-1}>, without its k_T^T v_T part that k_T . dk_T would cancel. So under
 strong decay (every other term near 0) dg is not the rounding residue of large equal numbers.
 
@@ -84,25 +84,44 @@ Inside a chunk, with dS_end the gradient at the chunk's end, every exponent agai
     dS_start = exp(G_C) dS_end + scale sum_i exp(G_i) q_i^T do_i
 
 The backward keeps the forward's segments and the states entering them (saved by the forward, the
-only extra memory kept for autograd: B*H*ceil(T/L)*K*V fp32) and runs three kernels:
+only extra memory kept for autograd: B*H*ceil(T/L)*K*V fp32) and runs, all but kernel 5 with every
+(b*h, segment, V block) an independent program:
 
     4. `_segment_grad_states_kernel`, grid as kernel 1: each segment's own dS at its start, from a
        zero gradient at its end, walking its chunks backwards; written in reversed segment order,
        so that
     5. `_scan_states_kernel`, the forward's scan run over the reversed segments from dh_T, leaves
        the gradient at each segment's end, and gives dh0 as its "final state";
-    6. `_segment_grads_kernel`, grid as kernel 3: walks the segment's chunks forwards from the
-       entering state for dq, then backwards from the gradient at its end for dk and dv, each in
-       registers; writes dq, dk, dv and the per-token q . dq and k . dk, which the launcher turns
-       into dg with one reverse cumulative sum over (B, T, H) in torch.
+    6. `_segment_dq_kernel`, grid as kernel 3: the forward's walk with do in q's place and v in
+       k's: from the entering state S forwards, S in registers; writes dq and q_t . dq_t;
+    7. `_segment_dkv_kernel`, grid as kernel 3: from the gradient at the segment's end backwards,
+       dS in registers; writes dk, dv and k_t . dk_t;
+    8. `_decay_grad_kernel`, twice, one (256 tokens, H) tile per program: the tiles' sums of
+       dG_t = q_t . dq_t - k_t . dk_t, then (after a reverse cumulative sum over the few tile sums
+       in torch) dg_t = sum_{s >= t} dG_s. torch's cumsum of (B, T, H) along T walks every token
+       with one thread per (b, h); inferred, not timed alone, to be most of the 81.5 ms the
+       earlier backward took at 256K tokens on the H200 (it grew 5.9x from 64K).
 
-dq and dk are computed per value head and V block; with q, k shared by a group of heads (H_k < H),
-or V split into blocks (of 64, or 32 when K > 64), each program adds its share into fp32 buffers of
-q's shape by atomic adds, else it writes them directly. The backward kernels choose their own chunk
-(32 or 64) by autotuning.
+Two walks rather than one: holding S, dS and both walks' tiles in one program took 255 registers
+and spilled at K = 128. Per-head gradients of shared q, k (H_k < H, Mamba-2's B and C) and the
+partial sums of several V blocks (V > 64) are written with plain stores into (NV, B, T, H, K)
+buffers in q's dtype and summed once in fp32 by torch (no atomic adds: 64 heads adding into one
+q row serialised). That buffer is the backward's largest: 2 * NV*B*T*H*K elements (34 GB at 1M
+tokens, H = 64, K = 128, bf16); with H_k = H and V <= 64, dq and dk are written in place.
+The backward walks take a chunk of 32 (`_BWD_CONFIGS`; autotuned warps and stages).
 
-First call: compiling the three kernels and trying two configs (4 warps, 2 or 3 stages) of kernels
-1 and 3 takes 2.5-4.5 s on the H100 per (K, V, chunk_size, dtype). T and L are run-time arguments,
+Bytes per token and value head of the backward (bf16): at H = H_k = 32, K = V = 64, reads of q, k,
+v, do (128 each) in kernel 4 (2), 6 (4) and 7 (4), writes of dq, dk, dv (3), about 1.7 KB, 14 GB
+at 256K tokens; at Mamba-2's shape (H = 64, H_k = 1, K = 128, V = 64) q and k come from L2 (the
+heads of one segment run side by side), and v, do, the per-head dq, dk written and read back make
+about 1.8 KB (30 GB at 256K). Matrix products per chunk: 4 in kernel 6, 7 in kernel 7, 1 in kernel
+4, against the forward's 5. PREDICTION, not a measurement (written without a GPU): forward+backward
+on the H200 at 256K in 8-12 ms at H = 32, K = V = 64 (81.5 ms before this design) and 18-25 ms at
+Mamba-2's shape (161 ms before; mamba_ssm's mamba_chunk_scan_combined took 40.2 ms), each within
+2-3x of its copy-bandwidth floor plus the forward; 4K is bound by the ~12 launches (0.4-0.8 ms).
+
+First call: compiling the forward's three kernels and trying two configs (4 warps, 2 or 3 stages) of
+kernels 1 and 3 takes 2.5-4.5 s on the H100 per (K, V, chunk_size, dtype). T and L are run-time arguments,
 so other lengths reuse it (a T that is not a multiple of 16, or a single segment, specialises once
 more, about 1-2 s).
 """
@@ -110,6 +129,7 @@ more, about 1-2 s).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -158,14 +178,15 @@ def _configs():
     return _CONFIGS[:1] if _INTERPRET else _CONFIGS
 
 
-# The backward kernels hold more tiles than the forward's (S or dS, and five (C, BK|BV) loads): they
-# pick their own chunk, which the segments' states do not constrain. On sm_90 at K = V = 64 (BV = 64)
-# and K = 128 (BV = 32), C = 32 compiles without spills at 4 and 8 warps, C = 64 only for kernel 4.
+# The backward walks hold more tiles than the forward's (S or dS, and four (C, BK|BV) loads): they
+# pick their own chunk, which the segments' states do not constrain. ptxas for sm_90 (triton 3.7):
+# at K = V = 64, C = 32 compiles without spills at 8 warps (219 and 242 registers in kernels 6 and 7);
+# at K = 128, V = 64, kernel 7 spills 64 bytes at 8 warps and 3 stages, 184 at 2; C = 64 spills
+# 200-850 bytes in kernel 7, so only kernel 4 could use it.
 _BWD_CONFIGS = [
     triton.Config({"C": 32}, num_warps=4, num_stages=2),
     triton.Config({"C": 32}, num_warps=8, num_stages=2),
-    triton.Config({"C": 64}, num_warps=8, num_stages=2),
-    triton.Config({"C": 32}, num_warps=4, num_stages=3),
+    triton.Config({"C": 32}, num_warps=8, num_stages=3),
 ]
 _BWD_TUNE_KEY = ["K", "V", "BK", "BV"]
 
@@ -333,15 +354,18 @@ def _segment_grad_states_kernel(
     tl.store(dseg_decay + i_bh.to(tl.int64) * NS + i_r, total, mask=i_v == 0)
 
 
-@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY, reset_to_zero=["dq", "dk"])
+@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY)
 @triton.jit
-def _segment_grads_kernel(
-    q, k, v, g, do, states, dstates, dht,  # as the forward's; do like v; states, dstates (reversed) (B*H, NS, K, V); dht (B*H, K, V)
-    dq, dk, dv, dgq, dgk, dg_last,  # dq, dk like q (fp32 when ADD); dv like v; dgq, dgk (NV, B, T, H), dg_last (NV, B*H) fp32
+def _segment_dq_kernel(
+    q, k, v, g, do, states, dht,  # as the forward's; do like v; states (B*H, NS, K, V); dht (B*H, K, V)
+    dq, dgq, dg_last,  # dq (B, T, HK, K), or per V block and value head (NV, B, T, H, K) when PART; dgq (NV, B, T, H), dg_last (NV, B*H) fp32
     T, H, HK, NS, L, scale, BT,  # BT = B * T
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
-    HAS_DHT: tl.constexpr, ADD: tl.constexpr,  # ADD: dq, dk summed over heads and V blocks by atomic adds
+    HAS_DHT: tl.constexpr, PART: tl.constexpr,
 ):
+    """Kernel 6: walks the segment's chunks forwards from the state entering it, the forward's loop
+    with do in q's place and v in k's: dq_i = scale (sum_{j<=i} (do_i . v_j) exp(G_i - G_j) k_j
+    + exp(G_i) do_i S^T), and q_i . dq_i without its j = i term."""
     i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     i_hk = i_h // (H // HK)
@@ -353,21 +377,18 @@ def _segment_grads_kernel(
     k_seg = k + tok0 * HK * K + i_hk * K
     v_seg = v + tok0 * H * V + i_h * V
     do_seg = do + tok0 * H * V + i_h * V
-    dv_seg = dv + tok0 * H * V + i_h * V
     g_seg = g + tok0 * H + i_h
-    part = i_v.to(tl.int64) * BT  # this V block's slice of the per-block partial sums
-    dq_seg = dq + tok0 * HK * K + i_hk * K
-    dk_seg = dk + tok0 * HK * K + i_hk * K
+    part = i_v.to(tl.int64) * BT  # this V block's slice of the per-block buffers
+    if PART:
+        dq_seg, dq_row = dq + (part + tok0) * H * K + i_h * K, H * K
+    else:
+        dq_seg, dq_row = dq + tok0 * HK * K + i_hk * K, HK * K
     dgq_seg = dgq + (part + tok0) * H + i_h
-    dgk_seg = dgk + (part + tok0) * H + i_h
     in_k, in_v = ck < K, cv < V
     kv_mask = in_k[:, None] & in_v[None, :]
-    causal = rows[:, None] >= rows[None, :]  # i >= j, rows i
-    anticausal = rows[:, None] <= rows[None, :]  # j <= i, rows j
     diagonal = rows[:, None] == rows[None, :]
-    before, after = causal & ~diagonal, anticausal & ~diagonal  # j < i, rows i; i > j, rows j
+    before = rows[:, None] > rows[None, :]  # j < i, rows i
 
-    # forwards: dq_i = scale (sum_{j<=i} (do_i . v_j) exp(G_i - G_j) k_j + exp(G_i) do_i S^T)
     S = tl.load(states + (i_bh.to(tl.int64) * NS + i_s) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)  # (BK, BV)
     for c0 in range(0, n, C):
         r = c0 + rows
@@ -387,10 +408,7 @@ def _segment_grads_kernel(
         dqc = tl.dot(Ad.to(kc.dtype), kc, dqc, input_precision=PREC) * scale  # all but the j = i term
         tl.store(dgq_seg + r * H, tl.sum(qc.to(tl.float32) * dqc, 1), mask=in_seq)
         dqc += (scale * own)[:, None] * kc.to(tl.float32)
-        if ADD:
-            tl.atomic_add(dq_seg + r[:, None] * (HK * K) + ck[None, :], dqc, mask=in_seq[:, None] & in_k[None, :])
-        else:
-            tl.store(dq_seg + r[:, None] * (HK * K) + ck[None, :], dqc.to(dq.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
+        tl.store(dq_seg + r[:, None] * dq_row + ck[None, :], dqc.to(dq.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
 
         k_dec = (kc * tl.exp(G_end - G)[:, None]).to(kc.dtype)
         k_dec = tl.where(((r == n - 1) & (i_s == NS - 1))[:, None], 0.0, k_dec)  # leaves exp(g_T) S_{T-1}, not S_T
@@ -399,8 +417,44 @@ def _segment_grads_kernel(
         dh_T = tl.load(dht + i_bh.to(tl.int64) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)
         tl.store(dg_last + i_v.to(tl.int64) * (BT // T) * H + i_bh, tl.sum(tl.sum(S * dh_T, 1), 0), mask=i_s == NS - 1)
 
-    # backwards from the gradient at the segment's end: dk, dv; dS becomes the gradient at each chunk's start
-    dS = tl.load(dstates + (i_bh.to(tl.int64) * NS + NS - 1 - i_s) * K * V + ck[:, None] * V + cv[None, :], mask=kv_mask, other=0.0)
+
+@triton.autotune(configs=_bwd_configs(), key=_BWD_TUNE_KEY)
+@triton.jit
+def _segment_dkv_kernel(
+    q, k, v, g, do, dstates,  # as the forward's; do like v; dstates (B*H, NS, K, V), reversed segments
+    dk, dv, dgk,  # dk like dq in `_segment_dq_kernel`; dv like v; dgk (NV, B, T, H) fp32
+    T, H, HK, NS, L, scale, BT,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, C: tl.constexpr, PREC: tl.constexpr,
+    PART: tl.constexpr,
+):
+    """Kernel 7: walks the segment's chunks backwards from the gradient at its end, the state's
+    gradient dS in registers: dk_j, dv_j, and k_j . dk_j without its i = j term."""
+    i_bh, i_s, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hk = i_h // (H // HK)
+    t0 = i_s * L
+    n = tl.minimum(L, T - t0)
+    tok0 = i_b.to(tl.int64) * T + t0
+    rows, ck, cv = tl.arange(0, C), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    q_seg = q + tok0 * HK * K + i_hk * K
+    k_seg = k + tok0 * HK * K + i_hk * K
+    v_seg = v + tok0 * H * V + i_h * V
+    do_seg = do + tok0 * H * V + i_h * V
+    dv_seg = dv + tok0 * H * V + i_h * V
+    g_seg = g + tok0 * H + i_h
+    part = i_v.to(tl.int64) * BT
+    if PART:
+        dk_seg, dk_row = dk + (part + tok0) * H * K + i_h * K, H * K
+    else:
+        dk_seg, dk_row = dk + tok0 * HK * K + i_hk * K, HK * K
+    dgk_seg = dgk + (part + tok0) * H + i_h
+    in_k, in_v = ck < K, cv < V
+    anticausal = rows[:, None] <= rows[None, :]  # i >= j, rows j
+    diagonal = rows[:, None] == rows[None, :]
+    after = rows[:, None] < rows[None, :]  # i > j, rows j
+
+    dS = tl.load(dstates + (i_bh.to(tl.int64) * NS + NS - 1 - i_s) * K * V + ck[:, None] * V + cv[None, :],
+                 mask=in_k[:, None] & in_v[None, :], other=0.0)  # (BK, BV)
     nc = tl.cdiv(n, C)
     for ci in range(nc):
         c0 = (nc - 1 - ci) * C
@@ -425,18 +479,43 @@ def _segment_grads_kernel(
         Pv = tl.dot(vc, tl.trans(doc), input_precision=PREC)  # (C, C): v_j . do_i
         own = tl.sum(tl.where(diagonal, Pv, 0.0), 1)  # (C,): v_j . do_j
         Pv = tl.where(after, Pv * gap, 0.0) * scale
-        dk_state = tl.dot(vc, tl.trans(dS.to(vc.dtype)), input_precision=PREC) * decay_to_end  # (C, BK)
-        dkc = tl.dot(Pv.to(qc.dtype), qc, input_precision=PREC)  # all but the i = j term
-        last = ((r == n - 1) & (i_s == NS - 1))[:, None]  # token T: its dh_T term is left out of dg_T (above)
-        tl.store(dgk_seg + r * H, tl.sum(kc.to(tl.float32) * (dkc + tl.where(last, 0.0, dk_state)), 1), mask=in_seq)
-        dkc += dk_state + (scale * own)[:, None] * qc.to(tl.float32)
-        if ADD:
-            tl.atomic_add(dk_seg + r[:, None] * (HK * K) + ck[None, :], dkc, mask=in_seq[:, None] & in_k[None, :])
-        else:
-            tl.store(dk_seg + r[:, None] * (HK * K) + ck[None, :], dkc.to(dk.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
+        dkc = tl.dot(vc, tl.trans(dS.to(vc.dtype)), input_precision=PREC) * decay_to_end  # (C, BK): the state's term
+        last = (r == n - 1) & (i_s == NS - 1)  # token T: its dh_T term is left out of dg_T (kernel 6)
+        dg_state = tl.where(last, tl.sum(kc.to(tl.float32) * dkc, 1), 0.0)  # (C,)
+        dkc = tl.dot(Pv.to(qc.dtype), qc, dkc, input_precision=PREC)  # all but the i = j term
+        tl.store(dgk_seg + r * H, tl.sum(kc.to(tl.float32) * dkc, 1) - dg_state, mask=in_seq)
+        dkc += (scale * own)[:, None] * qc.to(tl.float32)
+        tl.store(dk_seg + r[:, None] * dk_row + ck[None, :], dkc.to(dk.dtype.element_ty), mask=in_seq[:, None] & in_k[None, :])
 
         q_dec = (qc * tl.exp(G)[:, None]).to(qc.dtype)
         dS = dS * tl.exp(G_end) + tl.dot(tl.trans(q_dec), doc, input_precision=PREC) * scale
+
+
+@triton.jit
+def _decay_grad_kernel(
+    dgq, dgk, carry, dg,  # dgq, dgk (NV, B, T, H); carry (B, H, NB) fp32; dg (B, T, H) fp32
+    T, H, NV, BT,  # BT = B * T
+    TB: tl.constexpr, BH: tl.constexpr, APPLY: tl.constexpr,
+):
+    """dG_t = sum over V blocks of (q_t . dq_t - k_t . dk_t), one (TB, H) tile of tokens per program.
+    APPLY off: writes the tile's sum per head to carry. On: dg_t = sum_{s >= t} dG_s, from the sum
+    inside the tile and carry, now the sum over all later tiles."""
+    i_b, i_t = tl.program_id(0), tl.program_id(1)
+    NB = tl.num_programs(1)
+    t, ch = i_t * TB + tl.arange(0, TB), tl.arange(0, BH)
+    m = (t < T)[:, None] & (ch < H)[None, :]
+    off = (i_b.to(tl.int64) * T + t)[:, None] * H + ch[None, :]  # (TB, BH)
+    dG = tl.zeros([TB, BH], dtype=tl.float32)
+    pq, pk = dgq + off, dgk + off
+    for _ in range(NV):
+        dG += tl.load(pq, mask=m, other=0.0) - tl.load(pk, mask=m, other=0.0)
+        pq, pk = pq + BT * H, pk + BT * H  # the next V block
+    c = carry + (i_b.to(tl.int64) * H + ch) * NB + i_t  # (BH,)
+    if APPLY:
+        later = tl.load(c, mask=ch < H, other=0.0)
+        tl.store(dg + off, tl.cumsum(dG, 0, reverse=True) + later[None, :], mask=m)
+    else:
+        tl.store(c, tl.sum(dG, 0), mask=ch < H)
 
 
 # --- launchers -----------------------------------------------------------------------------------
@@ -501,25 +580,28 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, segment_leng
     assert dht is None or dht.shape == (B, H, K, V), f"dht {tuple(dht.shape)} must be (B, H, K, V) = {(B, H, K, V)}"
 
     BK = max(16, triton.next_power_of_2(K))
-    BV = min(64 if BK <= 64 else 32, max(16, triton.next_power_of_2(V)))  # K = 128 at BV = 64 spills
+    BV = min(64, max(16, triton.next_power_of_2(V)))  # one V block up to 64: each more block repeats the (C, C) products
     NV = triton.cdiv(V, BV)
-    add = NV > 1 or HK < H  # dq, dk summed over V blocks or over the heads sharing q, k
-    dq = (torch.zeros if add else torch.empty)(B, T, HK, K, device=q.device, dtype=torch.float32 if add else q.dtype)
-    dk = (torch.zeros if add else torch.empty)(B, T, HK, K, device=q.device, dtype=torch.float32 if add else q.dtype)
-    dv = torch.empty(B, T, H, V, device=q.device, dtype=v.dtype)
-    dgq = torch.empty(NV, B, T, H, device=q.device, dtype=torch.float32)  # q_t . dq_t
-    dgk = torch.empty(NV, B, T, H, device=q.device, dtype=torch.float32)  # k_t . dk_t
-    dg_last = torch.empty(NV, B * H, device=q.device, dtype=torch.float32)  # <dh_T, exp(g_T) S_{T-1}>
+    part = NV > 1 or HK < H  # dq, dk per V block and value head, summed below over blocks and the heads sharing q, k
+    dv_dtype = v.dtype
     if _INTERPRET and q.dtype == torch.bfloat16:  # the interpreter's tl.dot reads bf16 as raw uint16 (Triton 3.7)
         q, k, v = q.float(), k.float(), v.float()
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     do = do.to(q.dtype).contiguous()
     g = g.float().contiguous()
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dq_shape = (NV, B, T, H, K) if part else (B, T, HK, K)
+    dq = torch.empty(dq_shape, device=q.device, dtype=q.dtype)
+    dk = torch.empty(dq_shape, device=q.device, dtype=q.dtype)
+    dv = torch.empty(B, T, H, V, device=q.device, dtype=dv_dtype)
+    dgq = torch.empty(NV, B, T, H, **f32)  # q_t . dq_t
+    dgk = torch.empty(NV, B, T, H, **f32)  # k_t . dk_t
+    dg_last = torch.empty(NV, B * H, **f32)  # <dh_T, exp(g_T) S_{T-1}>
 
-    dstates = torch.empty(B * H, NS, K, V, device=q.device, dtype=torch.float32)  # reversed segments
-    dseg_decay = torch.empty(B * H, NS, device=q.device, dtype=torch.float32)
-    dh0 = torch.empty(B, H, K, V, device=q.device, dtype=torch.float32)
+    dstates = torch.empty(B * H, NS, K, V, **f32)  # reversed segments
+    dseg_decay = torch.empty(B * H, NS, **f32)
+    dh0 = torch.empty(B, H, K, V, **f32)
     _segment_grad_states_kernel[(B * H, NS, NV)](
         q, do, g, dstates, dseg_decay, T, H, HK, NS, L, scale, K=K, V=V, BK=BK, BV=BV, PREC=prec
     )
@@ -527,15 +609,26 @@ def _chunk_scalar_decay_bwd(q, k, v, g, h0, states, do, dht, scale, segment_leng
     _scan_states_kernel[(B * H, triton.cdiv(K * V, 256))](
         dstates, dseg_decay, dht if dht is not None else dh0, dh0, NS, K=K, V=V, E=256, U=16, HAS_H0=dht is not None, num_warps=4
     )
-    _segment_grads_kernel[(B * H, NS, NV)](
-        q, k, v, g, do, states, dstates, dht if dht is not None else dh0, dq, dk, dv, dgq, dgk, dg_last, T, H, HK, NS, L, scale, B * T,
-        K=K, V=V, BK=BK, BV=BV, PREC=prec, HAS_DHT=dht is not None, ADD=add,
+    _segment_dq_kernel[(B * H, NS, NV)](
+        q, k, v, g, do, states, dht if dht is not None else dh0, dq, dgq, dg_last, T, H, HK, NS, L, scale, B * T,
+        K=K, V=V, BK=BK, BV=BV, PREC=prec, HAS_DHT=dht is not None, PART=part,
     )
+    _segment_dkv_kernel[(B * H, NS, NV)](
+        q, k, v, g, do, dstates, dk, dv, dgk, T, H, HK, NS, L, scale, B * T, K=K, V=V, BK=BK, BV=BV, PREC=prec, PART=part,
+    )
+    if part:  # fp32 sums over the V blocks and the value heads of each key head
+        dq, dk = (x.view(NV, B, T, HK, H // HK, K).sum((0, 4), dtype=torch.float32) for x in (dq, dk))
 
-    dG = (dgq - dgk).sum(0)  # (B, T, H): the gradient of the running log-decay G_t
     if dht is not None:
-        dG[:, -1] += dg_last.sum(0).view(B, H)
-    dg = dG.flip(1).cumsum(1).flip(1)  # dg_t = sum_{s >= t} dG_s
+        dgq[0, :, -1] += dg_last.sum(0).view(B, H)
+    BH = triton.next_power_of_2(H)
+    TB = 16 if _INTERPRET else max(16, min(256, 16384 // BH))  # tokens per tile of the reverse cumulative sum; tests cross tiles
+    NB = triton.cdiv(T, TB)
+    carry = torch.empty(B, H, NB, **f32)  # per tile and head: its sum, then the sum over the tiles after it
+    dg = torch.empty(B, T, H, **f32)
+    _decay_grad_kernel[(B, NB)](dgq, dgk, carry, dg, T, H, NV, B * T, TB=TB, BH=BH, APPLY=False, num_warps=8)
+    carry = F.pad(carry.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # along the last axis: a parallel scan in torch
+    _decay_grad_kernel[(B, NB)](dgq, dgk, carry.contiguous(), dg, T, H, NV, B * T, TB=TB, BH=BH, APPLY=True, num_warps=8)
     return dq, dk, dv, dg, dh0 if h0 is not None else None
 
 

@@ -9,10 +9,18 @@ functions of the input:
 
 `selective_scan_ref` (altbench.models.mamba, re-exported here) is that loop in fp32, the ground
 truth. `selective_scan` computes the same map with Triton: every program owns a block of BD
-channels and all N state entries of each, h (N x BD) in fp32 registers, and walks its tokens in
-order, CH tokens per loop iteration (unrolled, so the loads of a chunk are issued together), one
-channel per thread: the sum over n stays inside a thread, and no step needs shared memory or a
-shuffle. exp(Delta A) is computed as exp2(Delta * A log2(e)), A log2(e) precomputed once.
+channels and all N state entries of each, h in fp32 registers, and walks its tokens in order, CH
+tokens per loop iteration (unrolled), one channel per thread (two at BD = 256): the sum over n
+stays inside a thread, and no step needs shared memory or a shuffle. exp(Delta A) is computed as
+exp2(Delta * A log2(e)), A log2(e) precomputed once. h is two (N / 2, BD) tiles, the even and the
+odd n, so that a bf16 row of B or C, which every thread needs whole, loads as N / 2 32-bit words
+(8 loads at N = 16, not 16) and splits into fp32 with a shift and a mask. No step waits on memory:
+the inputs of the next CH tokens are loaded into registers while the current ones are computed,
+and those 32 tokens ahead are pulled into L2 by bulk prefetches (`cp.async.bulk.prefetch.L2`, one
+instruction per row of a block; off in the interpreter and where rows are not 16-byte aligned).
+The first version of this kernel loaded each token's rows just before using them; its H200 times
+(0.83 / 1.29 / 3.51 / 14.0 ms at 4K / 16K / 64K / 256K tokens, Di = 1536, N = 16, bf16) were
+about 0.8 us per token of a segment at every length, one memory round trip per token.
 
 At batch 1 the channel blocks alone give too few programs (Di = 1536 is 12 blocks of 128), so time
 is split into S segments of L tokens (a power of two >= 512, grown while B * Di * S stays >= 32768,
@@ -36,10 +44,25 @@ measured on the H100. With segments, pass 1 reads u, Delta and B once more: (5 D
 segment (0.1% at 1M tokens). With one segment the kernel moves the floor.
 
 The op is bound by exponentials before bytes: Di * N exp2 per token and pass, 24,576 at
-Di = 1536, N = 16. An H100 computes 16 exp2 per clock per SM (about 3.7e12/s at 1.75 GHz), so one
-pass over 1M tokens takes at least 7.0 ms of exp2, and the segmented form, which computes the
-decays of all but the last segment twice, 13.7 ms. Per state entry and token the other work is
-4 fp32 instructions (Delta A, Delta u B, the update, C h), which the FMA units absorb.
+Di = 1536, N = 16. An H100 or H200 computes 16 exp2 per clock per SM (MUFU.EX2; 4.2e12/s on an
+H200's 132 SMs at 1.98 GHz), so one pass over 256K tokens takes at least 1.5 ms of exp2, and the
+segmented form, which computes the decays of all but the last segment twice, 3.0 ms. Per state
+entry and token the other work is 4 fp32 instructions (Delta A, the decay times h, Delta u B,
+C h), and every instruction takes an issue slot: a warp issues 16 MUFU.EX2 per channel and token
+in 128 clocks (4 exp2 per clock per SM quarter), in which it may issue 128 instructions. ptxas
+for sm_90 (triton 3.7, bf16, N = 16; no spills, no shared memory, no shuffles) gives per channel
+and token, loop bodies counted: pass 1 at BD = 256, CH = 2 (127 registers), 112 instructions,
+under the 128; pass 3 at BD = 256, CH = 2 (168 registers, 3 programs of 4 warps per SM) 153, and
+at BD = 128, CH = 4 (167 registers) 185, over it: the unpacking and loads of B and C rows are
+shared by the channels of a thread.
+
+PREDICTION, not measured (H200, 1.98 GHz, B = 1, Di = 1536, N = 16, bf16): at 256K tokens, 32
+segments of 8K; pass 1 192 programs (BD = 256) reading 6.3 KB per token (u, Delta, B), bound
+by exp2: 1.5 ms; pass 3 192 programs reading 6.2 KB and writing 3 KB per token, bound by issue:
+1.5 ms x 153 / 128 = 1.8 ms; the carry, 48 programs over 32 segments, < 0.05 ms. Forward about
+3.4 ms at 256K (was 14.0), 0.9 ms at 64K (3.51); at 16K and 4K, 512-token segments and launch
+costs, about 0.25 and 0.1 ms (1.29, 0.83). The bandwidth floor, 0.57 ms at 256K, is out of reach
+while each exp2 is a MUFU instruction: 1.5 ms is the floor of one pass.
 
 Layout: u, Delta, y (B, T, Di), B, C (B, T, N), made contiguous (B and C are often views).
 Inside, A log2(e) and the states are kept (N, Di), channels contiguous, so a thread's channel is
@@ -67,25 +90,36 @@ the backward, with the forward's segments, runs
        before it, and its sum of Delta; stored in reversed segment order, so that
     5. `_carry_states_kernel`, the forward's carry over the reversed segments from dh_T, leaves
        the gradient arriving at each segment's end;
-    6. `_chunk_grads_kernel`, grid (B, Di / BD, S): (A) from the state entering its segment, one
-       thread per channel, stores the state at every chunk start (CT tokens; fp32, B x T/CT x N x
-       Di, transient); (B) walks the chunks backwards, holding (CT, BD) tiles of u, Delta and dy;
-       for each n, a parallel scan over time rebuilds h inside the chunk from its start state, a
-       reverse scan gives dh from the gradient at the chunk's end, and the terms above are summed:
-       du, dDelta per chunk; dB, dC, one (CT, N) tile per chunk, summed over channel blocks by
-       fp32 atomic adds; dA, dD per (batch, segment) and summed by torch; dh0 by the first
-       segment.
+    6A. `_segment_kernel` (CHUNK mode), grid (B, Di / BD, S): the forward's walk from the state
+       entering each segment, storing the state every 32 tokens (fp32, B x T/32 x N x Di,
+       transient: 3 KB per token at Di = 1536, N = 16);
+    6B. `_chunk_grads_kernel`, grid (B, Di / BD, S): walks the chunks (CT tokens) backwards,
+       holding (CT, BD) tiles of u, Delta and dy; for each n, a parallel scan over time rebuilds h
+       inside the chunk from its start state, a reverse scan gives dh from the gradient at the
+       chunk's end, and the terms above are summed: du, dDelta per chunk; dB, dC, one (CT, N)
+       tile per chunk, summed over channel blocks by fp32 atomic adds; dA, dD per (batch,
+       segment) and summed by torch; dh0 by the first segment.
+
+The walks of passes 4 and 6A load each chunk's rows while the chunk before is computed, as the
+forward does (pass 4 loads C entry by entry and keeps one (N, BD) tile).
 
 The reverse scan needs a_{t+1} at token t; rather than shift the tile, it scans triples (a_t,
 a_{t+1} ... a_s, dh_t from the range's own C dy) over ranges t ... s. The backward computes a_t
 three times per token and state entry (passes 4, 6A and 6B), the forward twice (passes 1 and 3):
 the exp2 bound above makes the backward at least 1.5x the forward.
 
-Not yet timed on a GPU: written on a CPU machine, checked against the reference in Triton's
-interpreter, and compiled for sm_90 offline (triton 3.7, bf16: 96 registers in pass 1 and 128 in
-pass 3 at BD = 128, CH = 4, 190 at BD = 256; no spills, no shared memory, no shuffles; one
-MUFU.EX2 and four fp32 instructions per state entry and token). The autotuner picks BD, CH and
-warps per (Di, N, pass, dtype) on the first call, whatever its T; other lengths reuse the choice.
+PREDICTION, not measured (H200, B = 1, Di = 1536, N = 16, bf16, 256K tokens): passes 4 and 6A
+are each a pass of exp2, about 1.5-1.8 ms (before: one memory round trip per token, like the
+first forward, ~7 ms each at 8K-token segments; 6A also took several waves inside the 255-register
+kernel). 6B is unchanged and untimed: 255 registers (ptxas, sm_90, no spills at CT = 32), one
+program of 8 warps or two of 4 per SM, two scans with shuffles and barriers per n and chunk, and
+dB, dC added by fp32 atomics from every channel block (48 blocks of 32 at Di = 1536); it is the
+next target (per-block partial sums of dB, dC and one reduction instead of atomics; fewer live
+tiles).
+
+The backward was not yet timed on a GPU: written on a CPU machine, checked against the reference
+in Triton's interpreter, and compiled for sm_90 offline. The autotuner picks BD, CH and warps per
+(Di, N, segments, pass) on the first call; other lengths with as many segments reuse the choice.
 """
 
 from __future__ import annotations
@@ -104,54 +138,166 @@ _TARGET_CHANNEL_SEGMENTS = 32768  # B * Di * segments kept at least this (about 
 _LOG2E = math.log2(math.e)
 _LN2 = tl.constexpr(math.log(2.0))  # A = a2 ln 2, inside the backward kernel
 
-# One thread per channel: BD = 32 * num_warps. BD = 256 gives a thread two channels, so each load of B
-# and C serves twice the work. The interpreter takes small blocks so tests cover several of them.
+# One thread per channel: BD = 32 * num_warps, or 64 * num_warps (two channels a thread, so each load of
+# B and C serves twice the work). The interpreter takes small blocks so tests cover several of them.
 _CONFIGS = [
+    triton.Config({"BD": 128, "CH": 2}, num_warps=4),
     triton.Config({"BD": 128, "CH": 4}, num_warps=4),
-    triton.Config({"BD": 256, "CH": 4}, num_warps=4),
-    triton.Config({"BD": 64, "CH": 8}, num_warps=2),
+    triton.Config({"BD": 256, "CH": 2}, num_warps=4),
+    triton.Config({"BD": 64, "CH": 4}, num_warps=2),
 ]
 _INTERPRET_CONFIGS = [triton.Config({"BD": 16, "CH": 4}, num_warps=1)]
+_PREFETCH_TOKENS = 0 if _INTERPRET else 32  # how far ahead of the scan its inputs are pulled into L2 (a DRAM latency, ~1.5 us, is ~8 tokens)
 
 
-@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "OUTPUTS"])
+@triton.jit
+def _token_inputs(u_seg, dt_seg, b_seg, c_seg, t, live, in_d, j, Di, N: tl.constexpr, BN: tl.constexpr, WORDS: tl.constexpr, WITH_C: tl.constexpr):
+    """The inputs of the segment's token t as loaded (`*_seg` point at its first token): u, Delta
+    rows (BD,) in their dtype, zeros when not `live` (a step with Delta = 0 leaves h as it is), and
+    its B, C rows as `_state_row` (C only WITH_C), read unmasked (t must be in range): a dead step
+    multiplies them by 0."""
+    m = in_d & live
+    t = t.to(tl.int64)  # t * Di may pass 2^31 in a long segment
+    u_t = tl.load(u_seg + t * Di, mask=m, other=0.0)
+    dt_t = tl.load(dt_seg + t * Di, mask=m, other=0.0)
+    b_t = _state_row(b_seg, t, j, N, BN, WORDS)
+    if WITH_C:
+        c_t = _state_row(c_seg, t, j, N, BN, WORDS)
+    else:
+        c_t = b_t
+    return u_t, dt_t, b_t, c_t
+
+
+@triton.jit
+def _state_seg(ptr, tok0, j, N: tl.constexpr, WORDS: tl.constexpr):
+    """Pointers (BN / 2,) into B or C at token row tok0: WORDS (bf16, N even) the 32-bit words of
+    its (even, odd) pairs, else its even entries."""
+    if WORDS:
+        seg = ptr.to(tl.pointer_type(tl.int32)) + tok0 * (N // 2) + j
+    else:
+        seg = ptr + tok0 * N + 2 * j
+    return seg
+
+
+@triton.jit
+def _state_row(seg, t, j, N: tl.constexpr, BN: tl.constexpr, WORDS: tl.constexpr):
+    """Row t of B or C after `_state_seg`, as loaded: WORDS: (BN / 2,) 32-bit words, so a row is
+    N / 2 loads, not N (every thread loads the whole row); else its (even, odd) entries, (BN / 2,)
+    each, in their dtype. Zeros past N."""
+    if WORDS:
+        if BN == N:
+            row = tl.load(seg + t * (N // 2))
+        else:
+            row = tl.load(seg + t * (N // 2), mask=2 * j < N, other=0)
+    else:
+        row = (tl.load(seg + t * N, mask=2 * j < N, other=0.0), tl.load(seg + t * N + 1, mask=2 * j + 1 < N, other=0.0))
+    return row
+
+
+@triton.jit
+def _split_row(row, WORDS: tl.constexpr):
+    """A `_state_row` as its even and odd entries, (BN / 2,) each, in fp32."""
+    if WORDS:
+        even = (row << 16).to(tl.float32, bitcast=True)  # little-endian: entry 2j is the low half
+        odd = (row & -65536).to(tl.float32, bitcast=True)
+    else:
+        even, odd = row[0].to(tl.float32), row[1].to(tl.float32)
+    return even, odd
+
+
+@triton.jit
+def _bulk_prefetch_l2(ptrs, nbytes):
+    """Pulls nbytes at each pointer into L2, where nbytes > 0 (16-byte aligned, a multiple of 16),
+    without waiting for them: one PTX cp.async.bulk.prefetch (sm_90) per element, no registers."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1,
+    )
+
+
+@triton.jit
+def _prefetch_chunk(u, delta, Bm, Cm, tok0, first, n_tok, lane, i_d, Di, BD: tl.constexpr, N: tl.constexpr, CH: tl.constexpr, WITH_C: tl.constexpr):
+    """L2 prefetch of the segment's tokens first ... first + CH - 1 (those before n_tok), one bulk
+    copy a lane: lane k < CH the u row of token first + k (this block's channels), lane CH + k its
+    Delta row, lane 2 CH the B rows of the CH tokens (contiguous), lane 2 CH + 1 their C rows."""
+    k = lane % CH
+    tok = tok0 + tl.minimum(first + k, n_tok - 1)  # (BD,)
+    col = i_d * BD
+    cols = tl.minimum(BD, Di - col)
+    _bulk_prefetch_l2(u + tok * Di + col, tl.where(lane < CH, cols * u.dtype.element_ty.primitive_bitwidth // 8, 0))
+    _bulk_prefetch_l2(delta + tok * Di + col, tl.where((lane >= CH) & (lane < 2 * CH), cols * delta.dtype.element_ty.primitive_bitwidth // 8, 0))
+    rows = tl.minimum(CH, n_tok - first) * N
+    _bulk_prefetch_l2(Bm + (tok0 + first) * N + 0 * lane, tl.where(lane == 2 * CH, rows * Bm.dtype.element_ty.primitive_bitwidth // 8, 0))
+    if WITH_C:
+        _bulk_prefetch_l2(Cm + (tok0 + first) * N + 0 * lane, tl.where(lane == 2 * CH + 1, rows * Cm.dtype.element_ty.primitive_bitwidth // 8, 0))
+
+
+@triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N", "NS", "OUTPUTS", "CHUNK"])
 @triton.jit
 def _segment_kernel(
-    u, delta, a2, Bm, Cm, Dv, states, dt_sums, y, ht,  # see `_selective_scan_fwd` for shapes
-    T, Di, NS, L,  # tokens, channels, segments, tokens per segment
+    u, delta, a2, Bm, Cm, Dv, states, dt_sums, y, ht, chunk_states,  # see `_selective_scan_fwd`, `_bwd` for shapes
+    T, Di, NS, L, NCH,  # tokens, channels, segments, tokens per segment, chunk states per sequence
     N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CH: tl.constexpr,
-    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr,
+    OUTPUTS: tl.constexpr, LOAD_STATE: tl.constexpr, PREFETCH: tl.constexpr, WORDS: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """Pass 1 (OUTPUTS off): own end state and sum of Delta of a segment. Pass 3: y and h_T."""
+    """Pass 1 (OUTPUTS off): own end state and sum of Delta of a segment. Pass 3: y and h_T.
+    CHUNK > 0 (the backward's pass 6A; OUTPUTS off): instead, the state entering every CHUNK
+    tokens of the segment, into chunk_states (B, NCH, N, Di), chunk c at row c of its sequence.
+    The inputs of chunk k + 1 are loaded while chunk k is computed, and those PREFETCH
+    tokens ahead are pulled into L2 (0: off, as in the interpreter, which runs no PTX; the launcher
+    turns it on where rows are 16-byte aligned): the walk waits on neither DRAM nor L2. The state is two (BN / 2, BD) tiles, the even and the odd n, so that
+    bf16 B, C rows load as 32-bit pairs (WORDS)."""
     i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0 = i_s * L
     n_tok = tl.minimum(L, T - t0)  # tokens in this segment
     tok0 = i_b.to(tl.int64) * T + t0  # row of the segment's first token in (B*T)
-    cd, cn, rows = i_d * BD + tl.arange(0, BD), tl.arange(0, BN), tl.arange(0, CH)
-    in_d, in_n = cd < Di, cn < N
-    in_nd = in_n[:, None] & in_d[None, :]
-    nd = cn[:, None] * Di + cd[None, :]  # (BN, BD) offsets into an (N, Di) matrix
-    a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)  # A log2(e); 0 off the edges, so padding decays by 1
-    state = states + (i_b.to(tl.int64) * NS + i_s) * N * Di + nd
+    lane, j, rows = tl.arange(0, BD), tl.arange(0, BN // 2), tl.arange(0, CH)
+    cd = i_d * BD + lane
+    in_d = cd < Di
+    in_e, in_o = (2 * j < N)[:, None] & in_d[None, :], (2 * j + 1 < N)[:, None] & in_d[None, :]
+    ne = (2 * j)[:, None] * Di + cd[None, :]  # (BN / 2, BD) offsets of the even n into an (N, Di) matrix
+    a2_e = tl.load(a2 + ne, mask=in_e, other=0.0)  # A log2(e); 0 off the edges, so padding decays by 1
+    a2_o = tl.load(a2 + ne + Di, mask=in_o, other=0.0)
+    state = states + (i_b.to(tl.int64) * NS + i_s) * N * Di + ne
     if LOAD_STATE:
-        h = tl.load(state, mask=in_nd, other=0.0)  # (BN, BD) fp32
+        h_e = tl.load(state, mask=in_e, other=0.0)  # (BN / 2, BD) fp32: even n
+        h_o = tl.load(state + Di, mask=in_o, other=0.0)  # odd n
     else:
-        h = tl.zeros([BN, BD], dtype=tl.float32)
+        h_e = tl.zeros([BN // 2, BD], dtype=tl.float32)
+        h_o = tl.zeros([BN // 2, BD], dtype=tl.float32)
     d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)  # (BD,)
     dt_total = tl.zeros([BD], dtype=tl.float32)
 
+    u_seg, dt_seg = u + tok0 * Di + cd, delta + tok0 * Di + cd  # (BD,): the segment's first token
+    b_seg, c_seg = _state_seg(Bm, tok0, j, N, WORDS), _state_seg(Cm, tok0, j, N, WORDS)  # (BN / 2,)
+    nxt = ()
+    for i in tl.static_range(CH):
+        nxt = nxt + (_token_inputs(u_seg, dt_seg, b_seg, c_seg, tl.minimum(i, n_tok - 1), i < n_tok, in_d, j, Di, N, BN, WORDS, OUTPUTS),)
+    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // tl.maximum(CHUNK, 1)) * N * Di + ne  # the segment's first chunk
     for c0 in range(0, n_tok, CH):
+        if PREFETCH > 0:
+            if c0 + PREFETCH < n_tok:
+                _prefetch_chunk(u, delta, Bm, Cm, tok0, c0 + PREFETCH, n_tok, lane, i_d, Di, BD, N, CH, OUTPUTS)
+        if CHUNK > 0:
+            if c0 % CHUNK == 0:
+                tl.store(chunk0 + tl.cast(c0 // CHUNK, tl.int64) * N * Di, h_e, mask=in_e)
+                tl.store(chunk0 + tl.cast(c0 // CHUNK, tl.int64) * N * Di + Di, h_o, mask=in_o)
+        cur = nxt  # chunk c0's inputs, loaded one iteration ago
+        nxt = ()
+        for i in tl.static_range(CH):
+            t = c0 + CH + i
+            nxt = nxt + (_token_inputs(u_seg, dt_seg, b_seg, c_seg, tl.minimum(t, n_tok - 1), t < n_tok, in_d, j, Di, N, BN, WORDS, OUTPUTS),)
         Y = tl.zeros([CH, BD], dtype=tl.float32)
         for i in tl.static_range(CH):
-            tok = tok0 + c0 + i
-            live = c0 + i < n_tok  # past the end: Delta = 0, so the step leaves h as it is
-            u_t = tl.load(u + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
-            dt_t = tl.load(delta + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
-            b_t = tl.load(Bm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)  # (BN,)
-            h = tl.exp2(dt_t[None, :] * a2_nd) * h + b_t[:, None] * (dt_t * u_t)[None, :]  # (BN, BD)
+            u_t, dt_t, b_t, c_t = cur[i]
+            u_t, dt_t = u_t.to(tl.float32), dt_t.to(tl.float32)  # (BD,)
+            x_t = (dt_t * u_t)[None, :]
+            b_e, b_o = _split_row(b_t, WORDS)  # (BN / 2,)
+            h_e = tl.exp2(dt_t[None, :] * a2_e) * h_e + b_e[:, None] * x_t  # (BN / 2, BD)
+            h_o = tl.exp2(dt_t[None, :] * a2_o) * h_o + b_o[:, None] * x_t
             if OUTPUTS:
-                c_t = tl.load(Cm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)  # (BN,)
-                y_t = tl.sum(c_t[:, None] * h, 0) + d_skip * u_t  # (BD,)
+                c_e, c_o = _split_row(c_t, WORDS)
+                y_t = tl.sum(c_e[:, None] * h_e, 0) + tl.sum(c_o[:, None] * h_o, 0) + d_skip * u_t  # (BD,)
                 Y = tl.where(rows[:, None] == i, y_t[None, :], Y)  # row i of the chunk (a register pick)
             else:
                 dt_total += dt_t
@@ -160,9 +306,12 @@ def _segment_kernel(
             tl.store(y + (tok0 + r)[:, None] * Di + cd[None, :], Y.to(y.dtype.element_ty), mask=(r < n_tok)[:, None] & in_d[None, :])
 
     if OUTPUTS:
-        tl.store(ht + i_b.to(tl.int64) * N * Di + nd, h, mask=in_nd & (i_s == NS - 1))
-    else:
-        tl.store(state, h, mask=in_nd)
+        last = i_s == NS - 1
+        tl.store(ht + i_b.to(tl.int64) * N * Di + ne, h_e, mask=in_e & last)
+        tl.store(ht + i_b.to(tl.int64) * N * Di + ne + Di, h_o, mask=in_o & last)
+    elif CHUNK == 0:
+        tl.store(state, h_e, mask=in_e)
+        tl.store(state + Di, h_o, mask=in_o)
         tl.store(dt_sums + (i_b.to(tl.int64) * NS + i_s) * Di + cd, dt_total, mask=in_d)
 
 
@@ -202,6 +351,16 @@ _GRAD_CONFIGS = [
 _INTERPRET_GRAD_CONFIGS = [triton.Config({"BD": 16, "CT": 16}, num_warps=1)]
 _CTS = [c.kwargs["CT"] for c in (_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS)]
 _MIN_CT, _MAX_CT = min(_CTS), max(_CTS)  # the buffer of chunk-start states is sized for the smallest; segments hold whole chunks
+assert all(_MIN_CT % c.kwargs["CH"] == 0 for c in _INTERPRET_CONFIGS + _CONFIGS), "6A stores a state every _MIN_CT tokens, a whole number of its CH-token steps"
+
+
+@triton.jit
+def _walk_rows(x_seg, z_seg, s_seg, t, live, in_d, in_n, Di, N):
+    """The segment's token t as loaded by the backward's walks (pass 4: Delta, dy, C; pass 6A:
+    Delta, u, B): two (BD,) channel rows and one (BN,) state row, zeros when not `live`."""
+    m = in_d & live
+    t = t.to(tl.int64)  # t * Di may pass 2^31 in a long segment
+    return tl.load(x_seg + t * Di, mask=m, other=0.0), tl.load(z_seg + t * Di, mask=m, other=0.0), tl.load(s_seg + t * N, mask=in_n & live, other=0.0)
 
 
 @triton.autotune(configs=_INTERPRET_CONFIGS if _INTERPRET else _CONFIGS, key=["Di", "N"])
@@ -225,15 +384,21 @@ def _segment_grad_kernel(
     a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)
     e = tl.zeros([BN, BD], dtype=tl.float32)  # the gradient with respect to the state before token t
     dt_total = tl.zeros([BD], dtype=tl.float32)
+    dt_seg, dy_seg, c_seg = delta + tok0 * Di + cd, dy + tok0 * Di + cd, Cm + tok0 * N + cn
     n_ch = tl.cdiv(n_tok, CH)
+    nxt = ()  # the last chunk's rows, then each chunk's loaded while the one after it is computed
+    for i in tl.static_range(CH):
+        t = (n_ch - 1) * CH + CH - 1 - i
+        nxt = nxt + (_walk_rows(dt_seg, dy_seg, c_seg, tl.minimum(t, n_tok - 1), t < n_tok, in_d, in_n, Di, N),)
     for ci in range(n_ch):
         c0 = (n_ch - 1 - ci) * CH
+        cur = nxt
+        nxt = ()
         for i in tl.static_range(CH):
-            tok = tok0 + c0 + CH - 1 - i
-            live = c0 + CH - 1 - i < n_tok
-            dt_t = tl.load(delta + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
-            dy_t = tl.load(dy + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)  # (BD,)
-            c_t = tl.load(Cm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)  # (BN,)
+            t = c0 - 1 - i  # the chunk before, backwards; below 0 past the segment's start
+            nxt = nxt + (_walk_rows(dt_seg, dy_seg, c_seg, tl.maximum(t, 0), t >= 0, in_d, in_n, Di, N),)
+        for i in tl.static_range(CH):
+            dt_t, dy_t, c_t = cur[i][0].to(tl.float32), cur[i][1].to(tl.float32), cur[i][2].to(tl.float32)  # (BD,), (BD,), (BN,)
             e = tl.exp2(dt_t[None, :] * a2_nd) * (c_t[:, None] * dy_t[None, :] + e)
             dt_total += dt_t
     i_r = NS - 1 - i_s
@@ -258,15 +423,15 @@ def _reverse_scan_triple(first_r, rest_r, x_r, first_l, rest_l, x_l):
 @triton.autotune(configs=_INTERPRET_GRAD_CONFIGS if _INTERPRET else _GRAD_CONFIGS, key=["Di", "N"], reset_to_zero=["dBm", "dCm"])
 @triton.jit
 def _chunk_grads_kernel(
-    u, delta, a2, Bm, Cm, Dv, dy, states, dstates, chunk_states,  # see `_selective_scan_bwd` for shapes
+    u, delta, a2, Bm, Cm, Dv, dy, dstates, chunk_states,  # see `_selective_scan_bwd` for shapes
     du, ddelta, dBm, dCm, dA_part, dD_part, dh0,
     T, Di, NS, L, NCH,
-    N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, CH: tl.constexpr,
+    N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, CT: tl.constexpr, MIN_CT: tl.constexpr,
 ):
-    """Pass 6: one segment's gradients. A: forwards from the state entering the segment, one thread
-    per channel, storing the state at every chunk start. B: the chunks backwards, CT tokens at a time;
-    for each n the states inside the chunk by a parallel scan over time, dh by a reverse scan from the
-    gradient at the chunk's end, then the gradients of the chunk."""
+    """Pass 6B: one segment's gradients, its chunks backwards, CT tokens at a time: for each n the
+    states inside the chunk by a parallel scan over time from the chunk's start state (6A stored one
+    every MIN_CT tokens), dh by a reverse scan from the gradient at the chunk's end, then the
+    gradients of the chunk."""
     i_b, i_d, i_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t0 = i_s * L
     n_tok = tl.minimum(L, T - t0)
@@ -275,24 +440,7 @@ def _chunk_grads_kernel(
     in_d, in_n = cd < Di, cn < N
     in_nd = in_n[:, None] & in_d[None, :]
     nd = cn[:, None] * Di + cd[None, :]  # (BN, BD) offsets into an (N, Di) matrix
-    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // CT) * N * Di  # the segment's first chunk
-
-    # A: h at every chunk start
-    a2_nd = tl.load(a2 + nd, mask=in_nd, other=0.0)
-    h = tl.load(states + (i_b.to(tl.int64) * NS + i_s) * N * Di + nd, mask=in_nd, other=0.0)  # (BN, BD)
-    for c0 in range(0, n_tok, CT):
-        tl.store(chunk0 + (c0 // CT) * N * Di + nd, h, mask=in_nd)
-        for i0 in range(0, CT, CH):
-            for i in tl.static_range(CH):
-                tok = tok0 + c0 + i0 + i
-                live = c0 + i0 + i < n_tok
-                u_t = tl.load(u + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)
-                dt_t = tl.load(delta + tok * Di + cd, mask=in_d & live, other=0.0).to(tl.float32)
-                b_t = tl.load(Bm + tok * N + cn, mask=in_n & live, other=0.0).to(tl.float32)
-                h = tl.exp2(dt_t[None, :] * a2_nd) * h + b_t[:, None] * (dt_t * u_t)[None, :]
-    tl.debug_barrier()  # the chunk-start states are read back below by other threads
-
-    # B: the chunks backwards
+    chunk0 = chunk_states + (i_b.to(tl.int64) * NCH + t0 // MIN_CT) * N * Di  # the segment's first chunk state
     rows = tl.arange(0, CT)
     first, last = (rows == 0)[:, None], (rows == CT - 1)[:, None]
     d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)  # (BD,)
@@ -314,7 +462,7 @@ def _chunk_grads_kernel(
         dB_c = tl.zeros([CT, BN], dtype=tl.float32)  # this channel block's share of dB, dC for the chunk
         dC_c = tl.zeros([CT, BN], dtype=tl.float32)
         dtu = dt_c * u_c
-        start = chunk0 + (c0 // CT) * N * Di
+        start = chunk0 + (c0 // MIN_CT) * N * Di
         for n in range(N):
             a2_n = tl.load(a2 + n * Di + cd, mask=in_d, other=0.0)  # (BD,)
             b_n = tl.load(Bm + (tok0 + r) * N + n, mask=live, other=0.0).to(tl.float32)  # (CT,)
@@ -364,6 +512,12 @@ def _segment_length(batch_channels: int, T: int) -> int:
     return min(L, T)
 
 
+def _bulk_aligned(*tensor_rows) -> bool:
+    """Whether every (tensor, row length) starts and keeps its rows at 16-byte multiples, as the
+    forward's bulk L2 prefetch needs (also its channel blocks: BD is a multiple of 8)."""
+    return all(t.data_ptr() % 16 == 0 and row * t.element_size() % 16 == 0 for t, row in tensor_rows)
+
+
 def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
     Bsz, T, Di = u.shape
     N = A.shape[1]
@@ -383,22 +537,25 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length):
     h0 = h0.float().transpose(1, 2).contiguous() if h0 is not None else None  # (B, N, Di)
     L = segment_length
     NS = triton.cdiv(T, L)
-    BN = triton.next_power_of_2(N)
+    BN = max(2, triton.next_power_of_2(N))  # even and odd n: two tiles of BN / 2
+    words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
+    prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
     if NS == 1:  # h0, as (B, 1, N, Di), is the state entering the only segment
         states, dt_sums = (h0 if h0 is not None else ht), ht
     else:
         states = torch.empty(Bsz, NS, N, Di, device=u.device, dtype=torch.float32)
         dt_sums = torch.empty(Bsz, NS, Di, device=u.device, dtype=torch.float32)
         _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS - 1)](
-            u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False
+            u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, N=N, BN=BN, OUTPUTS=False, LOAD_STATE=False, PREFETCH=prefetch,
+            WORDS=words, CHUNK=0,
         )
         E = 512  # state entries per carry program: 48 programs at N = 16, Di = 1536
         _carry_states_kernel[(Bsz, triton.cdiv(N * Di, E))](
             states, dt_sums, a2, h0 if h0 is not None else states, NS, Di, N, E=E, HAS_H0=h0 is not None, num_warps=4
         )
     _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
-        u, delta, a2, B, C, D, states, dt_sums, y, ht, T, Di, NS, L, N=N, BN=BN, OUTPUTS=True,
-        LOAD_STATE=NS > 1 or h0 is not None,
+        u, delta, a2, B, C, D, states, dt_sums, y, ht, ht, T, Di, NS, L, 0, N=N, BN=BN, OUTPUTS=True,
+        LOAD_STATE=NS > 1 or h0 is not None, PREFETCH=prefetch, WORDS=words, CHUNK=0,
     )
     entering = states if NS > 1 else h0[:, None] if h0 is not None else None  # (B, NS, N, Di) or None: zeros
     return y, ht.transpose(1, 2), entering
@@ -440,14 +597,20 @@ def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, segment_lengt
             dstates, dt_sums, a2, dht if dht is not None else dstates, NS, Di, N, E=512, HAS_H0=dht is not None, num_warps=4
         )
     NCH = triton.cdiv(T, _MIN_CT)
-    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state at every chunk start
+    chunk_states = torch.empty(Bsz, NCH, N, Di, **f32)  # the state entering every _MIN_CT tokens
+    words = B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and N % 2 == 0
+    prefetch = _PREFETCH_TOKENS if _bulk_aligned((u, Di), (delta, Di), (B, N), (C, N)) else 0
+    _segment_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](  # 6A: the forward's walk
+        u, delta, a2, B, C, D, states, chunk_states, chunk_states, chunk_states, chunk_states, T, Di, NS, L, NCH,
+        N=N, BN=max(2, BN), OUTPUTS=False, LOAD_STATE=True, PREFETCH=prefetch, WORDS=words, CHUNK=_MIN_CT,
+    )
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dB, dC = torch.zeros(Bsz, T, N, **f32), torch.zeros(Bsz, T, N, **f32)  # summed over channel blocks by atomics
     dA_part, dD_part = torch.empty(Bsz * NS, N, Di, **f32), torch.empty(Bsz * NS, Di, **f32)  # per (batch, segment)
     dh0 = torch.empty(Bsz, N, Di, **f32)
     _chunk_grads_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]), NS)](
-        u, delta, a2, B, C, D, dy, states, dstates, chunk_states, du, ddelta, dB, dC, dA_part, dD_part, dh0,
-        T, Di, NS, L, NCH, N=N, BN=BN, CH=4,
+        u, delta, a2, B, C, D, dy, dstates, chunk_states, du, ddelta, dB, dC, dA_part, dD_part, dh0,
+        T, Di, NS, L, NCH, N=N, BN=BN, MIN_CT=_MIN_CT,
     )
     return du, ddelta, dA_part.sum(0).t(), dB.to(B.dtype), dC.to(C.dtype), dD_part.sum(0), dh0.transpose(1, 2) if h0 is not None else None
 

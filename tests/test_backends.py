@@ -48,7 +48,7 @@ def test_triton_backend_trains_like_torch(arch):
     """One train step's loss and every parameter's gradient through the Triton kernels' backward
     equal those through the torch forms (the registry lets train steps run on triton)."""
     pytest.importorskip("triton")
-    assert "triton" not in registry.FORWARD_ONLY
+    assert registry.trains_on(arch, "triton")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     ref = registry.build(arch, "tiny", device=device, **TRAIN_ARCHS[arch])
@@ -138,3 +138,16 @@ def test_mamba_ssm_backend_layout_and_no_initial_state(fake_mamba_ssm, monkeypat
     assert_close("state", ref_h, h, 1e-6)
     with pytest.raises(NotImplementedError, match="takes no initial state; carried-state prefill needs the torch or triton backend"):
         selective_scan_mamba_ssm(u, delta, A, Bm, Cm, D, h0=ref_h)
+
+
+def test_a_forward_only_backend_leaves_train_steps_to_the_next_choice():
+    """TTT-Linear's Triton kernel has no backward: "fastest" measures its prefill on triton and its
+    train step on torch."""
+    from altbench.runner.suite import Suite
+
+    suite = Suite(name="t", path=None, archs=["ttt-linear"], sizes=["tiny"], backends=list(registry.FASTEST), dtypes=["float32"],
+                  batches=[1], seq_lens=[16], measurements={}, backend_choice="fastest")
+    assert not registry.trains_on("ttt-linear", "triton") and registry.trains_on("ttt-linear", "torch")
+    assert suite.backends_of("ttt-linear", "train_step") == ["torch"]
+    if registry.backend_installed("triton"):
+        assert suite.backends_of("ttt-linear", "prefill") == ["triton"]

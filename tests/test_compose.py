@@ -60,3 +60,37 @@ def test_jamba_pattern_of_the_wrong_length_is_one_line():
 
     with pytest.raises(UserError, match=r"pattern 'MMMMAMMM' has 8 letters but n_layers is 7"):
         registry.config("jamba", "tiny", n_layers=7)
+
+
+def test_fused_linear_is_its_pieces_as_separate_linears_in_init_output_and_checkpoints():
+    from torch import nn
+
+    from altbench.models.blocks import FusedLinear
+
+    class Separate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.k_proj = nn.Linear(8, 6), nn.Linear(8, 4)
+            self.o_proj = nn.Linear(10, 8)
+
+    class Fused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            FusedLinear(8, {"q_proj": 6, "k_proj": 4}, bias=True).attach(self, "qk_proj")
+            self.o_proj = nn.Linear(10, 8)
+
+    torch.manual_seed(3)
+    separate = Separate()
+    torch.manual_seed(3)
+    fused = Fused()
+    assert list(fused.state_dict()) == list(separate.state_dict())  # names and order of the separate Linears
+    for name, tensor in separate.state_dict().items():
+        assert torch.equal(fused.state_dict()[name], tensor), name  # seeded values, drawn in the same order
+    x = torch.randn(3, 8)
+    q, k = fused.qk_proj(x)
+    assert torch.equal(q, separate.q_proj(x)) and torch.equal(k, separate.k_proj(x))
+
+    separate.k_proj.bias.data += 1
+    fused.load_state_dict(separate.state_dict())  # strict: every name accounted for
+    assert torch.equal(fused.qk_proj(x)[1], separate.k_proj(x))
+    assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in separate.parameters())

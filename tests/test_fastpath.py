@@ -18,8 +18,9 @@ def cpu_compile(monkeypatch):
     monkeypatch.setattr(fastpath, "COMPILE_BACKEND", "aot_eager")
 
 
+@pytest.mark.parametrize("scope", ["layer", "model"])
 @pytest.mark.parametrize("arch", ["transformer", "mamba2", "rwkv7"])
-def test_compiled_decode_step_gives_the_eager_logits_and_repeats_the_same_step(arch, cpu_compile):
+def test_compiled_decode_step_gives_the_eager_logits_and_repeats_the_same_step(arch, scope, cpu_compile):
     torch.manual_seed(0)
     model = registry.build(arch, "tiny").eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 17))
@@ -30,14 +31,24 @@ def test_compiled_decode_step_gives_the_eager_logits_and_repeats_the_same_step(a
 
         expected, _ = model.step(ids[:, -1], state)
         rewind()
-        fast = fast_call(model.step, (ids[:, -1], state), torch.device("cpu"), compile=(list(model.layers), "step"),
-                         graphs=True, rewind=rewind)
+        fast = fast_call(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), torch.device("cpu"),
+                         compile=fastpath.regions(model, "step", scope), graphs=True, rewind=rewind)
         assert fast.compiled and not fast.cuda_graphs and fast.compile_ms > 0  # no graphs on a CPU
-        assert all(hasattr(layer.step, "_torchdynamo_orig_callable") for layer in model.layers)
+        compiled = [model] if scope == "model" else list(model.layers)
+        assert all(hasattr(m.step, "_torchdynamo_orig_callable") for m in compiled)
+        assert (scope == "model") != hasattr(model.layers[0].step, "_torchdynamo_orig_callable")
         for _ in range(2):  # every call is the same step at the same context
             logits, _ = fast.call()
             assert_close(f"{arch} compiled step", expected, logits, 1e-5)
     assert [s.length for s in state if hasattr(s, "fill_random")] == lengths
+
+
+def test_compile_scopes_are_the_settings_choices():
+    from altbench.runner import suite
+
+    assert suite._SETTING_CHOICES["compile_scope"] == fastpath.COMPILE_SCOPES
+    with pytest.raises(ValueError, match="not one of"):
+        fastpath.regions(registry.build("mamba", "tiny", device="meta"), "step", "block")
 
 
 def test_a_compile_failure_is_an_error_row_with_the_compilers_first_line(monkeypatch):
@@ -110,8 +121,9 @@ def test_a_graph_capture_failure_falls_back_to_eager_or_fails_the_cell_never_a_b
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scope", ["layer", "model"])
 @pytest.mark.parametrize("arch", ["transformer", "mamba2"])
-def test_compiled_graphed_decode_on_gpu_matches_eager(arch):
+def test_compiled_graphed_decode_on_gpu_matches_eager(arch, scope):
     torch.manual_seed(0)
     model = registry.build(arch, "tiny", device="cuda").eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 33), device="cuda")
@@ -121,8 +133,8 @@ def test_compiled_graphed_decode_on_gpu_matches_eager(arch):
 
         expected, _ = model.step(ids[:, -1], state)
         rewind()
-        fast = fast_call(model.step, (ids[:, -1], state), torch.device("cuda"),
-                         compile=(list(model.layers), "step"), graphs=True, rewind=rewind)
+        fast = fast_call(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), torch.device("cuda"),
+                         compile=fastpath.regions(model, "step", scope), graphs=True, rewind=rewind)
         assert fast.compiled and fast.cuda_graphs, fast.note
         logits, _ = fast.call()
         assert_close(f"{arch} graphed step", expected, logits, 1e-4)

@@ -92,10 +92,11 @@ def test_gate_is_sigmoid_of_a_low_rank_map_to_the_one_sixteenth():
     torch.manual_seed(0)
     mixer = GatedLinearAttention(registry.config("gla", "tiny"))
     x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(4))
-    a1, a2 = mixer.gate_down.weight, mixer.gate_up.weight  # (16, d), (d_k, 16)
+    weights = mixer.state_dict()  # W_a1 is a piece of the fused projection of x, named as its own Linear
+    a1, a2 = weights["gate_down.weight"], weights["gate_up.weight"]  # (16, d), (d_k, 16)
     expected = torch.sigmoid(x @ a1.T @ a2.T + mixer.gate_up.bias) ** (1 / 16)  # (2, 5, d_k)
     assert a1.shape == (16, 64) and a2.shape == (32, 16)
-    assert_close("alpha", expected.view(2, 5, 4, 8), mixer.log_alpha(x).exp(), 1e-6)
+    assert_close("alpha", expected.view(2, 5, 4, 8), mixer._qkv_alpha(x)[3].exp(), 1e-6)
 
 
 def test_state_is_the_fp32_matrix_memory_only():
@@ -120,5 +121,6 @@ def test_param_count_and_widths_match_the_paper(size, paper):
     assert abs(model.params() / paper - 1) < 0.02, f"{size}: {model.params() / 1e6:.1f}M"
     d, mixer = model.config.d_model, model.layers[0].mixer
     assert mixer.n_heads == 4
-    assert mixer.q_proj.weight.shape == mixer.k_proj.weight.shape == (d // 2, d)  # key width d/2
-    assert mixer.v_proj.weight.shape == mixer.g_proj.weight.shape == (d, d)  # value width d
+    weights = mixer.state_dict()
+    assert weights["q_proj.weight"].shape == weights["k_proj.weight"].shape == (d // 2, d)  # key width d/2
+    assert weights["v_proj.weight"].shape == weights["g_proj.weight"].shape == (d, d)  # value width d

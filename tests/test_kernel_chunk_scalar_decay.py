@@ -168,7 +168,7 @@ GRAD_SHAPES = [  # B, T, H, K, V, heads of q and k
     (1, 40, 2, 16, 16, None),  # T not a multiple of the chunk (16)
     (2, 37, 4, 16, 16, 2),  # q, k shared by two heads each
     (1, 33, 2, 16, 80, None),  # V in two blocks (64 + 16): dq, dk summed over blocks
-    (1, 20, 1, 80, 48, None),  # K > 64: the backward takes V in blocks of 32
+    (1, 20, 1, 80, 48, None),  # K > 64: K padded to a block of 128
 ]
 
 

@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from altbench.kernels.selective_scan import (  # noqa: E402
+    _bulk_aligned,
     _segment_length,
     _selective_scan_fwd,
     _SelectiveScan,
@@ -74,9 +75,24 @@ def test_segments_carry_the_state(with_h0):
     check(inputs, _selective_scan_fwd(*inputs, segment_length=16)[:2])
 
 
-def test_bf16_inputs():
-    inputs = make_inputs(2, 37, 32, 16, dtype=torch.bfloat16, with_h0=True, seed=2)
+@pytest.mark.parametrize("N", [16, 6], ids=["N16", "N6"])
+def test_bf16_inputs(N):
+    """bf16 B, C rows load as 32-bit (even, odd) pairs; N = 6 pads the state tiles to 4 pairs."""
+    inputs = make_inputs(2, 37, 32, N, dtype=torch.bfloat16, with_h0=True, seed=2)
     check(inputs, _selective_scan_fwd(*inputs, segment_length=16)[:2], rtol_y=1e-2)
+
+
+def test_odd_state_size():
+    """N = 5 in fp32: B, C entries load one by one, the odd tile one entry shorter than the even."""
+    inputs = make_inputs(1, 37, 32, 5, with_h0=True, seed=3)
+    check(inputs, _selective_scan_fwd(*inputs, segment_length=16)[:2])
+
+
+def test_bulk_prefetch_needs_aligned_rows():
+    x = torch.zeros(4, 24, dtype=torch.bfloat16)
+    assert _bulk_aligned((x, 24))  # rows of 48 bytes
+    assert not _bulk_aligned((x, 24), (x[:, 1:], 24))  # starts 2 bytes in
+    assert not _bulk_aligned((x.view(-1)[:20].view(2, 10), 10))  # rows of 20 bytes
 
 
 def test_segment_length():

@@ -2,6 +2,8 @@
 gradients; the router's load statistics; parity of the MoE layer with transformers' Qwen2-MoE block
 (fine-grained + gated shared expert); and Mixtral's published parameter counts."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -123,3 +125,20 @@ def test_checkpoint_with_another_expert_count_is_one_line(tmp_path):
         hf.check_checkpoint("mixtral", tmp_path, "tiny")
     with pytest.raises(UserError, match=expected):
         hf.load_pretrained("mixtral", tmp_path, size="tiny")
+
+
+def test_a_cell_of_an_moe_model_carries_its_router_load():
+    from altbench.runner.cells import Cell
+    from altbench.runner.suite import Settings
+    from altbench.runner.worker import measure_cell
+
+    settings = Settings(reps=3, warmup=1, min_time_s=0.0, cuda_graphs=False)
+    cell = Cell(arch="mixtral", size="tiny", backend="torch", measurement="prefill", dtype="float32", device="cpu",
+                batch=2, seq_len=16, settings=settings)
+    row = measure_cell(cell)
+    c = registry.build("mixtral", "tiny", device="meta").config
+    per_call = 2 * 16 * c.top_k * c.n_layers  # routed slots of one prefill
+    routed = sum(row["tokens_per_expert"])
+    assert row["status"] == "ok" and routed > 0 and routed % per_call == 0
+    assert len(row["tokens_per_expert"]) == c.n_experts and row["imbalance"] >= 1.0 and row["dropped_tokens"] == 0
+    assert "tokens_per_expert" not in measure_cell(dataclasses.replace(cell, arch="transformer"))

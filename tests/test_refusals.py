@@ -172,3 +172,21 @@ def test_compare_names_an_unknown_arch_it_was_given_not_an_option(tmp_path):
     assert result.code == 2 and not any(tmp_path.iterdir())
     (line,) = result.stderr.strip().splitlines()
     assert "unknown architecture 'gpt5'" in line and "--archs" not in line, line
+
+
+@pytest.mark.parametrize("table, key", [
+    ("[measurements.generate]\nsteps = 0", "'steps' 0"),
+    ("[measurements.generate]\ngen_length = 64\nsteps = 65", "'steps' 65"),
+    ("[measurements.generate]\ngen_length = 64\nblock_length = 24", "'block_length' 24"),
+    ("[measurements.generate]\ngen_length = 64\nblock_length = 16\nsteps = 6", "'steps' 6 must be a multiple of the 4 blocks"),
+    ("[measurements.decode]\narchs = [\"llada\"]", "llada cannot do decode (no causal step); remove it from 'archs'"),
+], ids=["steps-zero", "steps-over-gen-length", "block-not-dividing", "steps-per-block", "explicit-impossible"])
+def test_impossible_generation_settings_and_measurements_are_refused_on_one_line(tmp_path, table, key):
+    suite = tmp_path / "gen.toml"
+    suite.write_text(f'archs = ["transformer", "llada"]\nseq_lens = [8]\n{table}\n')
+    (tmp_path / "out").mkdir()
+    result = altbench("run", "--suite", suite, "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("altbench: error: ") and key in line and str(suite) in line, line
+    assert not any((tmp_path / "out").iterdir())

@@ -120,7 +120,8 @@ def test_param_count_matches_the_paper(size, paper, tolerance):
     assert abs(model.params() / paper - 1) < tolerance, f"{size}: {model.params() / 1e9:.3f}B"
     c, mixer = model.config, model.layers[0].mixer
     assert mixer.key_dim == 256  # d / heads in all three sizes
-    assert mixer.v_proj.weight.shape == mixer.g_proj.weight.shape == (2 * c.d_model, c.d_model)
+    weights = mixer.state_dict()
+    assert weights["v_proj.weight"].shape == weights["g_proj.weight"].shape == (2 * c.d_model, c.d_model)
     assert model.layers[0].mlp.fc1.weight.shape == (2 * c.d_model, c.d_model)
 
 

@@ -183,10 +183,13 @@ def test_backends_without_an_implementation_or_not_installed_are_skipped_rows(tm
 def test_smoke_suite_expands_to_every_axis():
     suite = suites.load("smoke")
     cells = expand(suite, "cpu")
-    timed = [c for c in cells if c.measurement != "reasoning"]
-    assert len(timed) == len(suite.archs) * len(suite.seq_lens) * (len(suite.measurements) - 1)
-    reasoning = [c.task for c in cells if c.measurement == "reasoning"]  # hrm at 2 cycles x 2 segments, others once
-    assert len(reasoning) == (len(suite.archs) - 1 + 4) * len(suite.seq_lens) and "c2-s1" in reasoning
+    steps = len(suite.extra["generate"]["steps"])  # one generate cell per N for llada, one per AR model
+    segments = len(suite.extra["reasoning"]["segments"])  # hrm at its cycles x each segment count, the others once
+    per_length = (len(suite.archs) * (len(suite.measurements) - 2) + len(suite.archs_of("generate")) - 1 + steps
+                  + len(suite.archs_of("reasoning")) - 1 + segments)
+    assert len(cells) == per_length * len(suite.seq_lens)
+    reasoning = sorted(c.task for c in cells if c.measurement == "reasoning" and c.seq_len == suite.seq_lens[0])
+    assert reasoning == ["c2-s1", "c2-s2", "forward"]
     assert len({c.cell_id for c in cells}) == len(cells)
 
 
@@ -200,11 +203,15 @@ def test_smoke_suite_expands_to_every_axis():
         ('archs = ["mamba"]\nseq_lens = [8]\n[measurements.prefil]', r"unknown measurement 'prefil'.*known: prefill, decode"),
         ('archs = ["mamba"]\nseq_lens = [8]\n[settings]\nreps = "ten"\n[measurements.prefill]', r"\[settings\]: key 'reps' must be int, got str 'ten'"),
         ('archs = ["mamba"]\nseq_lens = [8]\n[measurements.prefill]\nrepz = 3', r"\[measurements.prefill\]: unknown key 'repz'"),
+        ('archs = ["mamba"]\nseq_lens = [8]\n[measurements.decode]\ncompile_scope = "block"',
+         r"\[measurements.decode\]: key 'compile_scope' must be one of layer, model, got 'block'"),
+        ('archs = ["mamba"]\nseq_lens = [8]\n[settings]\ncompile_scope = 1\n[measurements.decode]',
+         r"key 'compile_scope' must be str, got int 1"),
         ('archs = ["mamba"]\nseq_lens = [0]\n[measurements.prefill]', r"'seq_lens' must hold positive integers, got 0"),
         ('archs = ["mamba"]\nseq_lens = [8]', r"key 'measurements' is required"),
     ],
     ids=["bad-toml", "unknown-key", "unknown-arch", "unknown-size", "unknown-measurement", "wrong-type",
-         "unknown-setting", "bad-length", "missing-key"],
+         "unknown-setting", "bad-scope", "scope-not-a-string", "bad-length", "missing-key"],
 )
 def test_bad_suites_name_file_key_and_fix(tmp_path, text, message):
     path = write(tmp_path, text)

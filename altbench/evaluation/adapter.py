@@ -14,6 +14,13 @@ tests/test_eval_parity.py holds them):
   loglikelihood_rolling  lm-eval's disjoint windows of `max_length` tokens, each window a fresh
                          start. With `carry_state` the model instead reads the whole text window by
                          window with its state carried, which equals one forward over the text.
+  masked diffusion       a bidirectional model (LLaDA) has no next-token probabilities: a
+                         continuation's log-likelihood is the Monte-Carlo estimate of its lower
+                         bound over `mc_samples` draws (`LLaDA.loglikelihood`; the same draws,
+                         seeded by `mc_seed`, for every request), and is_greedy is not estimated
+                         (always False); generation runs its denoising sampler with one block and
+                         one step per token. A rolling window's first token is conditioned on the
+                         prefix token like any other continuation.
   generate_until         greedy decoding through `step` from the context's last
                          `max_length - max_gen_toks` tokens, stopping at the checkpoint's
                          end-of-sequence ids or after max_gen_toks tokens; decoded with special
@@ -47,6 +54,7 @@ from lm_eval.models.utils import (
 from altbench import registry
 from altbench.errors import UserError
 from altbench.evaluation.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from altbench.models.base import MASKED_DIFFUSION, SEGMENTED_PREFILL
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,8 @@ class AltbenchLM(TemplateLM):
         add_bos_token: bool | None = None,  # add special tokens when encoding (None: the tokenizer's default)
         stop_token_ids: list[int] | None = None,  # end a generation (None: the tokenizer's EOS)
         carry_state: bool = False,  # rolling: one pass with the state carried across windows, not lm-eval's restarts
+        mc_samples: int = 128,  # masked diffusion: Monte-Carlo draws per log-likelihood
+        mc_seed: int = 0,  # masked diffusion: seeds each request's draws
     ):
         super().__init__()
         self.model = model.eval()
@@ -77,6 +87,8 @@ class AltbenchLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.stop_token_ids = set(stop_token_ids if stop_token_ids is not None else [tokenizer.eos_token_id])
         self.carry_state = carry_state
+        self.mc_samples, self.mc_seed = mc_samples, mc_seed
+        self.masked_diffusion = MASKED_DIFFUSION in getattr(model, "capabilities", ())
         self._device = next(model.parameters()).device
 
     @property
@@ -98,9 +110,23 @@ class AltbenchLM(TemplateLM):
         return self.tokenizer.encode(string, add)
 
     # --- scoring -----------------------------------------------------------------------------
+    def _score_masked(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """(context, continuation) -> (Monte-Carlo log-likelihood bound, False) for a masked diffusion model."""
+        out = []
+        for ctx, cont in pairs:
+            seq = (ctx + cont)[-self.max_length :]
+            ids = torch.tensor(seq, device=self._device)
+            split = len(seq) - len(cont)
+            generator = torch.Generator().manual_seed(self.mc_seed)
+            ll = self.model.loglikelihood(ids[:split], ids[split:], self.mc_samples, self.batch_size, generator)
+            out.append((ll, False))
+        return out
+
     @torch.no_grad()
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(context tokens, continuation tokens) -> (sum of continuation log-probs, all greedy)."""
+        if self.masked_diffusion:
+            return self._score_masked(pairs)
         order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         for start in range(0, len(order), self.batch_size):
@@ -161,8 +187,18 @@ class AltbenchLM(TemplateLM):
         add = False if bos is not None and context.startswith(bos) else self.add_bos_token
         return self.tokenizer.encode(context, add)
 
+    def _denoised(self, context: list[int], until: list[str], max_gen_toks: int) -> str:
+        """A masked diffusion model's answer: one block of max_gen_toks tokens, one step per token, cut
+        at the first stop token, then at the stop strings."""
+        prompt = torch.tensor(context, device=self._device)[None]
+        answer = self.model.generate(prompt, max_gen_toks, max_gen_toks, max_gen_toks)[0, len(context) :].tolist()
+        stop = next((i for i, t in enumerate(answer) if t in self.stop_token_ids), len(answer))
+        return postprocess_generated_text(self.tokenizer.decode(answer[:stop], skip_special_tokens=True), until, None)
+
     @torch.no_grad()
     def _greedy(self, context: list[int], until: list[str], max_gen_toks: int) -> str:
+        if self.masked_diffusion:
+            return self._denoised(context, until, max_gen_toks)
         logits, state = self.model(torch.tensor(context, device=self._device)[None])  # (1, T, V)
         logits = logits[:, -1]  # (1, V)
         generated: list[int] = []
@@ -299,7 +335,8 @@ def checkpoint_defaults(path: str, tokenizer: HFTokenizer) -> tuple[int, list[in
 
 def build_lm(arch: str, size: str | None, device: str, weights: str | None, batch_size: int,
              max_length: int | None = None, prefix_token_id: int | None = None, add_bos_token: bool | None = None,
-             carry_state: bool = False, dtype: torch.dtype | None = None) -> AltbenchLM:
+             carry_state: bool = False, dtype: torch.dtype | None = None, mc_samples: int = 128,
+             mc_seed: int = 0) -> AltbenchLM:
     """The model (random weights at `size` with the byte tokenizer, or a local checkpoint with its
     own tokenizer) wrapped as an lm-eval LM; the options are `AltbenchLM`'s, and `max_length`
     defaults as in lm-eval's HF backend."""
@@ -318,12 +355,16 @@ def build_lm(arch: str, size: str | None, device: str, weights: str | None, batc
                 f"{arch} {size} has {model.config.vocab_size} tokens; random weights use the 256-byte tokenizer"
             )
         default_length, stop = DEFAULT_MAX_LENGTH, [tokenizer.eos_token_id]
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise UserError(f"mc_samples must be a positive integer (Monte-Carlo draws per log-likelihood), got {mc_samples!r}")
+    if carry_state and SEGMENTED_PREFILL not in model.capabilities:
+        raise UserError(f"carry_state: {arch} carries no state across windows; leave carry_state off")
     vocab = model.config.vocab_size
     if prefix_token_id is not None and not 0 <= prefix_token_id < vocab:
         raise UserError(f"prefix token id {prefix_token_id} is outside the vocabulary of {vocab} tokens")
     return AltbenchLM(model, tokenizer, batch_size=batch_size, max_length=max_length or default_length,
                       prefix_token_id=prefix_token_id, add_bos_token=add_bos_token, stop_token_ids=stop,
-                      carry_state=carry_state)
+                      carry_state=carry_state, mc_samples=mc_samples, mc_seed=mc_seed)
 
 
 def run_eval(arch: str, size: str | None, tasks: list[str], device: str, weights: str | None = None,
@@ -334,7 +375,7 @@ def run_eval(arch: str, size: str | None, tasks: list[str], device: str, weights
     `size` names a size (random weights unless `weights`); with `weights` (a local Hugging Face
     checkpoint directory holding the tokenizer too) `size` may be None to take the checkpoint's config.
     Tasks are looked up in altbench/evaluation/tasks and `include_path`, then among lm-eval's own.
-    `lm_options` (max_length, prefix_token_id, add_bos_token, carry_state) go to `build_lm`.
+    `lm_options` (max_length, prefix_token_id, add_bos_token, carry_state, mc_samples, mc_seed) go to `build_lm`.
     """
     from lm_eval import evaluator
 

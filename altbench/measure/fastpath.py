@@ -4,11 +4,15 @@ from a CUDA graph.
 A ~130M model's decode step is hundreds of small kernels; launched one by one from Python it takes
 the host's time, not the GPU's, and the figure would measure the harness. So a call is
 
-    compiled  each layer's method (`step` for decode, `forward` for prefill) is replaced by its
-              torch.compile form, which fuses its element-wise work into few kernels (inductor).
-              Compiling per layer rather than the whole model lets identical layers share one
-              compiled graph (regional compilation), so a 48-layer model compiles about as fast as
-              one layer. The compile (and any autotuning) happens before timing: compile_ms
+    compiled  a method (`step` for decode, `forward` for prefill) of each compiled region is
+              replaced by its torch.compile form, which fuses its element-wise work into few
+              kernels (inductor). The regions are the layers or the whole model (`regions`,
+              chosen by the `compile_scope` setting): per layer, identical layers share one
+              compiled graph, so a 48-layer model compiles about as fast as one layer; the whole
+              model compiles every layer into one graph (a compile many times longer), and in
+              exchange inductor fuses across layer boundaries (one layer's residual add into the
+              next layer's norm), a kernel fewer per layer. The compile (and any autotuning)
+              happens before timing: compile_ms
     graphed   after two warm-up calls on a side stream, one call is captured in a CUDA graph and
               every timed call replays it: the same kernels on the same buffers, one launch
 
@@ -58,6 +62,17 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+COMPILE_SCOPES = ("layer", "model")
+
+
+def regions(model: nn.Module, method: str, scope: str) -> tuple[list[nn.Module], str]:
+    """What `compile_regions` compiles for `scope`: each of `model.layers`, or `model` itself. A call
+    into the compiled model must look its method up after the compile (`lambda *a: model.step(*a)`)."""
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile scope {scope!r} is not one of {COMPILE_SCOPES}")
+    return ([model] if scope == "model" else list(model.layers)), method
+
+
 def compile_regions(modules: list[nn.Module], method: str) -> None:
     """Replace `module.<method>` by its compiled form on each of `modules` (see the module docstring)."""
     torch._dynamo.reset()  # a new model per cell: stale entries would count against the recompile limit
@@ -67,7 +82,8 @@ def compile_regions(modules: list[nn.Module], method: str) -> None:
 
 
 def capture(call: Callable[[], object], rewind: Callable[[], None]) -> Callable[[], object]:
-    """`call` captured in a CUDA graph (after two warm-up calls on a side stream); its replay."""
+    """`call` captured in a CUDA graph (after two warm-up calls on a side stream); its replay, which
+    returns the captured call's outputs (static tensors the replay rewrites)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -77,9 +93,14 @@ def capture(call: Callable[[], object], rewind: Callable[[], None]) -> Callable[
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        call()
+        out = call()
     rewind()
-    return graph.replay
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
 
 
 def fast_call(

@@ -17,6 +17,9 @@ IMPLEMENTATION_BOUND of its bound measures its code, not its architecture: repor
                 layer of every L- and H-update of every segment) + the carried state
     train_step  fp32 weights read in forward and backward, grads written, AdamW's read and write of
                 weights and both moments (32 bytes per parameter), + 2x the prefill's activations
+    generate    masked diffusion: N x (weights + the residual stream over L + G tokens, x2 with
+                guidance); autoregressive: G x weights + the prefill's activations + G - 1 reads of
+                the state at context L + G/2
 """
 
 from __future__ import annotations

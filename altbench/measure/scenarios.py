@@ -1,5 +1,6 @@
-"""What a cell measures: prefill, decode, a training step, the mixer alone (`kernel`), and the cost
-of reasoning over a puzzle (`reasoning`).
+"""What a cell measures: prefill, decode, a training step, the mixer alone (`kernel`), the
+generation of G tokens after a prompt (`generate`), and the cost of reasoning over a puzzle
+(`reasoning`).
 
 Each function takes a built model, the cell and the input generator, runs the timing protocol of
 `measure/timing.py` and returns the row's figures. They never catch errors: the worker turns an
@@ -9,12 +10,11 @@ exception into the row's status.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from altbench.measure import energy
-from altbench.measure.fastpath import fast_call
+from altbench.measure.fastpath import fast_call, regions
 from altbench.measure.timing import time_calls
-from altbench.models.base import CAUSAL_STEP, ITERATIVE, SEGMENTED_PREFILL
+from altbench.models.base import CAUSAL_STEP, ITERATIVE, MASKED_DIFFUSION, SEGMENTED_PREFILL
 
 
 def _ids(model, batch: int, length: int, device, generator: torch.Generator) -> torch.Tensor:
@@ -65,8 +65,10 @@ def prefill(model, cell, device, generator) -> dict:
     tokens = cell.batch * cell.seq_len
     with torch.inference_mode():
         row = _timed(lambda ids: _prefill(model, ids, s.prefill_segment), (ids,), cell, device,
-                     compile=(list(model.layers), "forward") if s.compile_prefill else None,
+                     compile=regions(model, "forward", s.compile_scope) if s.compile_prefill else None,
                      graphs=s.cuda_graphs and cell.seq_len <= s.graph_max_len, tokens=tokens)
+    if row["compiled"]:
+        row["compile_scope"] = s.compile_scope
     flops = cell.batch * model.prefill_flops(cell.seq_len)
     moved = _weight_bytes(model) + _activation_bytes(model, cell.batch, cell.seq_len) + model.state_bytes(
         cell.batch, cell.seq_len, model.embed.weight.dtype)
@@ -133,10 +135,12 @@ def decode(model, cell, device, generator) -> dict:
     ids = _ids(model, cell.batch, min(cell.seq_len, DECODE_PREFILL + 1), device, generator)
     with torch.inference_mode():
         state = decode_state(model, ids, cell.seq_len, s.prefill_segment, headroom=8)
-        row = _timed(model.step, (ids[:, -1], state), cell, device,
-                     compile=(list(model.layers), "step") if s.compile_decode else None,
+        row = _timed(lambda tokens, state: model.step(tokens, state), (ids[:, -1], state), cell, device,
+                     compile=regions(model, "step", s.compile_scope) if s.compile_decode else None,
                      graphs=s.cuda_graphs and _graphable(state), tokens=cell.batch, rewind=rewinder(state), reps=reps,
                      flush_l2=False)
+    if row["compiled"]:
+        row["compile_scope"] = s.compile_scope
     flops = cell.batch * model.flops_per_token(cell.seq_len)
     moved = _weight_bytes(model) + model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype)
     return {
@@ -146,27 +150,39 @@ def decode(model, cell, device, generator) -> dict:
     }
 
 
-def train_step(model, cell, device, generator) -> dict:
-    """Forward + backward + AdamW step on next-token loss; bf16/fp16 cells use autocast over fp32 weights."""
-    s = cell.settings
+def training_step(model, ids: torch.Tensor, dtype: torch.dtype, loss_of=lambda model, ids: model.train_loss(ids)):
+    """The call a train step times: forward under autocast to `dtype` over fp32 weights (none for fp32),
+    the model's own loss (`train_loss`: next-token cross-entropy on fp32 logits, or e.g. LLaDA's masked
+    diffusion loss), backward, AdamW step. `loss_of(model, ids)` gives the loss: another library's model
+    where a benchmark times it the same way (benchmarks/train_peers.py)."""
     model.float().train()
-    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    dtype = getattr(torch, cell.dtype)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ids.device.type == "cuda")
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits, _ = model(ids)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        with torch.autocast(ids.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_of(model, ids)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def training_work(model, batch: int, seq_len: int) -> dict:
+    """Analytic work of one train step of a model in fp32: FLOPs (backward ~ 2x forward) and the bytes
+    it must move (see measure/roofline.py)."""
+    return {"flops": batch * model.train_flops(seq_len),
+            "bytes_moved": 32 * model.params() + 2 * _activation_bytes(model, batch, seq_len)}
+
+
+def train_step(model, cell, device, generator) -> dict:
+    """Forward + backward + AdamW step on next-token loss (`training_step`)."""
+    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    step = training_step(model, ids, getattr(torch, cell.dtype))
     tokens = cell.batch * cell.seq_len
     row = _timed(step, (), cell, device, compile=None, graphs=False, tokens=tokens)
-    flops = cell.batch * model.train_flops(cell.seq_len)
-    moved = 32 * model.params() + 2 * _activation_bytes(model, cell.batch, cell.seq_len)  # see measure/roofline.py
-    return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved}
+    work = training_work(model, cell.batch, cell.seq_len)
+    return {**row, **_derived(row["ms_median"], tokens, work["flops"]), "bytes_moved": work["bytes_moved"]}
 
 
 def kernel(model, cell, device, generator) -> dict:
@@ -194,6 +210,49 @@ def kernel(model, cell, device, generator) -> dict:
     return {**row, "tokens_per_s": tokens / (row["ms_median"] / 1e3), "bytes_moved": moved, "segment": s.prefill_segment}
 
 
+def _autoregressive(model, ids: torch.Tensor, gen_length: int, segment: int) -> torch.Tensor:
+    """Greedy generation: a prefill of ids (B, L) into a state sized for L + gen_length tokens, then
+    gen_length - 1 steps each fed the last argmax; the gen_length tokens (B, G)."""
+    state = model.init_state(ids.shape[0], capacity=ids.shape[1] + gen_length)
+    logits, state = _prefill(model, ids, segment, state)  # (B, 1, V)
+    tokens = [logits[:, -1].argmax(-1)]  # (B,) each
+    for _ in range(gen_length - 1):
+        logits, state = model.step(tokens[-1], state)  # (B, V)
+        tokens.append(logits.argmax(-1))
+    return torch.stack(tokens, 1)
+
+
+def generate(model, cell, device, generator) -> dict:
+    """Time to produce G = gen_length tokens after a prompt of L = seq_len tokens, the whole generation
+    one timed call, replayed from one CUDA graph (not compiled: a compiled step would recompile at each
+    of the G cache lengths; both kinds of model run eager kernels, so they compare alike).
+
+    Masked diffusion (MASKED_DIFFUSION): `model.generate` with the cell's N steps and block length, N
+    full forwards over L + G tokens (two with guidance), no cache. Autoregressive: a prefill of L
+    tokens, then G - 1 steps each fed the last argmax: G tokens from G model calls.
+    """
+    s, o = cell.settings, cell.extra
+    G, L = o["gen_length"], cell.seq_len
+    ids = _ids(model, cell.batch, L, device, generator)
+    if MASKED_DIFFUSION in model.capabilities:
+        N, block, passes = o["steps"], o["block_length"], 2 if o["cfg_scale"] else 1
+        fn = lambda ids: model.generate(ids, G, N, block, o["remasking"], o["cfg_scale"])  # noqa: E731
+        flops = passes * cell.batch * N * model.denoise_flops(L + G, block)
+        moved = N * (_weight_bytes(model) + _activation_bytes(model, passes * cell.batch, L + G))
+        figures = {"steps": N, "block_length": block, "model_calls": N, "remasking": o["remasking"], "cfg_scale": o["cfg_scale"]}
+    else:
+        fn = lambda ids: _autoregressive(model, ids, G, s.prefill_segment)  # noqa: E731
+        flops = cell.batch * (model.prefill_flops(L) + sum(model.flops_per_token(L + i) for i in range(G - 1)))
+        dtype = model.embed.weight.dtype
+        moved = (G * _weight_bytes(model) + _activation_bytes(model, cell.batch, L)
+                 + (G - 1) * model.state_bytes(cell.batch, L + G // 2, dtype))
+        figures = {"model_calls": G}
+    tokens = cell.batch * G
+    with torch.inference_mode():
+        row = _timed(fn, (ids,), cell, device, compile=None, graphs=s.cuda_graphs, tokens=tokens)
+    return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved, "gen_length": G, **figures}
+
+
 def reasoning(model, cell, device, generator) -> dict:
     """Cost of answering a puzzle of seq_len tokens (81 for 9x9 Sudoku), logits at every cell.
 
@@ -201,7 +260,8 @@ def reasoning(model, cell, device, generator) -> dict:
     (cell.extra), every sample all of them: halting is data-dependent, so the cost is given per
     number of segments (the paper's evaluation runs M_max). Any other model runs one forward pass
     over the puzzle, so the rows compare directly; its row's `form` says so. Graph-captured and
-    compiled as `prefill` is; `ms_per_sample` is the call's median over the batch.
+    compiled as `prefill` is (compile_scope "model" compiles an iterative model's `reason`);
+    `ms_per_sample` is the call's median over the batch.
     """
     s = cell.settings
     ids = _ids(model, cell.batch, cell.seq_len, device, generator)
@@ -219,10 +279,13 @@ def reasoning(model, cell, device, generator) -> dict:
         calls = model.layer_calls()
         shape = {"form": "one forward pass (not iterative)"}
     tokens = cell.batch * cell.seq_len
+    whole = "reason" if ITERATIVE in model.capabilities and s.compile_scope == "model" else "forward"
     with torch.inference_mode():
         row = _timed(run, (ids,), cell, device,
-                     compile=(list(model.layers), "forward") if s.compile_prefill else None,
+                     compile=regions(model, whole, s.compile_scope) if s.compile_prefill else None,
                      graphs=s.cuda_graphs and cell.seq_len <= s.graph_max_len, tokens=tokens)
+    if row["compiled"]:
+        row["compile_scope"] = s.compile_scope
     elt = torch.finfo(model.embed.weight.dtype).bits // 8
     moved = (_weight_bytes(model) + 2 * tokens * model.config.d_model * calls * elt
              + model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype))
@@ -237,6 +300,10 @@ def predicted_bytes(model, cell) -> int:
     elt = torch.finfo(dtype).bits // 8
     weights = model.params() * elt
     tokens = cell.settings.prefill_segment or cell.seq_len
+    if cell.measurement == "generate":
+        batch = cell.batch * (2 if cell.extra.get("cfg_scale") else 1)
+        tokens = cell.seq_len + cell.extra["gen_length"]
+        return weights + model.state_bytes(cell.batch, tokens, dtype) + model.activation_bytes(batch, tokens, dtype)
     if cell.measurement == "train_step":
         # fp32 weights, grads, two moments; activations kept for backward in every layer
         per_layer = model.activation_bytes(cell.batch, cell.seq_len, dtype) - cell.batch * cell.seq_len * model.config.vocab_size * elt
@@ -245,19 +312,31 @@ def predicted_bytes(model, cell) -> int:
     return weights + model.state_bytes(cell.batch, cell.seq_len, dtype) + model.activation_bytes(cell.batch, tokens, dtype)
 
 
-# measurement -> (capability it needs, why it does not apply without it)
-NEEDS = {"decode": (CAUSAL_STEP, "no causal step")}
+# measurement -> (capability it needs, or a tuple of which it needs one; why it does not apply without)
+NEEDS = {
+    "decode": (CAUSAL_STEP, "no causal step"),
+    "generate": ((CAUSAL_STEP, MASKED_DIFFUSION), "neither a causal step to decode with nor a denoising sampler"),
+}
+
+
+def lacking(capabilities: frozenset[str], measurement: str) -> str | None:
+    """Why a model with `capabilities` cannot do `measurement` at all (see NEEDS), or None."""
+    need = NEEDS.get(measurement)
+    if need is None:
+        return None
+    options = {need[0]} if isinstance(need[0], str) else set(need[0])
+    return None if options & capabilities else need[1]
 
 
 def not_applicable(model, cell) -> str | None:
     """Why `cell`'s measurement does not apply to `model` (a capability it lacks), or None."""
-    need = NEEDS.get(cell.measurement)
-    if need and need[0] not in model.capabilities:
-        return need[1]
+    if reason := lacking(model.capabilities, cell.measurement):
+        return reason
     segmented = cell.measurement in ("prefill", "kernel") and 0 < cell.settings.prefill_segment < cell.seq_len
     if segmented and SEGMENTED_PREFILL not in model.capabilities:
         return f"no state carried across prefill segments of {cell.settings.prefill_segment} tokens"
     return None
 
 
-MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel, "reasoning": reasoning}
+MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel, "generate": generate,
+           "reasoning": reasoning}

@@ -1,7 +1,9 @@
 """Causal softmax attention (Vaswani et al. 2017) as a mixer, with grouped KV heads (Ainslie et al.
 2023) and optional RoPE (Su et al. 2021; `rope_theta=None` is attention without position encoding,
-as in Jamba's attention layers, Lieber et al. 2024, sec. 2). `causal=False` is the bidirectional
-attention of an encoder (every position attends every other; no cache, no step), as in HRM's modules.
+as in Jamba's attention layers, Lieber et al. 2024, sec. 2). With `causal=False` every position
+attends to every other, as in a masked diffusion model's mask predictor (LLaDA) and HRM's modules:
+there is then no state to carry, no `step`, and a forward over T tokens costs T x
+`flops_per_token(T - 1)`.
 
 Attention runs through `torch.nn.functional.scaled_dot_product_attention`, so on a GPU it uses
 FlashAttention / memory-efficient kernels. Its state is a KV cache; `step` appends one token and
@@ -18,7 +20,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right
 
 from altbench.models.base import linear_flops
-from altbench.models.blocks import RotaryEmbedding, apply_rotary
+from altbench.models.blocks import FusedLinear, RotaryEmbedding, apply_rotary
 
 
 @dataclass
@@ -28,7 +30,7 @@ class AttentionConfig:
     n_kv_heads: int  # < n_heads gives grouped-query attention
     rope_theta: float | None = 10000.0  # None: no rotary position embedding
     qkv_bias: bool = False  # biases on the q, k, v projections (Qwen)
-    causal: bool = True  # False: bidirectional over the call's tokens; the state is always None
+    causal: bool = True  # False: bidirectional (no causal mask, no KV cache, no step)
 
 
 class KVCache:
@@ -101,36 +103,41 @@ def attend(q, k, v, cache: KVCache | None, scale: float | None = None) -> tuple[
 
 
 class Attention(nn.Module):
-    """q, k, v projections -> RoPE -> causal SDPA over the cache (or bidirectional SDPA) -> o_proj."""
+    """q, k, v projections (one matmul) -> RoPE -> causal SDPA over the cache (or bidirectional SDPA) -> o_proj."""
 
     def __init__(self, c: AttentionConfig):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.d_model // c.n_heads
-        self.q_proj = nn.Linear(c.d_model, c.n_heads * self.head_dim, bias=c.qkv_bias)
-        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=c.qkv_bias)
-        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * self.head_dim, bias=c.qkv_bias)
+        q, kv = c.n_heads * self.head_dim, c.n_kv_heads * self.head_dim
+        FusedLinear(c.d_model, {"q_proj": q, "k_proj": kv, "v_proj": kv}, bias=c.qkv_bias).attach(self, "qkv_proj")
         self.o_proj = nn.Linear(c.n_heads * self.head_dim, c.d_model, bias=False)
         self.rotary = RotaryEmbedding(self.head_dim, c.rope_theta) if c.rope_theta is not None else None
-        self.d_model, self.causal = c.d_model, c.causal
+        self.d_model = c.d_model
+        self.causal = c.causal
 
     def forward(self, x: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache | None]:
         B, T, _ = x.shape
+        if cache is not None and not self.causal:
+            raise ValueError("bidirectional attention carries no state between calls; pass state=None")
         start = cache.length if cache is not None else 0
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = self.qkv_proj(x)
+        q = q.view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.rotary is not None:
             cos, sin = self.rotary(start, T, x.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or Hkv, T, D)
         if self.causal:
             o, cache = attend(q, k, v, cache)  # (B, H, T, D)
         else:
-            o = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.n_heads != self.n_kv_heads)  # (B, H, T, D)
+            o = F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), cache
 
     def step(self, x: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
         """x: (B, d_model) -> (B, d_model): `forward` on a sequence of one token."""
+        if not self.causal:
+            raise NotImplementedError("bidirectional attention has no causal step")
         y, cache = self(x[:, None], cache)
         return y[:, 0], cache
 
@@ -138,9 +145,12 @@ class Attention(nn.Module):
         return KVCache.empty(batch, self.n_kv_heads, self.head_dim, capacity, device, dtype)
 
     def state_bytes(self, batch, context, dtype):
+        if not self.causal:
+            return 0
         return 2 * batch * self.n_kv_heads * context * self.head_dim * torch.finfo(dtype).bits // 8
 
     def flops_per_token(self, context):
+        """One token attending over context + 1 keys (its own included)."""
         proj = linear_flops(self.d_model, self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads))
         scores_and_mix = 2 * 2 * self.n_heads * self.head_dim * (context + 1)  # q.k over context+1 keys, then p.v
         return proj + scores_and_mix

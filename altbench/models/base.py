@@ -23,6 +23,7 @@ import operator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -31,6 +32,7 @@ from torch import nn
 CAUSAL_STEP = "causal_step"  # step(): one token from a carried state, O(1) or O(context) per token
 SEGMENTED_PREFILL = "segmented_prefill"  # forward(x, state) continues the sequence that built `state`
 BIDIRECTIONAL = "bidirectional"  # every position sees every other (no causal mask): no step, no carried state
+MASKED_DIFFUSION = "masked_diffusion"  # generate() by denoising, loglikelihood() by Monte Carlo (LLaDA)
 ITERATIVE = "iterative"  # reason(ids, segments, cycles): recurrent cycles and segments over one input (HRM)
 
 
@@ -94,6 +96,12 @@ class LanguageModel(nn.Module):
             new_state.append(s)
         return self.lm_head(self.norm(x)), new_state
 
+    def train_loss(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The loss a training step minimises on ids (B, T): next-token cross-entropy, the mean over the
+        B x (T - 1) predicted tokens. A family trained otherwise (masked diffusion) overrides it;
+        `generator` seeds whatever randomness its loss draws (None: torch's default generator)."""
+        return next_token_loss(self(ids)[0], ids)
+
     def init_state(self, batch: int, device=None, dtype=None, capacity: int = 0) -> list:
         """Empty state for `batch` sequences; `capacity` pre-sizes KV caches (ignored by recurrences)."""
         device = device if device is not None else self.embed.weight.device
@@ -141,6 +149,11 @@ class LanguageModel(nn.Module):
         Exact for costs linear in the position (attention); constant costs are just length x cost.
         """
         return length * self.flops_per_token(length // 2)
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) at positions < T against ids (B, T) shifted by one, in fp32."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
 def swap_layer_op(path: str, op):

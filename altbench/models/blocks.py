@@ -3,6 +3,8 @@ depthwise convolution with its window state. Each exists once; mixers and blocks
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,18 +12,77 @@ from torch import nn
 from altbench.models.base import linear_flops
 
 
+class FusedLinear(nn.Module):
+    """Linear maps of one input as one matmul: x -> (x W_1^T + b_1, ..., x W_n^T + b_n) from
+    W = [W_1; ...; W_n] (one Parameter, and one for the biases). A decode step is bound by its number
+    of kernels, and one matmul of the summed width costs a kernel where n would cost n.
+
+    It stands in the parent module for n `nn.Linear(d_in, d_i)` named by `pieces` (name -> d_i, in
+    order) and keeps their contract: each piece is initialised as that Linear would be, in the same
+    order (weight then bias, piece after piece), so seeded weights equal separate Linears'; and the
+    parent's checkpoints keep the pieces' names (`<parent>.<name>.weight`, `.bias`): `attach` makes
+    the parent's `state_dict` write each piece under its name and `load_state_dict` read them back.
+    """
+
+    def __init__(self, d_in: int, pieces: dict[str, int], bias: bool):
+        super().__init__()
+        self.pieces = dict(pieces)
+        self.sizes = list(pieces.values())
+        self.weight = nn.Parameter(torch.empty(sum(self.sizes), d_in))
+        self.bias = nn.Parameter(torch.empty(sum(self.sizes))) if bias else None
+        with torch.no_grad():
+            for w, b in zip(self.weight.split(self.sizes), self.bias.split(self.sizes) if bias else [None] * len(pieces)):
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear.reset_parameters, piece by piece
+                if b is not None:
+                    nn.init.uniform_(b, -1 / math.sqrt(d_in), 1 / math.sqrt(d_in))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x: (..., d_in) -> one (..., d_i) per piece."""
+        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+    def attach(self, parent: nn.Module, name: str) -> "FusedLinear":
+        """Set as `parent.<name>`, with the parent's checkpoints holding the pieces under their own names."""
+        setattr(parent, name, self)
+        kinds = ["weight", "bias"] if self.bias is not None else ["weight"]
+
+        def split(module, state_dict, prefix, local_metadata):
+            fused = {kind: f"{prefix}{name}.{kind}" for kind in kinds}
+            parts = {kind: state_dict[key].split(self.sizes) for kind, key in fused.items()}
+            items = list(state_dict.items())
+            state_dict.clear()
+            for key, tensor in items:
+                if key == fused["weight"]:  # each piece's weight and bias, piece after piece, as n Linears
+                    for i, piece in enumerate(self.pieces):
+                        state_dict.update({f"{prefix}{piece}.{kind}": parts[kind][i].clone() for kind in kinds})
+                elif key not in fused.values():
+                    state_dict[key] = tensor
+
+        def join(module, state_dict, prefix, *args):
+            for kind in kinds:
+                keys = [f"{prefix}{piece}.{kind}" for piece in self.pieces]
+                if all(k in state_dict for k in keys):
+                    state_dict[f"{prefix}{name}.{kind}"] = torch.cat([state_dict.pop(k) for k in keys])
+
+        parent.register_state_dict_post_hook(split)
+        parent.register_load_state_dict_pre_hook(join)
+        return self
+
+    def flops_per_token(self) -> int:
+        return linear_flops(self.weight.shape[1], self.weight.shape[0])
+
+
 class SwiGLU(nn.Module):
     """MLP of Llama (Shazeer 2020, "GLU variants"): down( silu(gate x) * up x )."""
 
     def __init__(self, d_model: int, d_hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(d_model, d_hidden, bias=False)
-        self.up_proj = nn.Linear(d_model, d_hidden, bias=False)
+        FusedLinear(d_model, {"gate_proj": d_hidden, "up_proj": d_hidden}, bias=False).attach(self, "gate_up_proj")
         self.down_proj = nn.Linear(d_hidden, d_model, bias=False)
         self.d_model, self.d_hidden = d_model, d_hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
     def flops_per_token(self) -> int:
         return 3 * linear_flops(self.d_model, self.d_hidden)
@@ -33,13 +94,13 @@ class GeGLU(nn.Module):
 
     def __init__(self, d_model: int, d_hidden: int):
         super().__init__()
-        self.gate_proj = nn.Linear(d_model, d_hidden)
-        self.up_proj = nn.Linear(d_model, d_hidden)
+        FusedLinear(d_model, {"gate_proj": d_hidden, "up_proj": d_hidden}, bias=True).attach(self, "gate_up_proj")
         self.down_proj = nn.Linear(d_hidden, d_model)
         self.d_model, self.d_hidden = d_model, d_hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        gate, up = self.gate_up_proj(x)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
     def flops_per_token(self) -> int:
         return 3 * linear_flops(self.d_model, self.d_hidden)
@@ -101,12 +162,18 @@ class CausalConv1d(nn.Conv1d):
 
     def step(self, x: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One token: x: (B, C) -> y (B, C), the window after x."""
-        xw = torch.cat([window, x[:, None]], dim=1)  # (B, K, C)
-        y = torch.einsum("bkc,ck->bc", xw, self.weight[:, 0])
-        return (y + self.bias if self.bias is not None else y), xw[:, 1:]
+        return causal_conv_step(x, window, self.weight[:, 0], self.bias)
 
     def flops_per_token(self) -> int:
         return 2 * self.in_channels * self.kernel_size[0]
+
+
+def causal_conv_step(x, window, weight, bias):
+    """`CausalConv1d.step` on its parameters: x: (B, C); window: (B, K-1, C); weight: (C, K); bias: (C,)
+    or None -> y = sum_k weight[:, k] * [window; x][k] + bias (B, C), the window after x (B, K-1, C)."""
+    xw = torch.cat([window, x[:, None]], dim=1)  # (B, K, C)
+    y = torch.einsum("bkc,ck->bc", xw, weight)
+    return (y + bias if bias is not None else y), xw[:, 1:]
 
 
 class RotaryEmbedding(nn.Module):

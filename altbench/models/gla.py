@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import SwiGLU
+from altbench.models.blocks import FusedLinear, SwiGLU
 from altbench.models.compose import pattern_blocks
 
 
@@ -156,26 +156,22 @@ class GatedLinearAttention(nn.Module):
         self.n_heads = c.n_heads
         dk, dv = int(c.expand_k * c.d_model), int(c.expand_v * c.d_model)
         self.key_dim, self.value_dim = dk // c.n_heads, dv // c.n_heads  # per head
-        self.q_proj = nn.Linear(c.d_model, dk, bias=False)
-        self.k_proj = nn.Linear(c.d_model, dk, bias=False)
-        self.v_proj = nn.Linear(c.d_model, dv, bias=False)
-        self.gate_down = nn.Linear(c.d_model, c.gate_rank, bias=False)  # W_a1
+        pieces = {"q_proj": dk, "k_proj": dk, "v_proj": dv, "gate_down": c.gate_rank}  # gate_down: W_a1
+        FusedLinear(c.d_model, pieces, bias=False).attach(self, "qkva_proj")  # the maps of x in one matmul
         self.gate_up = nn.Linear(c.gate_rank, dk, bias=True)  # W_a2, b_a
         self.g_proj = nn.Linear(c.d_model, dv, bias=False)  # W_r, the output gate
         self.o_proj = nn.Linear(dv, c.d_model, bias=False)
         self.group_norm = nn.GroupNorm(c.n_heads, dv, eps=c.norm_eps)
 
-    def log_alpha(self, x):
-        """x: (..., d_model) -> log alpha: (..., H, K) in fp32, alpha = sigmoid(x W_a1 W_a2 + b_a)^(1/tau)."""
-        logits = self.gate_up(self.gate_down(x)).float()
-        return (F.logsigmoid(logits) / self.c.gate_temperature).unflatten(-1, (self.n_heads, self.key_dim))
-
-    def _qkv(self, x):
-        """x: (..., d_model) -> q, k: (..., H, K), q scaled; v: (..., H, V)."""
-        q = self.q_proj(x).unflatten(-1, (self.n_heads, self.key_dim)) * self.key_dim**-0.5
-        k = self.k_proj(x).unflatten(-1, (self.n_heads, self.key_dim))
-        v = self.v_proj(x).unflatten(-1, (self.n_heads, self.value_dim))
-        return q, k, v
+    def _qkv_alpha(self, x):
+        """x: (..., d_model) -> q, k: (..., H, K), q scaled; v: (..., H, V); log alpha: (..., H, K) in fp32,
+        alpha = sigmoid(x W_a1 W_a2 + b_a)^(1/tau)."""
+        q, k, v, a = self.qkva_proj(x)
+        q = q.unflatten(-1, (self.n_heads, self.key_dim)) * self.key_dim**-0.5
+        k = k.unflatten(-1, (self.n_heads, self.key_dim))
+        v = v.unflatten(-1, (self.n_heads, self.value_dim))
+        log_alpha = F.logsigmoid(self.gate_up(a).float()) / self.c.gate_temperature
+        return q, k, v, log_alpha.unflatten(-1, (self.n_heads, self.key_dim))
 
     def _output(self, x, o):
         """x: (..., d_model) the mixer input; o: (..., H, V) -> (..., d_model)."""
@@ -185,14 +181,14 @@ class GatedLinearAttention(nn.Module):
 
     def forward(self, x, state):
         """x: (B, T, d_model); state: S (B, H, K, V) fp32 or None."""
-        q, k, v = self._qkv(x)  # (B, T, H, K), (B, T, H, K), (B, T, H, V)
-        o, S = self.chunked(q, k, v, self.log_alpha(x), state, self.c.chunk_size, self.c.sub_chunk_size)
+        q, k, v, log_alpha = self._qkv_alpha(x)  # (B, T, H, K), (B, T, H, K), (B, T, H, V), (B, T, H, K)
+        o, S = self.chunked(q, k, v, log_alpha, state, self.c.chunk_size, self.c.sub_chunk_size)
         return self._output(x, o), S
 
     def step(self, x, state):
         """x: (B, d_model) -> (B, d_model)."""
-        q, k, v = self._qkv(x)  # (B, H, K), (B, H, K), (B, H, V)
-        o, S = gla_step(q, k, v, self.log_alpha(x), state)
+        q, k, v, log_alpha = self._qkv_alpha(x)  # (B, H, K), (B, H, K), (B, H, V), (B, H, K)
+        o, S = gla_step(q, k, v, log_alpha, state)
         return self._output(x, o), S
 
     def init_state(self, batch, device, dtype, capacity=0):

@@ -30,8 +30,10 @@ Training (sec. 2, "Approximate gradient", "Deep supervision", "Adaptive computat
 Contract: `forward` is one segment from the given state (None: the initial one) and returns the
 next state, detached: passing it back runs the next segment over the *same* puzzle, so a model
 like this has neither a causal step nor a prefill that continues a sequence (capabilities:
-BIDIRECTIONAL, ITERATIVE). `reason(ids, segments, cycles)` runs whole segments: the `reasoning`
-measurement. FLOPs are counted per layer application (`flops_per_token`, `reasoning_flops`).
+BIDIRECTIONAL, ITERATIVE; no CAUSAL_STEP, so decode and generate are "not applicable").
+`reason(ids, segments, cycles)` runs whole segments: the `reasoning` measurement. `train_loss` is
+one ACT segment's loss (`act_step`). FLOPs are counted per layer application (`flops_per_token`,
+`reasoning_flops`, `train_flops`).
 """
 
 from __future__ import annotations
@@ -239,6 +241,15 @@ class HRM(LanguageModel):
             loss = loss + 0.5 * F.binary_cross_entropy_with_logits(q[:, 1], target)
         return loss, ACTState(inputs, targets, mask, z_h.detach(), z_l.detach(), steps, halted), solved
 
+    def train_loss(self, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The loss of one ACT training segment (`act_step`) from the initial state, ids (B, T) the
+        puzzles and every cell scored against its own token: an HRM training step at its full cost
+        (the `train_step` measurement) on inputs that come without solutions; the probe trainer
+        calls `act_step` with real ones. ACT's exploration draws only decide halting, which the
+        loss does not depend on, so the loss draws nothing from `generator`."""
+        loss, _, _ = self.act_step(None, ids, ids, torch.ones_like(ids, dtype=torch.bool))
+        return loss
+
     # --- accounting ---------------------------------------------------------------------------------
     def _module_flops(self, blocks, length: int) -> int:
         """Per-token FLOPs of one module application over a puzzle of `length` tokens (every token
@@ -262,11 +273,13 @@ class HRM(LanguageModel):
         return segments * length * self.segment_flops_per_token(length, cycles)
 
     def train_flops(self, length: int) -> int:
-        """A segment forward, and backward (~2x) through the one-step gradient path only: the last
-        L- and H-update and the output head."""
+        """One ACT training segment (`act_step`): the segment's forward, the next segment's forward
+        for the Q_continue target (when max_segments > 1), and backward (~2x) through the one-step
+        gradient path only: the last L- and H-update and the output head."""
         c = self.config
+        forwards = 2 if c.max_segments > 1 else 1
         grad_path = self._module_flops(self.low, length) + self._module_flops(self.high, length)
-        return self.prefill_flops(length) + 2 * length * (grad_path + linear_flops(c.d_model, c.vocab_size))
+        return forwards * self.prefill_flops(length) + 2 * length * (grad_path + linear_flops(c.d_model, c.vocab_size))
 
     def layer_calls(self, segments: int = 1, cycles: int | None = None) -> int:
         c = self.config

@@ -105,6 +105,18 @@ def selective_scan_step(u, delta, A, B, C, D, h):
     return y.to(u.dtype), h
 
 
+def selective_step(u, z, dt, dt_weight, dt_bias, A, B, C, D, h):
+    """One token of the selective SSM with Delta from its low-rank input, gated (sec. 3.4, Fig. 3):
+    Delta = softplus(dt W^T + bias), then `selective_scan_step`, then y * silu(z).
+
+    u, z: (B, Di)   dt: (B, R)   dt_weight: (Di, R)   dt_bias: (Di,)   A: (Di, N)   B, C: (B, N)
+    D: (Di,)   h: (B, Di, N) fp32   ->   y * silu(z): (B, Di) in u's dtype, h: (B, Di, N) fp32
+    """
+    delta = F.softplus(F.linear(dt, dt_weight, dt_bias))
+    y, h = selective_scan_step(u, delta, A, B, C, D, h)
+    return y * F.silu(z), h
+
+
 # --- the block ----------------------------------------------------------------------------------
 
 
@@ -136,17 +148,24 @@ class MambaMixer(nn.Module):
             self.b_layernorm = nn.RMSNorm(n, eps=c.norm_eps)
             self.c_layernorm = nn.RMSNorm(n, eps=c.norm_eps)
 
+    def _x_proj(self, x):
+        """x: (..., Di) after the conv -> Delta's low-rank input dt (..., R), B (..., N), C (..., N)."""
+        dt, B, C = self.x_proj(x).split([self.c.dt_rank, self.c.d_state, self.c.d_state], dim=-1)
+        if self.c.inner_norms:
+            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
+        return dt, B, C
+
     def _ssm_inputs(self, x):
         """x: (..., Di) after the conv -> delta (..., Di), B (..., N), C (..., N)."""
         if not self.c.selective:
             lead = x.shape[:-1]
             return F.softplus(self.dt_bias).expand(*lead, -1), self.B.expand(*lead, -1), self.C.expand(*lead, -1)
-        dt, B, C = self.x_proj(x).split([self.c.dt_rank, self.c.d_state, self.c.d_state], dim=-1)
-        if self.c.inner_norms:
-            dt, B, C = self.dt_layernorm(dt), self.b_layernorm(B), self.c_layernorm(C)
+        dt, B, C = self._x_proj(x)
         return F.softplus(self.dt_proj(dt)), B, C
 
-    scan = staticmethod(selective_scan)  # the scan op; `use_backend` swaps in a kernel with the same contract
+    # the scan and the decode step; `use_backend` swaps in kernels with the same contracts
+    scan = staticmethod(selective_scan)
+    step_op = staticmethod(selective_step)
 
     def forward(self, hidden, state):
         """hidden: (B, T, d_model); state: (conv window (B, K-1, Di), h (B, Di, N)) or None."""
@@ -163,9 +182,15 @@ class MambaMixer(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, Di)
         x, window = self.conv1d.step(x, state[0])
         x = F.silu(x)  # (B, Di)
-        delta, B, C = self._ssm_inputs(x)
-        y, h = selective_scan_step(x, delta, -torch.exp(self.A_log.float()), B, C, self.D.float(), state[1])
-        return self.out_proj(y * F.silu(z)), (window, h)
+        A = -torch.exp(self.A_log.float())  # (Di, N)
+        if self.c.selective:
+            dt, B, C = self._x_proj(x)  # (B, R), (B, N), (B, N)
+            y, h = self.step_op(x, z, dt, self.dt_proj.weight, self.dt_proj.bias, A, B, C, self.D.float(), state[1])
+        else:
+            delta, B, C = self._ssm_inputs(x)
+            y, h = selective_scan_step(x, delta, A, B, C, self.D.float(), state[1])
+            y = y * F.silu(z)
+        return self.out_proj(y), (window, h)
 
     def init_state(self, batch, device, dtype, capacity=0):
         h = torch.zeros(batch, self.d_inner, self.c.d_state, device=device, dtype=torch.float32)
@@ -286,7 +311,20 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D, h0=None):
     return y.transpose(1, 2), h.contiguous()  # contiguous: h is a view into the kernel's per-chunk states
 
 
+def selective_step_triton(u, z, dt, dt_weight, dt_bias, A, B, C, D, h):
+    """`selective_step`'s contract in one Triton kernel (kernels/selective_step.py)."""
+    from altbench.kernels.selective_step import selective_step as triton_selective_step
+
+    return triton_selective_step(u, z, dt, dt_weight, dt_bias, A, B, C, D, h)
+
+
+def use_triton(model) -> None:
+    """The scan and the decode step from altbench's Triton kernels."""
+    swap_layer_op("mixer.scan", selective_scan_triton)(model)
+    swap_layer_op("mixer.step_op", selective_step_triton)(model)
+
+
 BACKENDS = {
-    "triton": swap_layer_op("mixer.scan", selective_scan_triton),
+    "triton": use_triton,
     "mamba_ssm": swap_layer_op("mixer.scan", selective_scan_mamba_ssm),
 }

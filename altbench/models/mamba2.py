@@ -10,7 +10,8 @@ The state is kept as h^T, (P, N) per head, the layout of mamba_ssm and transform
 decay is a scalar, the map x -> y is multiplication by a masked, attention-like matrix
 M[t, s] = (C_t . B_s) exp(sum_{s<k<=t} dt_k A) dt_s (sec. 3-6), which gives the three forms here:
 `ssd_ref` (the loop above), `ssd_chunked` (the SSD algorithm of sec. 6: quadratic M within chunks of
-length L, the recurrence only across chunk boundaries) and `ssd_step` (one token).
+length L, the recurrence only across chunk boundaries) and `ssd_step` (one token; `ssd_conv_step`
+is the block's decode step around it, from in_proj's outputs, the op a fused kernel replaces).
 
 The block (sec. 7.1) projects x to (z, xBC, dt) in one matmul, runs a causal depthwise
 conv over xBC, the SSM, then out_proj(RMSNorm(y * silu(z))). Its state is (conv window, h).
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import CausalConv1d
+from altbench.models.blocks import CausalConv1d, causal_conv_step
 from altbench.models.compose import pattern_blocks
 
 
@@ -142,6 +143,23 @@ def ssd_step(x, dt, A, B, C, D, h):
     return y.to(x.dtype), h
 
 
+def ssd_conv_step(xBC, dt, window, conv_weight, conv_bias, dt_bias, A, D, h, n_groups, dt_floor=0.0):
+    """One token of the block from in_proj's outputs to the SSM's: the causal conv over (x, B, C) with
+    its window, silu, dt = softplus(dt + dt_bias) (at least dt_floor when that is > 0), `ssd_step`.
+
+    xBC: (B, H P + 2 G N)   dt: (B, H) before softplus   window: (B, K-1, H P + 2 G N)
+    conv_weight: (H P + 2 G N, K)   conv_bias: (H P + 2 G N,)   dt_bias, A, D: (H,)   h: (B, H, P, N) fp32
+    returns y: (B, H, P) in xBC's dtype, h: (B, H, P, N) fp32, the window after this token
+    """
+    H, P, N = h.shape[1], h.shape[2], h.shape[3]
+    dt = F.softplus(dt.float() + dt_bias.float())
+    dt = dt.clamp_min(dt_floor) if dt_floor else dt
+    xBC, window = causal_conv_step(xBC, window, conv_weight, conv_bias)
+    x, B, C = F.silu(xBC).split([H * P, n_groups * N, n_groups * N], dim=-1)
+    y, h = ssd_step(x.unflatten(-1, (H, P)), dt, A, B.unflatten(-1, (n_groups, N)), C.unflatten(-1, (n_groups, N)), D, h)
+    return y, h, window
+
+
 # --- the block ------------------------------------------------------------------------------------
 
 
@@ -176,7 +194,8 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.ones(c.n_heads))
         self.norm = GatedRMSNorm(di, di // c.n_groups, c.norm_eps)
         self.out_proj = nn.Linear(di, c.d_model, bias=False)
-        self.ssd = ssd_chunked  # the chunked op; `use_backend` swaps in a kernel with the same contract
+        # the chunked op and the decode step; `use_backend` swaps in kernels with the same contracts
+        self.ssd, self.step_op = ssd_chunked, ssd_conv_step
         with torch.no_grad():  # A uniform in [1, 16] and dt log-uniform in [dt_min, dt_max], as mamba_ssm
             self.A_log.copy_(torch.log(torch.empty(c.n_heads).uniform_(1, 16)))
             dt = torch.exp(torch.rand(c.n_heads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
@@ -206,10 +225,11 @@ class Mamba2Mixer(nn.Module):
 
     def step(self, hidden, state):
         """hidden: (B, d_model) -> (B, d_model)."""
-        z, xBC, dt = self._split(hidden)  # (B, Di), (B, conv_dim), (B, H)
-        xBC, window = self.conv1d.step(xBC, state[0])
-        x, B, C = self._ssm_inputs(F.silu(xBC))  # (B, H, P), (B, G, N) x 2
-        y, h = ssd_step(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, state[1])
+        z, xBC, dt = self.in_proj(hidden).split([self.d_inner, self.conv_dim, self.c.n_heads], dim=-1)
+        y, h, window = self.step_op(
+            xBC, dt, state[0], self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, -torch.exp(self.A_log.float()),
+            self.D, state[1], self.c.n_groups, self.c.dt_floor,
+        )  # (B, H, P)
         return self.out_proj(self.norm(y.flatten(-2), z)), (window, h)
 
     def init_state(self, batch, device, dtype, capacity=0):
@@ -316,4 +336,17 @@ def ssd_mamba_ssm(x, dt, A, B, C, D, h0=None, chunk_size=256):
     return y, h.float()
 
 
-BACKENDS = {"triton": swap_layer_op("mixer.ssd", ssd_triton), "mamba_ssm": swap_layer_op("mixer.ssd", ssd_mamba_ssm)}
+def ssd_conv_step_triton(xBC, dt, window, conv_weight, conv_bias, dt_bias, A, D, h, n_groups, dt_floor=0.0):
+    """`ssd_conv_step`'s contract in one Triton kernel (kernels/ssd_step.py)."""
+    from altbench.kernels.ssd_step import ssd_conv_step as triton_ssd_conv_step
+
+    return triton_ssd_conv_step(xBC, dt, window, conv_weight, conv_bias, dt_bias, A, D, h, n_groups, dt_floor)
+
+
+def use_triton(model) -> None:
+    """The chunked op and the decode step from altbench's Triton kernels."""
+    swap_layer_op("mixer.ssd", ssd_triton)(model)
+    swap_layer_op("mixer.step_op", ssd_conv_step_triton)(model)
+
+
+BACKENDS = {"triton": use_triton, "mamba_ssm": swap_layer_op("mixer.ssd", ssd_mamba_ssm)}

@@ -48,7 +48,7 @@ from torch import nn
 
 from altbench.errors import UserError
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
-from altbench.models.blocks import GeluMLP, RotaryEmbedding, apply_rotary
+from altbench.models.blocks import FusedLinear, GeluMLP, RotaryEmbedding, apply_rotary
 from altbench.models.compose import pattern_blocks
 
 
@@ -180,46 +180,46 @@ class MultiScaleRetention(nn.Module):
         self.n_heads = c.n_heads
         self.key_dim, self.value_dim = c.d_model // c.n_heads, c.value_factor * c.d_model // c.n_heads  # per head
         dv = self.n_heads * self.value_dim
-        self.q_proj = nn.Linear(c.d_model, c.d_model, bias=False)
-        self.k_proj = nn.Linear(c.d_model, c.d_model, bias=False)
-        self.v_proj = nn.Linear(c.d_model, dv, bias=False)
-        self.g_proj = nn.Linear(c.d_model, dv, bias=False)
+        pieces = {"q_proj": c.d_model, "k_proj": c.d_model, "v_proj": dv, "g_proj": dv}
+        FusedLinear(c.d_model, pieces, bias=False).attach(self, "qkvg_proj")  # the four maps of x in one matmul
         self.o_proj = nn.Linear(dv, c.d_model, bias=False)
         self.group_norm = nn.GroupNorm(self.n_heads, dv, eps=c.norm_eps)
         self.rotary = RotaryEmbedding(self.key_dim, c.rope_theta)
 
-    def _qkv(self, x, start):
-        """x: (B, T, d_model) at positions start.. -> q, k: (B, T, H, K) rotated, q scaled; v: (B, T, H, V)."""
+    def _qkvg(self, x, start):
+        """x: (B, T, d_model) at positions start.. -> q, k: (B, T, H, K) rotated, q scaled; v: (B, T, H, V);
+        the output gate's input g: (B, T, H V)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.key_dim) * self.key_dim**-0.5  # (B, T, H, K)
-        k = self.k_proj(x).view(B, T, self.n_heads, self.key_dim)  # (B, T, H, K)
-        v = self.v_proj(x).view(B, T, self.n_heads, self.value_dim)  # (B, T, H, V)
+        q, k, v, g = self.qkvg_proj(x)
+        q = q.view(B, T, self.n_heads, self.key_dim) * self.key_dim**-0.5  # (B, T, H, K)
+        k = k.view(B, T, self.n_heads, self.key_dim)  # (B, T, H, K)
+        v = v.view(B, T, self.n_heads, self.value_dim)  # (B, T, H, V)
         cos, sin = self.rotary(start, T, x.dtype)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, g
 
-    def _output(self, x, o):
-        """x: (..., d_model) the mixer input; o: (..., H, V) -> (..., d_model)."""
+    def _output(self, g, o):
+        """g: (..., H V) the output gate's input; o: (..., H, V) -> (..., d_model)."""
         dv = self.n_heads * self.value_dim
-        o = self.group_norm(o.reshape(-1, dv)).view(*x.shape[:-1], dv)  # normalised per head
-        return self.o_proj(F.silu(self.g_proj(x)) * o)
+        o = self.group_norm(o.reshape(-1, dv)).view(*g.shape[:-1], dv)  # normalised per head
+        return self.o_proj(F.silu(g) * o)
 
     def forward(self, x, state):
         """x: (B, T, d_model); state: (S (B, H, K, V) fp32, position) or None."""
         S, start = state if state is not None else (None, 0)
-        q, k, v = self._qkv(x, start)
+        q, k, v, g = self._qkvg(x, start)
         gamma = retention_gammas(self.n_heads, x.device)
         if self.c.retention_form == "chunkwise":
             o, S = self.chunkwise(q, k, v, gamma, S, self.c.chunk_size)
         else:
             o, S = retention_parallel(q, k, v, gamma, S)
-        return self._output(x, o), (S, start + x.shape[1])
+        return self._output(g, o), (S, start + x.shape[1])
 
     def step(self, x, state):
         """x: (B, d_model) -> (B, d_model)."""
         S, position = state
-        q, k, v = self._qkv(x[:, None], position)
+        q, k, v, g = self._qkvg(x[:, None], position)
         o, S = retention_step(q[:, 0], k[:, 0], v[:, 0], retention_gammas(self.n_heads, x.device), S)
-        return self._output(x, o), (S, position + 1)
+        return self._output(g[:, 0], o), (S, position + 1)
 
     def init_state(self, batch, device, dtype, capacity=0):
         return torch.zeros(batch, self.n_heads, self.key_dim, self.value_dim, device=device, dtype=torch.float32), 0

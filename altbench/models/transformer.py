@@ -30,16 +30,21 @@ class TransformerConfig(LMConfig):
     causal: bool = True  # False: bidirectional encoder (grid-to-grid probes); no decode, no carried state
 
 
+def llama_blocks(c, causal: bool = True) -> list:
+    """n_layers Llama blocks: RMSNorm, attention with RoPE (causal or bidirectional), RMSNorm, SwiGLU.
+    `c` has the fields of TransformerConfig."""
+    attention = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta, causal=causal)
+    return pattern_blocks(
+        "A" * c.n_layers,
+        mixers={"A": lambda i: Attention(attention)},
+        mlp=lambda i: SwiGLU(c.d_model, c.d_hidden),
+        norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
+    )
+
+
 class Transformer(LanguageModel):
     def __init__(self, c: TransformerConfig):
-        attention = AttentionConfig(c.d_model, c.n_heads, c.n_kv_heads, c.rope_theta, causal=c.causal)
-        blocks = pattern_blocks(
-            "A" * c.n_layers,
-            mixers={"A": lambda i: Attention(attention)},
-            mlp=lambda i: SwiGLU(c.d_model, c.d_hidden),
-            norm=lambda: nn.RMSNorm(c.d_model, c.norm_eps),
-        )
-        super().__init__(c, blocks)
+        super().__init__(c, llama_blocks(c, causal=c.causal))
         if not c.causal:
             self.capabilities = frozenset({BIDIRECTIONAL})
 

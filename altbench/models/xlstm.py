@@ -301,6 +301,7 @@ class MLSTMLayer(nn.Module):
         self.fgate_preact = nn.Linear(d, H, bias=True)
         self.multihead_norm = HeadNorm(H, self.v_dim // H, c.norm_eps)
         self.out_proj = nn.Linear(self.v_dim, d, bias=False)
+        self.chunked = mlstm_chunked  # `use_backend` swaps in a kernel with the same contract
         with torch.no_grad():  # xLSTM 7B sec. 3.2: i bias negative, f bias spread over [3, 6] across heads
             self.igate_preact.bias.fill_(c.igate_bias_init)
             self.fgate_preact.bias.copy_(torch.linspace(3.0, 6.0, H))
@@ -316,7 +317,7 @@ class MLSTMLayer(nn.Module):
 
     def forward(self, x, state):
         """x: (B, T, d); state: (C, n, m) or None."""
-        h, state = mlstm_chunked(*self._cell_inputs(x), state, self.c.chunk_size, self.c.eps)  # (B, T, H, V)
+        h, state = self.chunked(*self._cell_inputs(x), state, self.c.chunk_size, self.c.eps)  # (B, T, H, V)
         return self._out(x, h), state
 
     def step(self, x, state):
@@ -505,6 +506,74 @@ def from_hf_config(d: dict) -> XLSTMConfig:
         norm_eps=d.get("norm_eps", 1e-6), eps=d.get("eps", 1e-6), chunk_size=d.get("chunk_size", 64),
         tie_embeddings=d.get("tie_word_embeddings", False),
     )
+
+# --- mlstm_kernels backend (NX-AI's official Triton kernels, github.com/NX-AI/mlstm_kernels) -------------
+
+KERNEL_CHUNK = 64  # chunk of the xl_chunk kernel, as xLSTM 7B trains (the xlstm package's xLSTMLargeConfig)
+PAD_LOG_I, PAD_F = -1e4, 1e4  # a padded step: i' = exp(log i - m) = 0 and log f = log sigmoid(f) = 0 in fp32
+
+
+def _kernel_length(T: int) -> int:
+    """The shortest length >= T that the xl_chunk kernel takes: a power of two from 16 to 64, else a
+    multiple of its chunk."""
+    if T <= KERNEL_CHUNK:
+        return max(16, 1 << (T - 1).bit_length())
+    return -(-T // KERNEL_CHUNK) * KERNEL_CHUNK
+
+
+def mlstm_kernels_chunked(q, k, v, i, f, state=None, chunk_size=64, eps=1e-6):
+    """`mlstm_chunked`'s contract through mlstm_kernels' `chunkwise--triton_xl_chunk` kernel, forward and
+    backward.
+
+    Its equations are ours term by term (see its reference step, `mlstm_recurrent_step__native_fw`): i and
+    f are the gate pre-activations (log i_t = i, log f_t = log sigmoid f), q is scaled by K^-1/2 inside,
+    m starts at 0, and h = C^T q / (max(|n^T q|, exp(-m)) + eps). Only the layout differs: (B, H, T, K)
+    and m (B, H, 1). The kernel takes its own chunk (KERNEL_CHUNK; `chunk_size`, the torch form's, does
+    not change the result) and lengths in multiples of 16 (`_kernel_length`): T is padded at the end with
+    steps that leave the state unchanged (PAD_LOG_I, PAD_F). It runs with autocast off: q, k, v in q's
+    dtype, gates and state in fp32, as the torch form keeps them.
+
+    The forward is exact; the backward is NX-AI's, not autograd's: it holds the stabiliser m and the
+    normaliser max(|n^T q|, exp(-m)) + eps constant (mlstm_kernels' `mlstm_parallel_bw`: dh / den), as
+    xLSTM 7B is trained, so dq, dk, di, df differ from the torch form's exact gradients wherever the
+    normaliser's own gradient matters (dv is the same). It also gives no gradient to the entering n and
+    takes none from the final n and m: a state that needs a gradient is refused, and the final state
+    comes back detached.
+    """
+    if state is not None and torch.is_grad_enabled() and any(s.requires_grad for s in state):
+        raise NotImplementedError(
+            "mlstm_kernels' backward gives no gradient to the entering state's normaliser n; "
+            "backpropagate through a carried state on the torch backend"
+        )
+    from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
+
+    B, T, H, K = q.shape
+    pad = _kernel_length(T) - T
+    q, k, v = (F.pad(x.to(q.dtype), (0, 0, 0, 0, 0, pad)).transpose(1, 2).contiguous() for x in (q, k, v))
+    i = F.pad(i.float(), (0, 0, 0, pad), value=PAD_LOG_I).transpose(1, 2).contiguous()  # (B, H, T)
+    f = F.pad(f.float(), (0, 0, 0, pad), value=PAD_F).transpose(1, 2).contiguous()
+    C0, n0, m0 = (state[0].float(), state[1].float(), state[2].float()[..., None]) if state is not None else (None,) * 3
+    with torch.autocast(q.device.type, enabled=False):
+        h, (C, n, m) = mlstm_chunkwise__xl_chunk(
+            q, k, v, i, f, C0, n0, m0, return_last_states=True, eps=eps, chunk_size=KERNEL_CHUNK,
+            autocast_kernel_dtype=q.dtype,
+        )  # h (B, H, T, V) in q's dtype; C (B, H, K, V), n (B, H, K), m (B, H, 1) fp32
+    return h.transpose(1, 2)[:, :T], (C.detach(), n.detach(), m[..., 0].detach())
+
+
+def _use_mlstm_op(op):
+    """A `BACKENDS` entry: every mLSTM block's chunked op becomes `op` (sLSTM blocks have none)."""
+
+    def apply(model: XLSTM) -> None:
+        for layer in model.layers:
+            if isinstance(layer.mixer, MLSTMLayer):
+                layer.mixer.chunked = op
+
+    return apply
+
+
+BACKENDS = {"mlstm_kernels": _use_mlstm_op(mlstm_kernels_chunked)}
+
 
 # Matched to the altbench 130m baselines (transformer, mamba, mamba2): GPT-NeoX vocabulary, ~130M parameters.
 SIZES["130m"] = dataclasses.replace(SIZES["160m"], vocab_size=50280, tie_embeddings=True)

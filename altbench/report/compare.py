@@ -29,7 +29,7 @@ from altbench.measure import roofline
 from altbench.report import load_rows, runs_under
 from altbench.report.plots import label, log_axes, save
 from altbench.report.tables import (
-    IMPL_LEGEND, UNITS, fmt, fmt_len, is_timed, ordered_measurements, series_fields, series_fits, shown_fields,
+    IMPL_LEGEND, UNITS, fmt, fmt_len, generate_matched, is_timed, ordered_measurements, series_fields, series_fits, shown_fields,
     sort_key, timing_text, value_text,
 )
 from altbench.runner import rundir
@@ -153,7 +153,8 @@ def compare(rows: list[dict], archs: list[str], out_dir: Path) -> list[Path]:
     for measurement in ordered_measurements(rows):
         subset = [r for r in rows if r.get("measurement") == measurement]
         timed = is_timed(measurement, subset)
-        head, shown, numeric = side_by_side(subset, archs, timed)
+        matched = generate_matched(subset) if measurement == "generate" else subset  # AR rows stand at every N
+        head, shown, numeric = side_by_side(matched, archs, timed)
         lines += [f"## {measurement}", "", *head, shown.to_markdown(index=False, disable_numparse=True), ""]
         if timed and any(roofline.is_implementation_bound(r) for r in subset):
             lines += [IMPL_LEGEND, ""]

@@ -6,6 +6,8 @@
     memory             peak memory vs L, one panel per timed measurement
     ceilings           achieved TFLOP/s / bf16 matmul ceiling and GB/s / copy ceiling vs L
                        (only when env.json has ceilings)
+    generate_steps     time to generate G tokens against denoising steps N, one panel per prompt
+                       length L; autoregressive models (G calls whatever N) as horizontal lines
     probe_accuracy     probe accuracy per task: a group of bars per axis point, one bar per model,
                        stderr as error bars, chance dashed; a cell that did not run is a hatched bar
                        with its status written at the foot
@@ -30,7 +32,7 @@ from altbench.measure import roofline
 from altbench.report import status_label
 from altbench.runner import rundir
 from altbench.report.tables import (
-    UNITS, ceiling_fractions, fmt_len, is_timed, ordered_measurements, probe_cells, series_fields,
+    UNITS, ceiling_fractions, fmt_len, generate_lines, is_timed, ordered_measurements, probe_cells, series_fields,
     series_fits, series_key, shown_fields, sort_key,
 )
 
@@ -293,6 +295,39 @@ def probe_curves_plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return save(fig, out_dir, "probe_curves")
 
 
+def generate_steps_plot(rows: list[dict], out_dir: Path) -> list[Path]:
+    """ms to generate G tokens vs denoising steps N (log-log), one panel per prompt length; an
+    autoregressive model's time is a horizontal line, the same at every N."""
+    ok = [r for r in rows if r.get("measurement") == "generate" and r.get("status") == "ok" and r.get("ms_median")]
+    steps, lines = generate_lines(ok)
+    if not steps:
+        return []
+    lengths = sorted({length for _, length in lines})
+    models = list(dict.fromkeys(model for model, _ in lines))
+    fig = Figure(layout="constrained", figsize=(5 * len(lengths), 4.2))
+    axes = fig.subplots(1, len(lengths), squeeze=False)[0]
+    for ax, length in zip(axes, lengths):
+        for (model, at), by_n in lines.items():
+            if at != length:
+                continue
+            color = f"C{models.index(model) % 10}"
+            if None in by_n:
+                ax.axhline(by_n[None]["ms_median"], color=color, linestyle="--", label=f"{model} (autoregressive)")
+            else:
+                ns = sorted(by_n)
+                ax.plot(ns, [by_n[n]["ms_median"] for n in ns], marker="o", color=color, label=model)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(steps, [str(n) for n in steps])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("denoising steps N")
+        ax.set_ylabel("ms to generate G tokens (median)")
+        ax.set_title(f"prompt L = {fmt_len(length)}, G = {ok[0].get('gen_length')}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return save(fig, out_dir, "generate_steps")
+
+
 def write_plots(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
     """Every plot the rows support; a measurement with no ok timed cell gets none, probes get
     theirs when the rows hold any probe cell."""
@@ -303,6 +338,7 @@ def write_plots(rows: list[dict], env: dict, out_dir: Path) -> list[Path]:
         if is_timed(measurement, subset):
             written += cost_plot(measurement, subset, env, out_dir)
     written += decode_batch_plot(rows, env, out_dir)
+    written += generate_steps_plot(rows, out_dir)
     written += memory_plot(rows, out_dir)
     written += ceilings_plot(rows, env, out_dir)
     written += probe_plot(rows, out_dir)

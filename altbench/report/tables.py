@@ -8,6 +8,8 @@ run shows its status (OOM, error, timeout, skipped), explained under the table, 
 length the suite did not ask for. Timed tables end with the scaling exponent and the lengths it
 was fitted over (scaling.py), and are followed by peak memory and, for decode, time over the
 bandwidth bound (bytes read per token / the device's copy bandwidth) when env.json has ceilings.
+The generate table is followed by time and tokens/s against the denoising steps N, autoregressive
+models beside (`generate_section`).
 Probe tables are turned around: one line per task and axis point (a task may vary more than L),
 with its chance accuracy, and one column per model.
 
@@ -32,6 +34,7 @@ UNITS = {
     "decode": "ms per decode step (one token per sequence) at context length L",
     "train_step": "ms per training step (forward, backward, AdamW) on the batch's L tokens",
     "kernel": "ms per call of the first layer's sequence mixer alone (attention, SSM or recurrence; no norm, MLP or head) over L tokens",
+    "generate": "ms to generate G tokens after a prompt of L tokens (N denoising steps, or G autoregressive calls)",
     "reasoning": "ms per call answering the batch's puzzles of L tokens (per sample: divide by the batch); an iterative "
                  "model runs every segment (task c<cycles>-s<segments>), any other one forward pass (task 'forward')",
 }
@@ -41,7 +44,7 @@ ALL_POINTS = "all points"  # the point of a failed probe cell in a task where no
 CSV_FIELDS = (
     "cell_id", "measurement", *SERIES_FIELDS, "seq_len", "status", "ms_median", "ms_ci_low", "ms_ci_high", "reps",
     "warmup", "first_call_ms", "compile_ms", "compiled", "cuda_graphs", "fast_path_note", "tokens_per_s", "flops",
-    "tflops", "bandwidth_gbs", "bytes_per_token", "bytes_moved", "compute_bound_ms", "memory_bound_ms", "bound_ms",
+    "tflops", "gen_length", "steps", "block_length", "model_calls", "bandwidth_gbs", "bytes_per_token", "bytes_moved", "compute_bound_ms", "memory_bound_ms", "bound_ms",
     "roofline_frac", "implementation_bound", "joules_per_token", "energy_note", "matmul_ceiling_fraction", "copy_ceiling_fraction", "peak_mem_bytes", "mem_source", "predicted_mem_bytes",
     "state_bytes", "params", "value", "stderr", "chance", "num_kv_pairs", "num_tokens", "cycles", "segments",
     "ms_per_sample", "layer_calls", "exponent", "fit_first_len",
@@ -50,7 +53,8 @@ CSV_FIELDS = (
 
 INT_FIELDS = (
     "batch", "seq_len", "reps", "warmup", "flops", "bytes_per_token", "bytes_moved", "peak_mem_bytes", "predicted_mem_bytes",
-    "state_bytes", "params", "num_kv_pairs", "num_tokens", "cycles", "segments", "layer_calls", "fit_first_len", "fit_last_len",
+    "state_bytes", "params", "gen_length", "steps", "block_length", "model_calls", "num_kv_pairs", "num_tokens", "cycles",
+    "segments", "layer_calls", "fit_first_len", "fit_last_len",
 )
 
 
@@ -390,6 +394,65 @@ def batch_section(rows: list[dict]) -> list[str]:
             "", _markdown(table)]
 
 
+def generate_steps(row: dict) -> int | None:
+    """A generate row's denoising steps N (from its cell's task, "steps64", when it did not run), or
+    None for an autoregressive model."""
+    if row.get("steps") is not None:
+        return row["steps"]
+    task = str(row.get("task") or "")
+    return int(task.removeprefix("steps")) if task.startswith("steps") and task[5:].isdigit() else None
+
+
+def generate_matched(rows: list[dict]) -> list[dict]:
+    """Generate rows with an autoregressive model's row repeated at every N present (as its task), so
+    that it meets each masked diffusion row of the same setting."""
+    steps = sorted({n for r in rows if (n := generate_steps(r)) is not None})
+    out = []
+    for r in rows:
+        out += [{**r, "task": f"steps{n}"} for n in steps] if steps and generate_steps(r) is None else [r]
+    return out
+
+
+def generate_lines(rows: list[dict]) -> tuple[list[int], dict[tuple, dict]]:
+    """(every N in the rows, {(model, L): {N or None: row}}): a masked diffusion model's rows by N, an
+    autoregressive model's one row under None; `model` names arch and size, plus backend, dtype and
+    batch where they vary."""
+    fields = [f for f in ("arch", "size", "backend", "dtype", "batch") if any(r.get(f) is not None for r in rows)]
+    shown, _ = shown_fields(rows, fields)
+    shown = [f for f in fields if f in shown or f in ("arch", "size")]
+    lines: dict[tuple, dict] = {}
+    for r in rows:
+        model = " ".join(f"b{r[f]}" if f == "batch" else str(r[f]) for f in shown if r.get(f) is not None)
+        lines.setdefault((model, r.get("seq_len")), {})[generate_steps(r)] = r
+    steps = sorted({n for by_n in lines.values() for n in by_n if n is not None})
+    return steps, dict(sorted(lines.items(), key=lambda kv: sort_key(kv[0])))
+
+
+def generate_section(rows: list[dict]) -> list[str]:
+    """Time and tokens/s to generate G tokens against the denoising steps N, one line per model and
+    prompt length; an autoregressive model's figure stands in every column (it makes G calls whatever N)."""
+    steps, lines = generate_lines(rows)
+
+    def text(r: dict) -> str:
+        if r.get("status") != "ok":
+            return status_label(r)
+        return f"{timing_text(r)} ms, {r['tokens_per_s']:,.0f} tok/s" if r.get("tokens_per_s") else timing_text(r)
+
+    columns = [f"N={n}" for n in steps] or ["G calls"]
+    records = []
+    for (model, length), by_n in lines.items():
+        ar = by_n.get(None)
+        record = {"model": model + (" (autoregressive: G calls at every N)" if ar else ""), "L": fmt_len(length)}
+        for n, column in zip(steps or [None], columns):
+            row = ar if ar is not None else by_n.get(n)
+            record[column] = text(row) if row is not None else NOT_MEASURED
+        records.append(record)
+    gens = _range(r.get("gen_length") for r in rows)
+    blocks = _range(r.get("block_length") for r in rows)
+    return ["", f"### generate: time and tokens/s to produce G = {gens} tokens after a prompt of L tokens, against "
+            f"denoising steps N (block length {blocks})", "", _markdown(pd.DataFrame.from_records(records))]
+
+
 def csv_frame(measurement: str, rows: list[dict], fields: list[str], fits: dict, env: dict) -> pd.DataFrame:
     """One line per cell with the raw figures, the derived fractions and the series' exponent."""
     records = []
@@ -427,6 +490,8 @@ def measurement_markdown(measurement: str, rows: list[dict], env: dict) -> tuple
         lines += bound_section(measurement, rows, fields, shown, env)
         if measurement == "decode":
             lines += batch_section(rows)
+        if measurement == "generate":
+            lines += generate_section(rows)
     elif measurement == "probe":
         lines.append(_markdown(probe_table(rows)))
     else:

@@ -30,7 +30,8 @@ class Cell:
     batch: int
     seq_len: int  # 0 for capability cells, whose rows carry their own lengths
     settings: Settings
-    task: str = ""  # probe task, comma-joined lm-eval tasks, or a reasoning cell's "c<cycles>-s<segments>" / "forward"
+    task: str = ""  # probe task, comma-joined lm-eval tasks, a generate cell's denoising steps ("steps64"),
+    # or a reasoning cell's "c<cycles>-s<segments>" / "forward"
     weights: str = ""  # a local Hugging Face checkpoint directory; "" = random weights
     extra: dict = field(default_factory=dict, hash=False)  # measurement-specific options from the suite
 
@@ -91,6 +92,20 @@ def _tasks(suite: Suite, measurement: str, extra: dict) -> list[str]:
     return tasks
 
 
+def _generate_cells(common: dict, suite: Suite, settings: Settings, options: dict) -> list[Cell]:
+    """A masked diffusion model gets one cell per denoising step count N; an autoregressive model one
+    cell (it produces G tokens in G calls whatever N is), so each of its rows stands beside every N."""
+    from altbench import registry
+    from altbench.models.base import MASKED_DIFFUSION
+
+    diffusion = MASKED_DIFFUSION in registry.family(common["arch"]).MODEL.capabilities
+    steps = options["steps"] if diffusion else [None]
+    shared = {k: v for k, v in options.items() if k != "steps"}
+    return [Cell(**common, batch=batch, seq_len=seq_len, settings=settings, task=f"steps{n}" if n else "",
+                 extra={**shared, "steps": n} if n else shared)
+            for batch, seq_len in itertools.product(suite.batches, sorted(suite.seq_lens)) for n in steps]
+
+
 REASONING_FORWARD = "forward"  # the one reasoning cell of a model that is not iterative: a forward pass
 
 
@@ -114,7 +129,7 @@ def expand(suite: Suite, device: str, weights: str = "") -> list[Cell]:
     cells = []
     for measurement, settings in suite.measurements.items():
         extra = dict(suite.extra.get(measurement, {}))
-        for arch in suite.archs:
+        for arch in suite.archs_of(measurement):
             for size, backend, dtype in itertools.product(suite.sizes_of(arch), suite.backends_of(arch, measurement), suite.dtypes):
                 common = dict(arch=arch, size=size, backend=backend, measurement=measurement, dtype=dtype, device=device,
                               weights=weights)
@@ -131,6 +146,8 @@ def expand(suite: Suite, device: str, weights: str = "") -> list[Cell]:
                     tasks = _tasks(suite, measurement, extra)
                     options = {k: v for k, v in extra.items() if k != "tasks"}
                     cells.append(Cell(**common, batch=1, seq_len=0, settings=settings, task=",".join(tasks), extra=options))
+                elif measurement == "generate":
+                    cells += _generate_cells(common, suite, settings, extra)
                 else:
                     for batch, seq_len in itertools.product(suite.batches, sorted(suite.seq_lens)):
                         cells.append(Cell(**common, batch=batch, seq_len=seq_len, settings=settings))

@@ -24,6 +24,7 @@
     graph_max_len = 16384                # prefill / mixer-alone cells up to this length are graph-captured
     compile_decode = true                # torch.compile the decode step on a GPU (compile_ms apart)
     compile_prefill = false              # torch.compile prefill and mixer-alone calls (a compile per shape)
+    compile_scope = "layer"              # what one compile covers: "layer" (each layer) or "model" (see below)
     energy = true                        # joules per token from NVML's energy counter on a GPU
 
     [measurements.prefill]               # one table per measurement; keys here override [settings]
@@ -31,9 +32,27 @@
     [measurements.train_step]
     max_seq_len = 16384                  # longer cells are recorded as skipped, with this reason
     [measurements.kernel]                # the first layer's sequence mixer alone (block.mix)
+    [measurements.generate]              # G tokens after a prompt of L = seq_len tokens
+    gen_length = 256                     # G
+    steps = [64, 128, 256]               # denoising steps N (masked diffusion; one cell each)
+    block_length = 32                    # semi-autoregressive blocks; divides gen_length, and steps
+                                         # must be a multiple of gen_length / block_length
+    remasking = "low_confidence"         # or "random"
+    cfg_scale = 0.0                      # classifier-free guidance (0: none)
     [measurements.reasoning]             # cost of answering a puzzle of seq_len tokens
     cycles = [1, 2, 4]                   # iterative models (HRM): high-level cycles per segment (default: the size's)
     segments = [1, 4, 8]                 # and segments, at most the size's max_segments (default: max_segments)
+
+Any measurement table may name `archs = [...]`: the measurement then runs for those architectures
+only, and naming one that cannot do it (decode for a model without a causal step) is refused.
+Without that list, a model that cannot do a measurement gets a 'not applicable' row.
+
+`compile_scope` trades compile time for fusion (measure/fastpath.py): "layer" compiles one layer and
+shares it among identical layers (seconds); "model" compiles the whole step or prefill as one graph
+(about n_layers times longer, kept in inductor's cache), and inductor then fuses across layer
+boundaries, which can save a kernel per layer in a decode step. "layer" is the default until a
+measurement shows the whole-model compile worth its minutes (benchmarks/decode_profile.py --scopes
+layer,model). The mixer-alone cell always compiles the mixer alone.
 
 Any mistake (bad TOML, unknown key, wrong type, unknown architecture / size / backend /
 measurement) raises `UserError` naming the file, the key and the fix.
@@ -51,7 +70,7 @@ from altbench import registry
 from altbench.errors import UserError, one_line
 from altbench.runner import rundir
 
-MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "reasoning", "probe", "lm_eval")
+MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "generate", "reasoning", "probe", "lm_eval")
 REASONING_AXES = ("cycles", "segments")  # [measurements.reasoning] keys: positive integers or lists of them
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -69,6 +88,7 @@ class Settings:
     graph_max_len: int = 16384  # prefill / mixer-alone cells up to this length replay from a CUDA graph
     compile_decode: bool = True  # torch.compile the decode step (GPU only; compile time kept apart)
     compile_prefill: bool = False  # torch.compile prefill and mixer-alone calls too (one compile per shape)
+    compile_scope: str = "layer"  # "layer" or "model": the regions one compile covers (measure/fastpath.py)
     energy: bool = True  # joules per token from NVML's energy counter (GPU only)
     max_seq_len: int = 0  # 0: no limit
     max_batch: int = 0  # 0: no limit
@@ -90,23 +110,35 @@ class Suite:
     extra: dict = field(default_factory=dict)  # measurement-specific tables (probe tasks, lm-eval tasks)
     arch_sizes: dict = field(default_factory=dict)  # arch -> sizes, overriding `sizes` for that arch
     backend_choice: str = "each"  # "each": every backend its own cells; "first", "fastest": see `backends_of`
+    measurement_archs: dict = field(default_factory=dict)  # measurement -> the archs it is restricted to
 
     def sizes_of(self, arch: str) -> list[str]:
         return self.arch_sizes.get(arch, self.sizes)
+
+    def archs_of(self, measurement: str) -> list[str]:
+        """The architectures `measurement` runs for: its table's `archs` (those still in the suite's,
+        which `--archs` may narrow), else the suite's."""
+        return [a for a in self.measurement_archs.get(measurement, self.archs) if a in self.archs]
 
     def backends_of(self, arch: str, measurement: str) -> list[str]:
         """The backends `arch` runs `measurement` on. "each": all of `backends` (one that does not
         implement the arch gives `skipped` rows). "first": only the first of `backends` that
         implements the arch, can run the measurement (a train step needs a backward) and is
         installed here, so each architecture is measured once, on its fastest listed form.
-        "fastest": the same, in the order of `registry.FASTEST` (altbench's kernels, fla, mamba_ssm,
-        torch) rather than the order of `backends`."""
+        "fastest": the same, in the order of `registry.FASTEST` (altbench's kernels, fla,
+        mlstm_kernels, mamba_ssm, torch) rather than the order of `backends`."""
         if self.backend_choice == "each":
             return self.backends
         order = self.backends if self.backend_choice == "first" else [b for b in registry.FASTEST if b in self.backends]
-        usable = [b for b in order if b in registry.backends_of(arch)
-                  and not (measurement == "train_step" and b in registry.FORWARD_ONLY)]
-        return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or order[:1])
+        return first_usable(order, arch, measurement)
+
+
+def first_usable(order: list[str], arch: str, measurement: str) -> list[str]:
+    """[the first backend of `order` that implements `arch`, can run `measurement` (a train step needs
+    a backward) and is installed]; else the first that implements it (its cells say what is missing),
+    else the first of `order`."""
+    usable = [b for b in order if (registry.trains_on(arch, b) if measurement == "train_step" else b in registry.backends_of(arch))]
+    return next(([b] for b in usable if registry.backend_installed(b)), usable[:1] or order[:1])
 
 
 _TOP = {
@@ -116,7 +148,9 @@ _TOP = {
 }
 BACKEND_CHOICES = ("each", "first", "fastest")
 _SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
-_PY = {"int": int, "float": (int, float), "bool": bool}
+_PY = {"int": int, "float": (int, float), "bool": bool, "str": str}
+# The values each string setting may take.
+_SETTING_CHOICES = {"compile_scope": ("layer", "model")}  # measure.fastpath.COMPILE_SCOPES, without importing torch
 # The smallest value each numeric setting may take (the rest: at least 0).
 _SETTING_MIN = {"reps": 1, "decode_tokens": 1, "timeout_s": 1e-3}
 
@@ -156,7 +190,10 @@ def _settings(where: str, table: dict, base: Settings) -> tuple[Settings, dict]:
         if key in _SETTING_TYPES:
             _check_type(where, key, value, _PY[_SETTING_TYPES[key]])
             least = _SETTING_MIN.get(key, 0)
-            if not isinstance(value, bool) and not (math.isfinite(value) and value >= least):
+            if isinstance(value, str):
+                if value not in _SETTING_CHOICES[key]:
+                    raise UserError(f"{where}: key '{key}' must be one of {', '.join(_SETTING_CHOICES[key])}, got {value!r}")
+            elif not isinstance(value, bool) and not (math.isfinite(value) and value >= least):
                 raise UserError(f"{where}: key '{key}' must be a finite number >= {least:g}, got {value!r}")
             known[key] = value
         else:
@@ -182,15 +219,66 @@ def _names(where: str, key: str, values: list, known: list[str]) -> list[str]:
     return values
 
 
+# [measurements.generate]'s own keys and their defaults (None: gen_length's value; steps: a list)
+GENERATE_DEFAULTS = {"gen_length": 256, "steps": None, "block_length": None, "remasking": "low_confidence", "cfg_scale": 0.0}
+
+
+def _generate_options(where: str, table: dict) -> dict:
+    """The generate measurement's options, checked, with defaults filled in and `steps` a list."""
+    from altbench.models import llada
+
+    for key in table:
+        if key not in GENERATE_DEFAULTS:
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join([*_SETTING_TYPES, *GENERATE_DEFAULTS])}")
+    opts = {**GENERATE_DEFAULTS, **table}
+    for key in ("gen_length", "block_length"):
+        opts[key] = opts["gen_length"] if opts[key] is None else opts[key]
+        _check_type(where, key, opts[key], int)
+    steps = [opts["gen_length"]] if opts["steps"] is None else opts["steps"]
+    steps = steps if isinstance(steps, list) else [steps]
+    for n in steps:
+        _check_type(where, "steps", n, int)
+    if not steps or len(set(steps)) != len(steps):
+        raise UserError(f"{where}: key 'steps' must list distinct step counts, got {opts['steps']!r}")
+    _check_type(where, "remasking", opts["remasking"], str)
+    if opts["remasking"] not in llada.REMASKING:
+        raise UserError(f"{where}: key 'remasking' must be one of {', '.join(llada.REMASKING)}, got {opts['remasking']!r}")
+    _check_type(where, "cfg_scale", opts["cfg_scale"], (int, float))
+    if not (math.isfinite(opts["cfg_scale"]) and opts["cfg_scale"] >= 0):
+        raise UserError(f"{where}: key 'cfg_scale' must be a finite number >= 0, got {opts['cfg_scale']!r}")
+    try:
+        for n in steps:
+            llada.unmask_schedule(opts["gen_length"], n, opts["block_length"])
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return {**opts, "steps": sorted(steps), "cfg_scale": float(opts["cfg_scale"])}
+
+
+def _measurement_archs(where: str, measurement: str, value, archs: list[str]) -> list[str]:
+    """A measurement's `archs`: a non-empty list of the suite's archs, each able to do the measurement."""
+    from altbench.measure.scenarios import lacking
+
+    _check_type(where, "archs", value, list)
+    if not _strings(where, "archs", value):
+        raise UserError(f"{where}: key 'archs' must name at least one architecture (leave it out for all)")
+    for arch in value:
+        if arch not in archs:
+            raise UserError(f"{where}: '{arch}' in 'archs' is not in the suite's 'archs' ({', '.join(archs)})")
+        if reason := lacking(registry.family(arch).MODEL.capabilities, measurement):
+            raise UserError(f"{where}: {arch} cannot do {measurement} ({reason}); remove it from 'archs'")
+    return value
+
+
 def _reasoning_axes(where: str, table: dict, archs: list[str], sizes: list[str], arch_sizes: dict) -> dict:
     """`cycles` and `segments` as lists of integers >= 1, segments at most the max_segments of every
-    iterative architecture and size in the suite; UserError naming the key and the fix otherwise."""
+    iterative architecture (of `archs`, those the measurement runs for) and size; UserError naming the
+    key and the fix otherwise."""
     from altbench.models.base import ITERATIVE
 
     axes = {}
     for key, value in table.items():
         if key not in REASONING_AXES:
-            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join(REASONING_AXES + tuple(_SETTING_TYPES))}")
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join([*_SETTING_TYPES, 'archs', *REASONING_AXES])}")
         values = value if isinstance(value, list) else [value]
         for v in values:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -272,21 +360,25 @@ def load(name_or_path: str) -> Suite:
     base, stray = _settings(f"{where} [settings]", data.get("settings", {}), Settings())
     if stray:
         raise UserError(f"{where} [settings]: unknown key '{next(iter(stray))}'; known: {', '.join(_SETTING_TYPES)}")
-    measurements, extra = {}, {}
+    measurements, extra, measurement_archs = {}, {}, {}
     for name, table in data["measurements"].items():
         _names(where, "measurements", [name], list(MEASUREMENTS))
         if not isinstance(table, dict):
             raise UserError(f"{where}: [measurements.{name}] must be a table")
-        measurements[name], extra[name] = _settings(f"{where} [measurements.{name}]", table, base)
-        if name == "reasoning":
-            extra[name] = _reasoning_axes(f"{where} [measurements.reasoning]", extra[name], archs, sizes, arch_sizes)
+        table_where = f"{where} [measurements.{name}]"
+        if "archs" in table:
+            table = dict(table)
+            measurement_archs[name] = _measurement_archs(table_where, name, table.pop("archs"), archs)
+        measurements[name], extra[name] = _settings(table_where, table, base)
+        if name == "generate":
+            extra[name] = _generate_options(table_where, extra[name])
+        elif name == "reasoning":
+            extra[name] = _reasoning_axes(table_where, extra[name], measurement_archs.get(name, archs), sizes, arch_sizes)
         elif extra[name] and name not in ("probe", "lm_eval"):
-            raise UserError(
-                f"{where} [measurements.{name}]: unknown key '{next(iter(extra[name]))}'; known: {', '.join(_SETTING_TYPES)}"
-            )
+            raise UserError(f"{table_where}: unknown key '{next(iter(extra[name]))}'; known: {', '.join([*_SETTING_TYPES, 'archs'])}")
     return Suite(
         name=suite_name, path=path, archs=archs, sizes=sizes, backends=backends, dtypes=dtypes,
         batches=data.get("batches", [1]), seq_lens=data["seq_lens"], measurements=measurements,
         description=data.get("description", ""), device=device, extra=extra, arch_sizes=arch_sizes,
-        backend_choice=backend_choice,
+        backend_choice=backend_choice, measurement_archs=measurement_archs,
     )

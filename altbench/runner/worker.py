@@ -36,6 +36,7 @@ def measure_cell(cell: Cell) -> dict:
 
     from altbench import registry
     from altbench.measure import memory, scenarios
+    from altbench.models import moe
 
     if not registry.backend_installed(cell.backend):
         return {"status": "skipped", "message": f"backend {cell.backend} is not installed"}
@@ -71,6 +72,7 @@ def measure_cell(cell: Cell) -> dict:
         model = registry.build(cell.arch, cell.size, device=device, dtype=dtype, backend=cell.backend).eval()
     figures.update(scenarios.MEASURE[cell.measurement](model, cell, device, generator))
     figures.update(memory.peak(device))
+    figures.update(moe.load_stats(model) or {})  # routed tokens over the cell's calls (MoE models only)
     return {"status": "ok", "message": "", **figures}
 
 
