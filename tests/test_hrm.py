@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from altbench import registry
 from altbench.errors import UserError
@@ -112,6 +113,20 @@ def test_act_training_halts_at_max_segments_and_when_q_says_halt_after_the_explo
     torch.manual_seed(1)
     _, act, _ = rig(tiny(explore=1.0), halt=True).act_step(None, ids, y, mask)
     assert not act.halted.any()  # exploring: at least 2 segments before a halt
+
+
+def test_train_loss_is_one_act_segment_scoring_every_cell_against_its_own_token():
+    model = tiny()
+    ids = torch.randint(0, 5, (2, 16), generator=torch.Generator().manual_seed(3))
+    logits, _ = model(ids)  # one segment from the initial state; Q starts at (-5, -5) whatever the state
+    q, unsolved = torch.tensor(-5.0), torch.tensor(0.0)
+    expected = (F.cross_entropy(logits.transpose(1, 2), ids)
+                + 0.5 * F.binary_cross_entropy_with_logits(q, unsolved)  # Q_halt towards "not solved"
+                + 0.5 * F.binary_cross_entropy_with_logits(q, torch.sigmoid(q)))  # Q_continue towards the next Q
+    loss = model.train_loss(ids)
+    assert_close("train_loss", loss, expected, 1e-6)
+    loss.backward()
+    assert model.q_head.bias.grad is not None and model.embed.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("segments, cycles, message", [
@@ -223,13 +238,16 @@ device = "cpu"
 reps = 3
 warmup = 0
 [measurements.decode]
+[measurements.train_step]
+[measurements.generate]
+gen_length = 4
 [measurements.reasoning]
 cycles = [1, 2]
 segments = [1, 3]
 """
 
 
-def test_reasoning_rows_per_cycles_and_segments_and_decode_is_not_applicable(tmp_path):
+def test_reasoning_rows_per_cycles_and_segments_train_step_and_decode_generate_not_applicable(tmp_path):
     from altbench.runner import run as runner
 
     (tmp_path / "s.toml").write_text(SUITE)
@@ -246,7 +264,11 @@ def test_reasoning_rows_per_cycles_and_segments_and_decode_is_not_applicable(tmp
     assert forward["status"] == "ok" and forward["form"] == "one forward pass (not iterative)"
     assert forward["flops"] == registry.build("transformer", "tiny", device="meta").prefill_flops(16)
     assert rows[("decode", "hrm", None)]["message"] == "not applicable (no causal step)"
-    assert rows[("decode", "transformer", None)]["status"] == "ok"
+    assert rows[("generate", "hrm", None)]["message"] == ("not applicable (neither a causal step to decode with "
+                                                          "nor a denoising sampler)")
+    assert rows[("decode", "transformer", None)]["status"] == rows[("generate", "transformer", None)]["status"] == "ok"
+    train = rows[("train_step", "hrm", None)]
+    assert train["status"] == "ok" and train["flops"] == model.train_flops(16) > 2 * model.prefill_flops(16)
 
 
 @pytest.mark.parametrize("line, message", [
