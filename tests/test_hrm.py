@@ -271,6 +271,19 @@ def test_reasoning_rows_per_cycles_and_segments_train_step_and_decode_generate_n
     assert train["status"] == "ok" and train["flops"] == model.train_flops(16) > 2 * model.prefill_flops(16)
 
 
+def test_lm_eval_refuses_hrm_and_its_suite_cell_is_not_applicable():
+    from altbench.evaluation.adapter import build_lm
+    from altbench.runner.cells import Cell
+    from altbench.runner.suite import Settings
+    from altbench.runner.worker import measure_cell
+
+    reason = "neither causal next-token probabilities nor a masked-diffusion likelihood"
+    with pytest.raises(UserError, match=f"hrm cannot be scored by lm-eval: it has {reason}; evaluate a causal"):
+        build_lm("hrm", "tiny", "cpu", None, 1)
+    cell = Cell("hrm", "tiny", "torch", "lm_eval", "float32", "cpu", 1, 0, Settings(), task="altbench_tiny_mc")
+    assert measure_cell(cell) == {"status": "skipped", "message": f"not applicable ({reason})"}
+
+
 @pytest.mark.parametrize("line, message", [
     ("cycles = [0, 1]", "[measurements.reasoning]: key 'cycles' must hold integers >= 1, got 0"),
     ("segments = 0", "[measurements.reasoning]: key 'segments' must hold integers >= 1, got 0"),

@@ -316,6 +316,7 @@ def predicted_bytes(model, cell) -> int:
 NEEDS = {
     "decode": (CAUSAL_STEP, "no causal step"),
     "generate": ((CAUSAL_STEP, MASKED_DIFFUSION), "neither a causal step to decode with nor a denoising sampler"),
+    "lm_eval": ((CAUSAL_STEP, MASKED_DIFFUSION), "neither causal next-token probabilities nor a masked-diffusion likelihood"),
 }
 
 
