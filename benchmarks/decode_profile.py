@@ -19,7 +19,7 @@ For each architecture (default: 130m, bf16, batch 1, context 4K) and each compil
 
 Each (architecture, backend, scope) runs in its own process, so a compile failure, an OOM or a CUDA fault is
 that row's `error` and the loop goes on. Prints a Markdown table as it goes and the top kernels of
-each row, and writes every row as JSON to `--out` (default `$OUT/decode_profile.json` when OUT is
+each row, and writes the rows so far as JSON to `--out` after each row (default `$OUT/decode_profile.json` when OUT is
 set, else `./decode_profile.json`).
 
     python benchmarks/decode_profile.py                                   # 6 architectures, both scopes
@@ -239,12 +239,19 @@ def main() -> None:
     print("\n| arch | backend | compile scope | ms / token | 95% CI | kernels / step | kernel ms / step "
           "| memory bound ms | compile s |\n|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
+
+    def save() -> None:  # after every row, so a run cut off by a time limit keeps what it measured
+        with open(args.out, "w") as f:
+            json.dump({"ceilings": ceilings, "torch": torch.__version__, "settings": vars(args), "rows": rows}, f,
+                      indent=2)
+
     context = mp.get_context("spawn")  # no CUDA context inherited; a fault costs one row
     for arch, backend, scope, compiled, error in runs:
         if error:
             row = {"arch": arch, "backend": backend, "compile_scope": scope, "status": "error", "error": error}
             rows.append(row)
             _print_row(row)
+            save()
             continue
         job = {**common, "compile": compiled}
         try:
@@ -255,11 +262,10 @@ def main() -> None:
                    "error": f"worker died: {type(e).__name__}: {e}"}
         rows.append(row)
         _print_row(row)
-    for row in rows:
+        save()
         if row["status"] == "ok":
             _print_top(row)
-    with open(args.out, "w") as f:
-        json.dump({"ceilings": ceilings, "torch": torch.__version__, "settings": vars(args), "rows": rows}, f, indent=2)
+    save()
     print(f"\nrows written to {args.out}")
 
 

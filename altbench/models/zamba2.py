@@ -5,12 +5,18 @@ The layer pattern has two letters. "M" is a Mamba-2 layer, x + Mamba2(RMSNorm(x)
 runs a shared transformer block on the concatenation of x with the original token embeddings e,
 
     t = RMSNorm_2d([x, e])                                   (B, T, 2 d)
-    a = Attn(t)         q, k, v = (W + A_u) t, A_u a per-use LoRA adapter; head_dim 2 d / H, scale (head_dim / 2)^-1/2
+    a = Attn(t)         q, k, v = (W + A_u) t, A_u a per-use LoRA adapter (optional); head_dim 2 d / H,
+                        scale (head_dim / 2)^-1/2; optionally RoPE (Su et al. 2021) on q and k over the full head_dim
     s = MLP(RMSNorm(a)) gelu(gate) * up, with (W_gate_up + A'_u) a per-use adapter, then down
 
 and adds the use's own linear map of s to the Mamba-2 layer's input: x + Mamba2(RMSNorm(x + L_u s)).
 `n_shared` blocks are used in turn (use u runs block u mod n_shared); each use u has its own adapters
-and its own KV cache, so the state of a hybrid layer is (KV cache of that use, Mamba-2 state).
+and its own KV cache, so the state of a hybrid layer is (KV cache of that use, Mamba-2 state). With RoPE,
+the position of a token is the length of the KV cache before it, so positions carry across calls.
+
+The released models differ in the shared block (their config.json): Zamba2-1.2B has one shared block,
+attention adapters and RoPE; Zamba2-2.7B two shared blocks, adapters on the MLP only and no RoPE;
+Zamba2-7B two shared blocks, adapters on the MLP only, RoPE, and two Mamba-2 B, C groups.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from torch import nn
 from altbench.errors import UserError
 from altbench.models.attention import KVCache, attend
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
+from altbench.models.blocks import RotaryEmbedding, apply_rotary
 from altbench.models.compose import Block, check_pattern
 from altbench.models.mamba2 import Mamba2Config, Mamba2Mixer
 
@@ -40,10 +47,14 @@ class Zamba2Config(LMConfig):
     d_hidden: int = 0  # shared MLP width; 0 means 4 d_model
     n_shared: int = 1  # shared blocks, used in turn by the hybrid layers
     adapter_rank: int = 128  # rank of the per-use LoRA adapters
+    attn_adapters: bool = True  # per-use adapters on q, k, v too (the MLP always has them)
+    rope: bool = False  # RoPE on the shared attention's q and k
+    rope_theta: float = 10000.0
     d_state: int = 64  # Mamba-2: N
     d_conv: int = 4
     expand: int = 2
     n_mamba_heads: int = 80  # Mamba-2 heads (head_dim = expand d_model / n_mamba_heads)
+    n_groups: int = 1  # Mamba-2 B, C groups
     chunk_size: int = 256
     dt_min: float = 0.001  # also dt's floor (transformers' time_step_limit)
     dt_max: float = 0.1
@@ -57,8 +68,9 @@ class Zamba2Config(LMConfig):
     def mamba2(self) -> Mamba2Config:
         return Mamba2Config(
             d_model=self.d_model, norm_eps=self.norm_eps, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
-            head_dim=self.expand * self.d_model // self.n_mamba_heads, n_heads=self.n_mamba_heads, n_groups=1,
-            chunk_size=self.chunk_size, dt_min=self.dt_min, dt_max=self.dt_max, dt_floor=self.dt_min,
+            head_dim=self.expand * self.d_model // self.n_mamba_heads, n_heads=self.n_mamba_heads,
+            n_groups=self.n_groups, chunk_size=self.chunk_size, dt_min=self.dt_min, dt_max=self.dt_max,
+            dt_floor=self.dt_min,
         )
 
 
@@ -71,7 +83,7 @@ def _adapters(uses: list[bool], d_in: int, rank: int, d_out: int) -> nn.ModuleLi
 
 
 class SharedAttention(nn.Module):
-    """Causal attention over the 2 d-wide [x, e] with per-use LoRA on q, k and v; no position encoding."""
+    """Causal attention over the 2 d-wide [x, e], with per-use LoRA on q, k and v and RoPE when configured."""
 
     def __init__(self, c: Zamba2Config, uses: list[bool]):
         super().__init__()
@@ -81,20 +93,25 @@ class SharedAttention(nn.Module):
         self.k_proj = nn.Linear(width, width, bias=False)
         self.v_proj = nn.Linear(width, width, bias=False)
         self.o_proj = nn.Linear(width, c.d_model, bias=False)
-        self.linear_q_adapter_list = _adapters(uses, width, c.adapter_rank, width)
-        self.linear_k_adapter_list = _adapters(uses, width, c.adapter_rank, width)
-        self.linear_v_adapter_list = _adapters(uses, width, c.adapter_rank, width)
+        for name in ("linear_q_adapter_list", "linear_k_adapter_list", "linear_v_adapter_list"):
+            setattr(self, name, _adapters(uses, width, c.adapter_rank, width) if c.attn_adapters else None)
+        self.rotary = RotaryEmbedding(self.head_dim, c.rope_theta) if c.rope else None
 
     def forward(self, t: torch.Tensor, use: int, cache: KVCache | None) -> tuple[torch.Tensor, KVCache]:
-        """t: (B, T, 2 d) -> (B, T, d)."""
+        """t: (B, T, 2 d) -> (B, T, d); the tokens sit at positions cache.length .. cache.length + T - 1."""
         B, T, _ = t.shape
 
-        def heads(proj, adapters):  # (B, T, 2 d) -> (B, H, T, D)
-            return (proj(t) + adapters[use](t)).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        def heads(proj, adapters):  # (B, T, 2 d) -> (B, T, H, D)
+            y = proj(t) if adapters is None else proj(t) + adapters[use](t)
+            return y.view(B, T, self.n_heads, self.head_dim)
 
         q = heads(self.q_proj, self.linear_q_adapter_list)
         k = heads(self.k_proj, self.linear_k_adapter_list)
         v = heads(self.v_proj, self.linear_v_adapter_list)
+        if self.rotary is not None:
+            cos, sin = self.rotary(cache.length if cache is not None else 0, T, t.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         o, cache = attend(q, k, v, cache, scale=(self.head_dim / 2) ** -0.5)  # (B, H, T, D)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, -1)), cache
 
@@ -162,7 +179,9 @@ class HybridLayer(nn.Module):
 
     def flops_per_token(self, context):
         c, width, r = self.c, 2 * self.c.d_model, self.c.adapter_rank
-        attn = linear_flops(width, 3 * width) + 3 * (linear_flops(width, r) + linear_flops(r, width))
+        attn = linear_flops(width, 3 * width)
+        if c.attn_adapters:
+            attn += 3 * (linear_flops(width, r) + linear_flops(r, width))
         attn += linear_flops(width, c.d_model) + 2 * 2 * width * (context + 1)  # o_proj; q.k and p.v
         mlp = linear_flops(c.d_model, 2 * c.d_hidden) + linear_flops(c.d_model, r) + linear_flops(r, 2 * c.d_hidden)
         mlp += linear_flops(c.d_hidden, c.d_model)
@@ -219,6 +238,21 @@ SIZES = {
         vocab_size=50280, d_model=768, n_layers=20, pattern="MMMMH" * 4, n_heads=12, d_hidden=2048, n_shared=1,
         adapter_rank=64, n_mamba_heads=24,
     ),
+    # The released checkpoints, from their config.json (Zyphra/Zamba2-1.2B, Zyphra/Zamba2-2.7B, Zyphra/Zamba2-7B);
+    # all have Mamba-2 head_dim 64 and a 32000-token vocabulary with tied embeddings.
+    "1.2b": Zamba2Config(
+        vocab_size=32000, d_model=2048, n_layers=38, pattern="MMMMMH" * 6 + "MM", n_heads=32, d_hidden=8192,
+        n_shared=1, adapter_rank=128, attn_adapters=True, rope=True, d_state=128, n_mamba_heads=64,
+    ),
+    "2.7b": Zamba2Config(
+        vocab_size=32000, d_model=2560, n_layers=54, pattern="M" + "MMMMMH" * 7 + "MMMMH" + "MMMH" + "MM", n_heads=32,
+        d_hidden=10240, n_shared=2, adapter_rank=128, attn_adapters=False, rope=False, d_state=64, n_mamba_heads=80,
+    ),
+    "7b": Zamba2Config(
+        vocab_size=32000, d_model=3584, n_layers=81, pattern="MMMMMMH" + "MMMMH" + "MMMMMH" * 11 + "MMM", n_heads=32,
+        d_hidden=14336, n_shared=2, adapter_rank=128, attn_adapters=False, rope=True, d_state=64, n_mamba_heads=112,
+        n_groups=2,
+    ),
 }
 MODEL = Zamba2
 
@@ -243,9 +277,10 @@ def to_hf_config(c: Zamba2Config):
         vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers,
         layers_block_type=["hybrid" if letter == "H" else "mamba" for letter in c.pattern],
         num_attention_heads=c.n_heads, num_key_value_heads=c.n_heads, intermediate_size=c.d_hidden,
-        num_mem_blocks=c.n_shared, use_shared_attention_adapter=True, adapter_rank=c.adapter_rank, use_mem_rope=False,
+        num_mem_blocks=c.n_shared, use_shared_attention_adapter=c.attn_adapters, adapter_rank=c.adapter_rank,
+        use_mem_rope=c.rope, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
         mamba_d_state=c.d_state, mamba_d_conv=c.d_conv, mamba_expand=c.expand, n_mamba_heads=c.n_mamba_heads,
-        mamba_ngroups=1, chunk_size=c.chunk_size, time_step_min=c.dt_min, time_step_max=c.dt_max,
+        mamba_ngroups=c.n_groups, chunk_size=c.chunk_size, time_step_min=c.dt_min, time_step_max=c.dt_max,
         rms_norm_eps=c.norm_eps, hidden_act="gelu", add_bias_linear=False, use_conv_bias=True,
         tie_word_embeddings=c.tie_embeddings,
     )
@@ -253,14 +288,20 @@ def to_hf_config(c: Zamba2Config):
 
 def from_hf_config(d: dict) -> Zamba2Config:
     kinds = d.get("layers_block_type") or d.get("layer_types")
-    if not d.get("use_shared_attention_adapter", False) or d.get("use_mem_rope", False):
-        raise UserError("altbench's Zamba2 models the shared block with per-use adapters and without RoPE only")
+    rope = d.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise UserError(
+            f"rope_parameters.rope_type = '{rope['rope_type']}': altbench's Zamba2 has the default (unscaled) RoPE only"
+        )
     return Zamba2Config(
         vocab_size=d["vocab_size"], d_model=d["hidden_size"], n_layers=d["num_hidden_layers"],
         pattern="".join("H" if k == "hybrid" else "M" for k in kinds), n_heads=d["num_attention_heads"],
         d_hidden=d.get("intermediate_size") or 4 * d["hidden_size"], n_shared=d.get("num_mem_blocks", 1),
-        adapter_rank=d.get("adapter_rank", 128), d_state=d.get("mamba_d_state", 64), d_conv=d.get("mamba_d_conv", 4),
-        expand=d.get("mamba_expand", 2), n_mamba_heads=d.get("n_mamba_heads", 8), chunk_size=d.get("chunk_size", 256),
+        adapter_rank=d.get("adapter_rank", 128), attn_adapters=d.get("use_shared_attention_adapter", False),
+        rope=d.get("use_mem_rope", False), rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
+        d_state=d.get("mamba_d_state", 64), d_conv=d.get("mamba_d_conv", 4), expand=d.get("mamba_expand", 2),
+        n_mamba_heads=d.get("n_mamba_heads", 8), n_groups=d.get("mamba_ngroups", 1),
+        chunk_size=d.get("chunk_size", 256),
         dt_min=d.get("time_step_min", 0.001), dt_max=d.get("time_step_max", 0.1), norm_eps=d.get("rms_norm_eps", 1e-5),
         tie_embeddings=d.get("tie_word_embeddings", True),
     )
