@@ -38,6 +38,7 @@ ARCHITECTURES: dict[str, str] = {
     "ttt-linear": "altbench.models.ttt_linear",
     "ttt-mlp": "altbench.models.ttt_mlp",
     "llada": "altbench.models.llada",
+    "hrm": "altbench.models.hrm",
 }
 
 # backend -> (module that must be importable, what it is)

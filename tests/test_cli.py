@@ -33,9 +33,11 @@ def test_smoke_run_stores_one_ok_row_per_cell(smoke_run):
     rows = rundir.read_rows(run_dir)
     expected = {c.cell_id for c in expand(suites.load("smoke"), "cpu")}
     assert sorted(r["cell_id"] for r in rows) == sorted(expected)
+    skipped = [r for r in rows if r["status"] == "skipped"]  # decode of the models without a causal step
+    assert sorted((r["arch"], r["measurement"], r["seq_len"], r["message"]) for r in skipped) == [
+        (arch, "decode", L, "not applicable (no causal step)") for arch in ("hrm", "llada") for L in (64, 256)]
     for r in rows:
-        if (r["arch"], r["measurement"]) == ("llada", "decode"):
-            assert r["status"] == "skipped" and r["message"] == "not applicable (no causal step)", r
+        if r in skipped:
             continue
         assert r["status"] == "ok", r
         assert r["ms_median"] > 0 and r["ms_ci_low"] <= r["ms_median"] <= r["ms_ci_high"]
@@ -47,7 +49,7 @@ def test_smoke_run_writes_env_tables_and_plots(smoke_run):
     run_dir, _ = smoke_run
     env = json.loads((run_dir / "env.json").read_text())
     assert env["suite"] == "smoke" and env["torch"] and "run --suite smoke" in env["command"]
-    for name in ("prefill", "decode", "train_step"):
+    for name in ("prefill", "decode", "train_step", "generate", "reasoning"):
         assert (run_dir / "tables" / f"{name}.md").stat().st_size > 0
         assert (run_dir / "tables" / f"{name}.csv").stat().st_size > 0
     assert any(p.stat().st_size > 1000 for p in (run_dir / "plots").glob("*.png"))
@@ -97,7 +99,7 @@ def test_backends_narrows_a_new_run(tmp_path):
 def test_list_shows_archs_sizes_backends_suites():
     result = altbench("list")
     assert result.returncode == 0, result.stderr
-    for text in ("transformer", "mamba", "130m", "129.1M", "mamba_ssm", "smoke", "long-context"):
+    for text in ("transformer", "mamba", "130m", "129.1M", "mamba_ssm", "smoke", "long-context", "hrm", "27m (27.3M)"):
         assert text in result.stdout
 
 

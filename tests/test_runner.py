@@ -184,8 +184,12 @@ def test_smoke_suite_expands_to_every_axis():
     suite = suites.load("smoke")
     cells = expand(suite, "cpu")
     steps = len(suite.extra["generate"]["steps"])  # one generate cell per N for llada, one per AR model
-    per_length = len(suite.archs) * (len(suite.measurements) - 1) + len(suite.archs_of("generate")) - 1 + steps
+    segments = len(suite.extra["reasoning"]["segments"])  # hrm at its cycles x each segment count, the others once
+    per_length = (len(suite.archs) * (len(suite.measurements) - 2) + len(suite.archs_of("generate")) - 1 + steps
+                  + len(suite.archs_of("reasoning")) - 1 + segments)
     assert len(cells) == per_length * len(suite.seq_lens)
+    reasoning = sorted(c.task for c in cells if c.measurement == "reasoning" and c.seq_len == suite.seq_lens[0])
+    assert reasoning == ["c2-s1", "c2-s2", "forward"]
     assert len({c.cell_id for c in cells}) == len(cells)
 
 

@@ -54,7 +54,8 @@ from lm_eval.models.utils import (
 from altbench import registry
 from altbench.errors import UserError
 from altbench.evaluation.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
-from altbench.models.base import BIDIRECTIONAL, SEGMENTED_PREFILL
+from altbench.measure.scenarios import lacking
+from altbench.models.base import MASKED_DIFFUSION, SEGMENTED_PREFILL
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class AltbenchLM(TemplateLM):
         self.stop_token_ids = set(stop_token_ids if stop_token_ids is not None else [tokenizer.eos_token_id])
         self.carry_state = carry_state
         self.mc_samples, self.mc_seed = mc_samples, mc_seed
-        self.masked_diffusion = BIDIRECTIONAL in getattr(model, "capabilities", ())
+        self.masked_diffusion = MASKED_DIFFUSION in getattr(model, "capabilities", ())
         self._device = next(model.parameters()).device
 
     @property
@@ -355,6 +356,8 @@ def build_lm(arch: str, size: str | None, device: str, weights: str | None, batc
                 f"{arch} {size} has {model.config.vocab_size} tokens; random weights use the 256-byte tokenizer"
             )
         default_length, stop = DEFAULT_MAX_LENGTH, [tokenizer.eos_token_id]
+    if reason := lacking(model.capabilities, "lm_eval"):
+        raise UserError(f"{arch} cannot be scored by lm-eval: it has {reason}; evaluate a causal or masked diffusion LM")
     if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
         raise UserError(f"mc_samples must be a positive integer (Monte-Carlo draws per log-likelihood), got {mc_samples!r}")
     if carry_state and SEGMENTED_PREFILL not in model.capabilities:

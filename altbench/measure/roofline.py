@@ -13,6 +13,8 @@ IMPLEMENTATION_BOUND of its bound measures its code, not its architecture: repor
     decode      weights + state (recurrent state or KV cache), each read once per step
     prefill     weights + the residual stream read and written once per layer + the final state
     kernel      the mixer's input read and its output written
+    reasoning   weights + the residual stream read and written once per layer call (HRM: every
+                layer of every L- and H-update of every segment) + the carried state
     train_step  fp32 weights read in forward and backward, grads written, AdamW's read and write of
                 weights and both moments (32 bytes per parameter), + 2x the prefill's activations
     generate    masked diffusion: N x (weights + the residual stream over L + G tokens, x2 with

@@ -1,5 +1,6 @@
-"""What a cell measures: prefill, decode, a training step, the mixer alone (`kernel`), and the
-generation of G tokens after a prompt (`generate`).
+"""What a cell measures: prefill, decode, a training step, the mixer alone (`kernel`), the
+generation of G tokens after a prompt (`generate`), and the cost of reasoning over a puzzle
+(`reasoning`).
 
 Each function takes a built model, the cell and the input generator, runs the timing protocol of
 `measure/timing.py` and returns the row's figures. They never catch errors: the worker turns an
@@ -13,7 +14,7 @@ import torch
 from altbench.measure import energy
 from altbench.measure.fastpath import fast_call, regions
 from altbench.measure.timing import time_calls
-from altbench.models.base import BIDIRECTIONAL, CAUSAL_STEP, SEGMENTED_PREFILL
+from altbench.models.base import CAUSAL_STEP, ITERATIVE, MASKED_DIFFUSION, SEGMENTED_PREFILL
 
 
 def _ids(model, batch: int, length: int, device, generator: torch.Generator) -> torch.Tensor:
@@ -38,9 +39,9 @@ def _weight_bytes(model) -> int:
 
 
 def _activation_bytes(model, batch: int, tokens: int) -> int:
-    """The residual stream read and written once per layer: what any forward must move at least."""
+    """The residual stream read and written once per layer call: what any forward must move at least."""
     c = model.config
-    return 2 * batch * tokens * c.d_model * c.n_layers * torch.finfo(model.embed.weight.dtype).bits // 8
+    return 2 * batch * tokens * c.d_model * model.layer_calls() * torch.finfo(model.embed.weight.dtype).bits // 8
 
 
 def _timed(fn, args, cell, device, compile, graphs: bool, tokens: int, rewind=lambda: None, reps: int = 0,
@@ -170,7 +171,7 @@ def training_step(model, ids: torch.Tensor, dtype: torch.dtype, loss_of=lambda m
 def training_work(model, batch: int, seq_len: int) -> dict:
     """Analytic work of one train step of a model in fp32: FLOPs (backward ~ 2x forward) and the bytes
     it must move (see measure/roofline.py)."""
-    return {"flops": 3 * batch * model.prefill_flops(seq_len),
+    return {"flops": batch * model.train_flops(seq_len),
             "bytes_moved": 32 * model.params() + 2 * _activation_bytes(model, batch, seq_len)}
 
 
@@ -226,14 +227,14 @@ def generate(model, cell, device, generator) -> dict:
     one timed call, replayed from one CUDA graph (not compiled: a compiled step would recompile at each
     of the G cache lengths; both kinds of model run eager kernels, so they compare alike).
 
-    Masked diffusion (bidirectional): `model.generate` with the cell's N steps and block length, N
+    Masked diffusion (MASKED_DIFFUSION): `model.generate` with the cell's N steps and block length, N
     full forwards over L + G tokens (two with guidance), no cache. Autoregressive: a prefill of L
     tokens, then G - 1 steps each fed the last argmax: G tokens from G model calls.
     """
     s, o = cell.settings, cell.extra
     G, L = o["gen_length"], cell.seq_len
     ids = _ids(model, cell.batch, L, device, generator)
-    if BIDIRECTIONAL in model.capabilities:
+    if MASKED_DIFFUSION in model.capabilities:
         N, block, passes = o["steps"], o["block_length"], 2 if o["cfg_scale"] else 1
         fn = lambda ids: model.generate(ids, G, N, block, o["remasking"], o["cfg_scale"])  # noqa: E731
         flops = passes * cell.batch * N * model.denoise_flops(L + G, block)
@@ -250,6 +251,46 @@ def generate(model, cell, device, generator) -> dict:
     with torch.inference_mode():
         row = _timed(fn, (ids,), cell, device, compile=None, graphs=s.cuda_graphs, tokens=tokens)
     return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved, "gen_length": G, **figures}
+
+
+def reasoning(model, cell, device, generator) -> dict:
+    """Cost of answering a puzzle of seq_len tokens (81 for 9x9 Sudoku), logits at every cell.
+
+    An iterative model (ITERATIVE, e.g. HRM) runs `segments` segments of `cycles` high-level cycles
+    (cell.extra), every sample all of them: halting is data-dependent, so the cost is given per
+    number of segments (the paper's evaluation runs M_max). Any other model runs one forward pass
+    over the puzzle, so the rows compare directly; its row's `form` says so. Graph-captured and
+    compiled as `prefill` is (compile_scope "model" compiles an iterative model's `reason`);
+    `ms_per_sample` is the call's median over the batch.
+    """
+    s = cell.settings
+    ids = _ids(model, cell.batch, cell.seq_len, device, generator)
+    if ITERATIVE in model.capabilities:
+        cycles, segments = cell.extra["cycles"], cell.extra["segments"]
+        model.check_reasoning(segments, cycles)
+        run = lambda ids: model.reason(ids, segments, cycles)  # noqa: E731
+        flops = cell.batch * model.reasoning_flops(cell.seq_len, segments, cycles)
+        calls = model.layer_calls(segments, cycles)
+        shape = {"cycles": cycles, "segments": segments, "l_steps": model.config.l_cycles,
+                 "form": f"{segments} segment(s) of {cycles} cycle(s) of {model.config.l_cycles} L-steps"}
+    else:
+        run = lambda ids: model(ids)  # noqa: E731
+        flops = cell.batch * model.prefill_flops(cell.seq_len)
+        calls = model.layer_calls()
+        shape = {"form": "one forward pass (not iterative)"}
+    tokens = cell.batch * cell.seq_len
+    whole = "reason" if ITERATIVE in model.capabilities and s.compile_scope == "model" else "forward"
+    with torch.inference_mode():
+        row = _timed(run, (ids,), cell, device,
+                     compile=regions(model, whole, s.compile_scope) if s.compile_prefill else None,
+                     graphs=s.cuda_graphs and cell.seq_len <= s.graph_max_len, tokens=tokens)
+    if row["compiled"]:
+        row["compile_scope"] = s.compile_scope
+    elt = torch.finfo(model.embed.weight.dtype).bits // 8
+    moved = (_weight_bytes(model) + 2 * tokens * model.config.d_model * calls * elt
+             + model.state_bytes(cell.batch, cell.seq_len, model.embed.weight.dtype))
+    return {**row, **_derived(row["ms_median"], tokens, flops), "bytes_moved": moved, "layer_calls": calls,
+            "ms_per_sample": row["ms_median"] / cell.batch, **shape}
 
 
 def predicted_bytes(model, cell) -> int:
@@ -274,7 +315,8 @@ def predicted_bytes(model, cell) -> int:
 # measurement -> (capability it needs, or a tuple of which it needs one; why it does not apply without)
 NEEDS = {
     "decode": (CAUSAL_STEP, "no causal step"),
-    "generate": ((CAUSAL_STEP, BIDIRECTIONAL), "neither a causal step to decode with nor a denoising sampler"),
+    "generate": ((CAUSAL_STEP, MASKED_DIFFUSION), "neither a causal step to decode with nor a denoising sampler"),
+    "lm_eval": ((CAUSAL_STEP, MASKED_DIFFUSION), "neither causal next-token probabilities nor a masked-diffusion likelihood"),
 }
 
 
@@ -297,4 +339,5 @@ def not_applicable(model, cell) -> str | None:
     return None
 
 
-MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel, "generate": generate}
+MEASURE = {"prefill": prefill, "decode": decode, "train_step": train_step, "kernel": kernel, "generate": generate,
+           "reasoning": reasoning}

@@ -1,8 +1,9 @@
 """Causal softmax attention (Vaswani et al. 2017) as a mixer, with grouped KV heads (Ainslie et al.
 2023) and optional RoPE (Su et al. 2021; `rope_theta=None` is attention without position encoding,
 as in Jamba's attention layers, Lieber et al. 2024, sec. 2). With `causal=False` every position
-attends to every other, as in a masked diffusion model's mask predictor (LLaDA): there is then no
-state to carry, no `step`, and a forward over T tokens costs T x `flops_per_token(T - 1)`.
+attends to every other, as in a masked diffusion model's mask predictor (LLaDA) and HRM's modules:
+there is then no state to carry, no `step`, and a forward over T tokens costs T x
+`flops_per_token(T - 1)`.
 
 Attention runs through `torch.nn.functional.scaled_dot_product_attention`, so on a GPU it uses
 FlashAttention / memory-efficient kernels. Its state is a KV cache; `step` appends one token and

@@ -32,6 +32,8 @@ from torch import nn
 CAUSAL_STEP = "causal_step"  # step(): one token from a carried state, O(1) or O(context) per token
 SEGMENTED_PREFILL = "segmented_prefill"  # forward(x, state) continues the sequence that built `state`
 BIDIRECTIONAL = "bidirectional"  # every position sees every other (no causal mask): no step, no carried state
+MASKED_DIFFUSION = "masked_diffusion"  # generate() by denoising, loglikelihood() by Monte Carlo (LLaDA)
+ITERATIVE = "iterative"  # reason(ids, segments, cycles): recurrent cycles and segments over one input (HRM)
 
 
 @dataclass
@@ -132,6 +134,14 @@ class LanguageModel(nn.Module):
         """
         c = self.config
         return batch * tokens * (12 * c.d_model + c.vocab_size) * torch.finfo(dtype).bits // 8
+
+    def layer_calls(self) -> int:
+        """Layer applications in one forward: n_layers, more where layers are applied repeatedly (HRM)."""
+        return self.config.n_layers
+
+    def train_flops(self, length: int) -> int:
+        """FLOPs of one training step (forward + backward) over `length` tokens: backward ~ 2x forward."""
+        return 3 * self.prefill_flops(length)
 
     def prefill_flops(self, length: int) -> int:
         """Forward FLOPs of a prefill over `length` tokens: sum of per-token FLOPs over positions.

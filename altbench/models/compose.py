@@ -14,6 +14,11 @@ An MLP (dense or Mixture-of-Experts) maps (..., d_model) -> (..., d_model) and h
     h = x + mixer(mixer_norm(x))
     y = h + mlp(mlp_norm(h))          (no second half when mlp is None, as in Mamba)
 
+or, with `post_norm`, the original Transformer's (Vaswani et al. 2017), which HRM's modules use:
+
+    h = mixer_norm(x + mixer(x))
+    y = mlp_norm(h + mlp(h))
+
 A model's layers are a pattern string, one letter per layer (Jamba: "MMMMAMMM" repeated), with a
 map from letters to mixer builders and an MLP builder per layer index.
 """
@@ -28,26 +33,33 @@ from altbench.errors import UserError
 
 
 class Block(nn.Module):
-    """Mixer + optional MLP, each on a normalised input and added back; `norm()` makes one norm."""
+    """Mixer + optional MLP, each on a normalised input and added back (or, with `post_norm`, each
+    added back and then normalised); `norm()` makes one norm."""
 
-    def __init__(self, mixer: nn.Module, mlp: nn.Module | None, norm: Callable[[], nn.Module]):
+    def __init__(self, mixer: nn.Module, mlp: nn.Module | None, norm: Callable[[], nn.Module], post_norm: bool = False):
         super().__init__()
         self.mixer_norm = norm()
         self.mixer = mixer
         self.mlp_norm = norm() if mlp is not None else None
         self.mlp = mlp
+        self.post_norm = post_norm
 
     def mix(self, x, state):
         """The sequence mixer alone (no norm, residual or MLP): the `kernel` measurement."""
         return self.mixer(x, state)
 
     def forward(self, x, state):
-        y, state = self.mixer(self.mixer_norm(x), state)
-        h = x + y
-        return (h + self.mlp(self.mlp_norm(h)) if self.mlp is not None else h), state
+        return self._residual(x, state, self.mixer)
 
     def step(self, x, state):
-        y, state = self.mixer.step(self.mixer_norm(x), state)
+        return self._residual(x, state, self.mixer.step)
+
+    def _residual(self, x, state, mix):
+        if self.post_norm:
+            y, state = mix(x, state)
+            h = self.mixer_norm(x + y)
+            return (self.mlp_norm(h + self.mlp(h)) if self.mlp is not None else h), state
+        y, state = mix(self.mixer_norm(x), state)
         h = x + y
         return (h + self.mlp(self.mlp_norm(h)) if self.mlp is not None else h), state
 
@@ -78,13 +90,14 @@ def pattern_blocks(
     mixers: dict[str, Callable[[int], nn.Module]],
     mlp: Callable[[int], nn.Module | None],
     norm: Callable[[], nn.Module],
+    post_norm: bool = False,
 ) -> list[Block]:
     """One Block per letter: layer i gets `mixers[pattern[i]](i)` and `mlp(i)` (built in that order,
     so seeded initialisation follows the layer order)."""
     blocks = []
     for i, letter in enumerate(pattern):
         mixer = mixers[letter](i)
-        blocks.append(Block(mixer, mlp(i), norm))
+        blocks.append(Block(mixer, mlp(i), norm, post_norm))
     return blocks
 
 

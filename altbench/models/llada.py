@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from altbench.errors import UserError
-from altbench.models.base import BIDIRECTIONAL, LanguageModel, LMConfig, linear_flops
+from altbench.models.base import BIDIRECTIONAL, MASKED_DIFFUSION, LanguageModel, LMConfig, linear_flops
 from altbench.models.transformer import llama_blocks
 
 REMASKING = ("low_confidence", "random")  # which predictions a step keeps: the most confident, or random ones
@@ -85,7 +85,7 @@ def _uniform(shape: tuple, generator: torch.Generator | None, device, dtype=torc
 
 
 class LLaDA(LanguageModel):
-    capabilities = frozenset({BIDIRECTIONAL})
+    capabilities = frozenset({BIDIRECTIONAL, MASKED_DIFFUSION})
 
     def __init__(self, c: LLaDAConfig):
         if not 0 <= c.mask_token_id < c.vocab_size:

@@ -4,7 +4,9 @@
     y = h + SwiGLU(RMSNorm(h))
 
 Every layer is a `Block` of the attention mixer (models/attention.py; its state is a KV cache,
-so `step` costs O(context) per token, unlike a recurrence) and a SwiGLU MLP.
+so `step` costs O(context) per token, unlike a recurrence) and a SwiGLU MLP. With `causal=False`
+it is the same stack as a bidirectional encoder (no causal step): how a Transformer reads a
+grid-to-grid probe such as Sudoku, where every output cell depends on every input cell.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Callable
 from torch import nn
 
 from altbench.models.attention import Attention, AttentionConfig
-from altbench.models.base import LanguageModel, LMConfig
+from altbench.models.base import BIDIRECTIONAL, LanguageModel, LMConfig
 from altbench.models.blocks import SwiGLU
 from altbench.models.compose import uniform_blocks
 
@@ -26,6 +28,7 @@ class TransformerConfig(LMConfig):
     n_kv_heads: int = 12  # < n_heads gives grouped-query attention (Ainslie et al. 2023)
     d_hidden: int = 2304  # SwiGLU width; 3 x d_model keeps parameters matched to Mamba's blocks
     rope_theta: float = 10000.0
+    causal: bool = True  # False: bidirectional encoder (grid-to-grid probes); no decode, no carried state
 
 
 def llama_blocks(
@@ -40,7 +43,9 @@ def llama_blocks(
 
 class Transformer(LanguageModel):
     def __init__(self, c: TransformerConfig):
-        super().__init__(c, llama_blocks(c))
+        super().__init__(c, llama_blocks(c, causal=c.causal))
+        if not c.causal:
+            self.capabilities = frozenset({BIDIRECTIONAL})
 
 
 # Matched to Mamba's published sizes (Gu & Dao 2023, Table 12): same width and vocabulary, half the
@@ -52,6 +57,10 @@ SIZES = {
     "790m": TransformerConfig(d_model=1536, n_layers=24, n_heads=16, n_kv_heads=16, d_hidden=4096),
     "1.4b": TransformerConfig(d_model=2048, n_layers=24, n_heads=16, n_kv_heads=16, d_hidden=5632),
     "2.8b": TransformerConfig(d_model=2560, n_layers=32, n_heads=32, n_kv_heads=32, d_hidden=6912),
+    # HRM's 27M (models/hrm.py): its eight post-norm blocks as one stack of eight, same width and SwiGLU,
+    # with HRM's Sudoku vocabulary and untied head: the matched-parameter baseline of Wang et al. 2025.
+    "27m": TransformerConfig(vocab_size=11, d_model=512, n_layers=8, n_heads=8, n_kv_heads=8, d_hidden=1536,
+                             tie_embeddings=False),
 }
 MODEL = Transformer
 

@@ -14,12 +14,16 @@ Tasks:
   copying            copy tokens across a fixed gap (the "Copying" task of Gu & Dao 2023, Table 1)
   selective_copying  copy tokens scattered among noise, in order (Gu & Dao 2023, sec. 3.1, Table 1)
   induction_heads    recall the token that followed a trigger (Gu & Dao 2023, sec. 4.1.2)
+  sudoku             fill in a 4x4 or 9x9 Sudoku, grid to grid (the HRM paper's probe, Wang et al. 2025,
+                     arXiv:2506.21734, sec. 3); scored per cell and per whole puzzle
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import math
 
 import torch
 
@@ -137,21 +141,98 @@ def induction_heads(vocab: int, seq_len: int, batch: int, seed: int):
     return full[:, :-1], full[:, 1:], loss_mask
 
 
+SUDOKU_EMPTY = 0  # sudoku: a blank cell; digits are the tokens 1..n
+
+
+def sudoku_peers(n: int) -> torch.Tensor:
+    """(n^2, 3n - 2b - 1) the cells sharing a row, column or box with each cell (b = sqrt n), itself excluded."""
+    b = math.isqrt(n)
+    r, c = torch.arange(n * n) // n, torch.arange(n * n) % n
+    box = (r // b) * b + c // b
+    same = (r[:, None] == r) | (c[:, None] == c) | (box[:, None] == box)
+    same.fill_diagonal_(False)
+    return same.nonzero()[:, 1].view(n * n, -1)
+
+
+def sudoku_solutions(n: int, batch: int, g: torch.Generator) -> torch.Tensor:
+    """(batch, n^2) valid n x n grids, digits 1..n, row by row.
+
+    The base grid s[r][c] = (b (r mod b) + r div b + c) mod n (b = sqrt n) under random symmetries
+    that keep a grid valid: a permutation of the digits, of the rows within each band of b rows, of
+    the bands, the same two for columns, and a transpose (for 4x4 they reach 192 of the 288 grids).
+    """
+    b = math.isqrt(n)
+    r, c = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    base = (b * (r % b) + r // b + c) % n  # (n, n) digits 0..n-1
+
+    def lines() -> torch.Tensor:  # (batch, n): a row (or column) order: bands permuted, lines within each band permuted
+        bands = torch.rand(batch, b, generator=g).argsort(1)  # (B, b)
+        within = torch.rand(batch, b, b, generator=g).argsort(2)  # (B, b, b)
+        return (bands[:, :, None] * b + within).flatten(1)
+
+    rows, cols = lines(), lines()
+    grid = base[rows[:, :, None], cols[:, None, :]]  # (B, n, n)
+    flip = torch.rand(batch, generator=g) < 0.5
+    grid = torch.where(flip[:, None, None], grid.transpose(1, 2), grid)
+    digits = torch.rand(batch, n, generator=g).argsort(1)  # (B, n) a permutation of 0..n-1
+    return digits.gather(1, grid.flatten(1)) + 1
+
+
+def sudoku(vocab: int, seq_len: int, batch: int, seed: int, blanks: int = 8):
+    """Fill in an n x n Sudoku (seq_len = n^2 cells read row by row: 16 for 4x4, 81 for 9x9; boxes of
+    sqrt(n) x sqrt(n)). inputs: the puzzle, SUDOKU_EMPTY at a blank and digits 1..n elsewhere;
+    targets: the solution (`sudoku_solutions`); loss_mask: the blank cells.
+
+    Up to `blanks` cells are blanked, one at a time in a random order, each only if it is a naked
+    single when blanked (the givens among its peers hold the other n - 1 digits). Filling the blanks
+    in reverse order is then forced cell by cell, so every puzzle has exactly one solution, the one in
+    targets. A puzzle has fewer blanks when no further cell qualifies (asked for all cells, 4x4 puzzles
+    get 9.1 blanks on average, 4 to 12; 9x9 ones 38, 25 to 46).
+
+        inputs   1 0 | 0 4 ...      targets  1 3 | 2 4 ...     (0: blank)
+    """
+    n = math.isqrt(seq_len)
+    b = math.isqrt(n)
+    if n * n != seq_len or b * b != n or b < 2:
+        raise UserError(f"sudoku: seq_len is the number of cells, 16 (4x4) or 81 (9x9), got {seq_len}")
+    if vocab <= n or not 1 <= blanks <= seq_len:
+        raise UserError(f"sudoku: needs vocab > {n} and 1 <= blanks <= {seq_len} (got vocab {vocab}, blanks {blanks})")
+    g = _generator(seed)
+    solution = sudoku_solutions(n, batch, g)  # (B, n^2)
+    puzzle = solution.clone()
+    peers = sudoku_peers(n)  # (n^2, P)
+    order = torch.rand(batch, seq_len, generator=g).argsort(1)  # (B, n^2) the order cells are tried in
+    count = torch.zeros(batch, dtype=torch.long)
+    for step in range(seq_len):
+        cell = order[:, step : step + 1]  # (B, 1)
+        seen = torch.zeros(batch, n + 1, dtype=torch.bool).scatter_(1, puzzle.gather(1, peers[cell[:, 0]]), True)
+        single = seen[:, 1:].sum(1) == n - 1
+        blank = single & (count < blanks)
+        puzzle.scatter_(1, cell, torch.where(blank[:, None], SUDOKU_EMPTY, puzzle.gather(1, cell)))
+        count += blank.long()
+    return puzzle, solution, puzzle == SUDOKU_EMPTY
+
+
 @dataclass(frozen=True)
 class ProbeTask:
     make: Callable  # (vocab, seq_len, batch, seed, **axes) -> (inputs, targets, loss_mask)
     axes: dict  # axis name -> default value (seq_len first)
     vocab: int  # default vocabulary
-    answers: Callable[[int], int]  # vocab -> how many tokens an answer can be (chance = 1 / answers)
+    answers: Callable[[int, dict], int]  # (vocab, point) -> how many tokens an answer can be (chance = 1 / answers)
+    exact: bool = False  # also scored per sequence: every scored position right ("exact_accuracy")
+    bidirectional: bool = False  # each answer depends on the whole input: models read it without a causal mask
 
 
 # Defaults follow the papers: Zoology's MQAR sweep starts at (64, 4) with vocab 8192; Mamba's
 # copying tasks and induction heads use a vocabulary of 16 (here 16 content tokens + 2 specials).
 TASKS: dict[str, ProbeTask] = {
-    "mqar": ProbeTask(mqar, {"seq_len": 64, "num_kv_pairs": 4}, 8192, lambda v: v - v // 2),
-    "copying": ProbeTask(copying, {"seq_len": 64, "num_tokens": 16}, 18, lambda v: v - FIRST_CONTENT),
+    "mqar": ProbeTask(mqar, {"seq_len": 64, "num_kv_pairs": 4}, 8192, lambda v, p: v - v // 2),
+    "copying": ProbeTask(copying, {"seq_len": 64, "num_tokens": 16}, 18, lambda v, p: v - FIRST_CONTENT),
     "selective_copying": ProbeTask(
-        selective_copying, {"seq_len": 256, "num_tokens": 16}, 18, lambda v: v - FIRST_CONTENT
+        selective_copying, {"seq_len": 256, "num_tokens": 16}, 18, lambda v, p: v - FIRST_CONTENT
     ),
-    "induction_heads": ProbeTask(induction_heads, {"seq_len": 256}, 18, lambda v: v - FIRST_CONTENT),
+    "induction_heads": ProbeTask(induction_heads, {"seq_len": 256}, 18, lambda v, p: v - FIRST_CONTENT),
+    # 4x4 by default, the size a tiny model learns on a CPU; vocab 10 holds 9x9's digits too
+    "sudoku": ProbeTask(sudoku, {"seq_len": 16, "blanks": 8}, 10, lambda v, p: math.isqrt(p["seq_len"]),
+                        exact=True, bidirectional=True),
 }

@@ -8,6 +8,15 @@ and test data never share a seed. When several axis points are given, training c
 step by step and accuracy is reported per point. `test_seq_len` adds points that are scored but never trained on:
 each trained point again at those lengths (length extrapolation, as in the Mamba paper's induction
 heads, sec. 4.1.2).
+
+Grid-to-grid tasks (`ProbeTask.bidirectional`, e.g. Sudoku) need every input cell for every
+answer: a model without a causal mask (HRM) trains as it is; a causal Transformer is built as a
+non-causal encoder of the same parameters (`causal=False`: same weights, no mask), which is how the
+HRM paper's Transformer baseline reads Sudoku; a model that has only a causal form is refused.
+An iterative model (ITERATIVE: HRM) trains with its own loop, ACT with deep supervision: each
+optimiser step is one segment of the batch in flight, halted puzzles replaced by fresh ones
+(`HRM.act_step`); it is scored after all of its max_segments segments, as the paper evaluates.
+Tasks with `exact` are also scored per sequence (all scored positions right: a solved puzzle).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import torch.nn.functional as F
 
 from altbench import registry
 from altbench.errors import UserError
+from altbench.models.base import BIDIRECTIONAL, ITERATIVE
 from altbench.probes.tasks import TASKS, ProbeTask
 
 TEST_SEED_BASE = 2**40
@@ -93,6 +103,14 @@ class ProbeResult:
     correct: list[int]  # per point: scored predictions that were right
     total: list[int]  # per point: scored predictions
     curve: list[tuple[int, float]]  # (step, mean training loss over the steps since the last entry)
+    solved: list[int] = field(default_factory=list)  # per point: sequences with every scored prediction right
+    sequences: list[int] = field(default_factory=list)  # per point: sequences scored
+    scored: list[list[int]] = field(default_factory=list)  # per point: scored positions of each sequence
+
+    def exact(self, j: int) -> tuple[float, float]:
+        """Fraction of point j's sequences solved entirely, and its binomial standard error."""
+        p = self.solved[j] / self.sequences[j]
+        return p, math.sqrt(p * (1 - p) / self.sequences[j])
 
     def accuracy(self, j: int) -> tuple[float, float]:
         """Accuracy of point j and its binomial standard error sqrt(p (1 - p) / n)."""
@@ -163,10 +181,14 @@ def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: tor
 
     model.train()
     curve, running = [], []
+    act = None  # the batch in flight of an iterative model
     for step, (x, y, m) in enumerate(training_batches(task, s, device)):
         with torch.autocast(**autocast):
-            logits, _ = model(x)  # (B, T, V)
-        loss = masked_loss(logits, y, m)
+            if ITERATIVE in model.capabilities:
+                loss, act, _ = model.act_step(act, x, y, m)
+            else:
+                logits, _ = model(x)  # (B, T, V)
+                loss = masked_loss(logits, y, m)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -180,18 +202,41 @@ def train_probe(model: torch.nn.Module, task: str, s: ProbeSettings, device: tor
                 raise TrainingDiverged(diverged_message(curve, s.lr))
 
     model.eval()
-    correct, total = [], []
+    result = ProbeResult([], [], curve)
     with torch.no_grad(), torch.autocast(**autocast):
         for j, (point, _) in enumerate(s.test_points()):
             seed = TEST_SEED_BASE + s.seed * 2**10 + j
             x, y, m = (t.to(device) for t in probe.make(s.vocab, batch=s.test_examples, seed=seed, **point))
-            hits = 0
+            hits = solved = 0
             for xb, yb, mb in zip(x.split(s.batch), y.split(s.batch), m.split(s.batch)):
-                logits, _ = model(xb)
-                hits += (logits.argmax(-1)[mb] == yb[mb]).sum().item()
-            correct.append(hits)
-            total.append(int(m.sum()))
-    return ProbeResult(correct, total, curve)
+                right = predict(model, xb).argmax(-1) == yb  # (b, T)
+                hits += right[mb].sum().item()
+                solved += (right | ~mb).all(1).sum().item()
+            result.correct.append(hits)
+            result.total.append(int(m.sum()))
+            result.solved.append(solved)
+            result.sequences.append(x.shape[0])
+            result.scored.append(m.sum(1).tolist())
+    return result
+
+
+def predict(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, V) for scoring: one forward pass, or all max_segments segments of an iterative model."""
+    if ITERATIVE in model.capabilities:
+        return model.reason(inputs, model.config.max_segments)[0]
+    return model(inputs)[0]
+
+
+def build_for(arch: str, size: str, task: str, device: torch.device, vocab: int, overrides: dict):
+    """The model `arch` at `size` for `task`: on a bidirectional task, a causal model with a `causal`
+    option is built as an encoder (causal=False); one without is refused."""
+    config = registry.config(arch, size, vocab_size=vocab, **overrides)
+    if probe_task(task).bidirectional and BIDIRECTIONAL not in registry.family(arch).MODEL.capabilities:
+        if not hasattr(config, "causal"):
+            raise UserError(f"probe {task}: every answer depends on the whole grid, and {arch} has only a causal form; "
+                            "use a bidirectional model (hrm) or one with a causal option (transformer)")
+        overrides = {"causal": False, **overrides}
+    return registry.build(arch, size, device, torch.float32, vocab_size=vocab, **overrides)
 
 
 def run_probe(arch: str, size: str, task: str, device: str, settings: dict) -> list[dict]:
@@ -202,18 +247,25 @@ def run_probe(arch: str, size: str, task: str, device: str, settings: dict) -> l
     s = ProbeSettings.from_dict(task, settings)
     dev = torch.device(device)
     torch.manual_seed(s.seed)
-    model = registry.build(arch, size, dev, torch.float32, vocab_size=s.vocab, **s.overrides)
-    with torch.no_grad():  # GPT-2 / Mamba training init: with a tied head, N(0, 1) starts at logits ~ d
-        model.embed.weight.normal_(0.0, 0.02)
+    model = build_for(arch, size, task, dev, s.vocab, s.overrides)
+    if model.config.tie_embeddings:
+        with torch.no_grad():  # GPT-2 / Mamba training init: with a tied head, N(0, 1) starts at logits ~ d
+            model.embed.weight.normal_(0.0, 0.02)
     result = train_probe(model, task, s, dev)
-    chance = 1 / probe_task(task).answers(s.vocab)
+    probe = probe_task(task)
     rows = []
     for j, (point, train_seq_len) in enumerate(s.test_points()):
+        chance = 1 / probe.answers(s.vocab, point)
+        common = {
+            "task": task, "curve": [list(c) for c in result.curve], "seed": s.seed, "steps": s.steps, "lr": s.lr,
+            "vocab": s.vocab, "train_batch": s.batch, "train_seq_len": train_seq_len, **point,
+        }
         value, stderr = result.accuracy(j)
-        rows.append({
-            "task": task, "metric": "accuracy", "value": value, "stderr": stderr,
-            "curve": [list(c) for c in result.curve], "seed": s.seed, "steps": s.steps,
-            "chance": chance, "n_scored": result.total[j], "lr": s.lr, "vocab": s.vocab, "train_batch": s.batch,
-            "train_seq_len": train_seq_len, **point,
-        })
+        rows.append({**common, "metric": "accuracy", "value": value, "stderr": stderr, "chance": chance,
+                     "n_scored": result.total[j]})
+        if probe.exact:  # chance of a solved sequence: every scored position guessed right
+            value, stderr = result.exact(j)
+            guessed = sum(chance**k for k in result.scored[j]) / result.sequences[j]
+            rows.append({**common, "metric": "exact_accuracy", "value": value, "stderr": stderr, "chance": guessed,
+                         "n_scored": result.sequences[j]})
     return rows

@@ -24,7 +24,7 @@ from altbench.runner.cells import NOT_APPLICABLE
 
 # Row fields that, with measurement and seq_len, say which series a cell belongs to.
 SERIES_FIELDS = ("arch", "size", "backend", "dtype", "device", "batch", "task", "metric")
-TIMED = ("prefill", "decode", "train_step", "kernel", "generate")  # the measurements whose figure is a time
+TIMED = ("prefill", "decode", "train_step", "kernel", "generate", "reasoning")  # the measurements whose figure is a time
 CAPABILITY = ("probe", "lm_eval")  # the measurements whose figure is a metric value
 STATUS_LABELS = {"ok": "ok", "oom": "OOM", "error": "error", "timeout": "timeout", "skipped": "skipped"}
 

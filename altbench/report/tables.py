@@ -35,22 +35,26 @@ UNITS = {
     "train_step": "ms per training step (forward, backward, AdamW) on the batch's L tokens",
     "kernel": "ms per call of the first layer's sequence mixer alone (attention, SSM or recurrence; no norm, MLP or head) over L tokens",
     "generate": "ms to generate G tokens after a prompt of L tokens (N denoising steps, or G autoregressive calls)",
+    "reasoning": "ms per call answering the batch's puzzles of L tokens (per sample: divide by the batch); an iterative "
+                 "model runs every segment (task c<cycles>-s<segments>), any other one forward pass (task 'forward')",
 }
-PROBE_TASKS = ("mqar", "selective_copying", "induction_heads", "copying")  # display order; others follow by name
-PROBE_AXES = {"seq_len": "L", "num_kv_pairs": "kv", "num_tokens": "tokens", "power_a": "a"}  # axis -> short label
+PROBE_TASKS = ("mqar", "selective_copying", "induction_heads", "copying", "sudoku")  # display order; others follow by name
+PROBE_AXES = {"seq_len": "L", "num_kv_pairs": "kv", "num_tokens": "tokens", "power_a": "a", "blanks": "blanks"}  # axis -> short label
 ALL_POINTS = "all points"  # the point of a failed probe cell in a task where no cell ran (its points are unknown)
 CSV_FIELDS = (
     "cell_id", "measurement", *SERIES_FIELDS, "seq_len", "status", "ms_median", "ms_ci_low", "ms_ci_high", "reps",
     "warmup", "first_call_ms", "compile_ms", "compiled", "cuda_graphs", "fast_path_note", "tokens_per_s", "flops",
     "tflops", "gen_length", "steps", "block_length", "model_calls", "bandwidth_gbs", "bytes_per_token", "bytes_moved", "compute_bound_ms", "memory_bound_ms", "bound_ms",
     "roofline_frac", "implementation_bound", "joules_per_token", "energy_note", "matmul_ceiling_fraction", "copy_ceiling_fraction", "peak_mem_bytes", "mem_source", "predicted_mem_bytes",
-    "state_bytes", "params", "value", "stderr", "chance", "num_kv_pairs", "num_tokens", "exponent", "fit_first_len",
+    "state_bytes", "params", "value", "stderr", "chance", "num_kv_pairs", "num_tokens", "cycles", "segments",
+    "ms_per_sample", "layer_calls", "exponent", "fit_first_len",
     "fit_last_len", "message",
 )
 
 INT_FIELDS = (
     "batch", "seq_len", "reps", "warmup", "flops", "bytes_per_token", "bytes_moved", "peak_mem_bytes", "predicted_mem_bytes",
-    "state_bytes", "params", "gen_length", "steps", "block_length", "model_calls", "num_kv_pairs", "num_tokens", "fit_first_len", "fit_last_len",
+    "state_bytes", "params", "gen_length", "steps", "block_length", "model_calls", "num_kv_pairs", "num_tokens", "cycles",
+    "segments", "layer_calls", "fit_first_len", "fit_last_len",
 )
 
 
@@ -242,15 +246,18 @@ def probe_cells(rows: list[dict]) -> pd.DataFrame:
         ok = [r for r in subset if r.get("status") == "ok"]
         axes = [a for a in PROBE_AXES if any(r.get(a) is not None for r in ok)]
         varying = [a for a in axes if len({r.get(a) for r in ok}) > 1] or axes
+        metrics = len({r.get("metric") for r in ok}) > 1  # e.g. sudoku's accuracy per cell and per puzzle
 
-        def point_key(r: dict) -> tuple:  # the varying axes, then the trained length of an untrained point
+        def point_key(r: dict) -> tuple:  # the varying axes, the metric, then the trained length of an untrained point
             untrained = r.get("train_seq_len") not in (None, r.get("seq_len"))
-            return (*(r.get(a) for a in varying), r["train_seq_len"] if untrained else None)
+            return (*(r.get(a) for a in varying), r.get("metric") if metrics else None,
+                    r["train_seq_len"] if untrained else None)
 
         labels = {}
         for r in ok:
             key = point_key(r)
             labels[key] = ", ".join(f"{PROBE_AXES[a]}={r.get(a)}" for a in varying)
+            labels[key] += f" · {key[-2]}" if key[-2] else ""
             labels[key] += f" (trained at L={key[-1]})" if key[-1] else ""
         points = [labels[k] for k in sorted(labels, key=sort_key)] or [ALL_POINTS]
         chance = next((r["chance"] for r in ok if r.get("chance") is not None), None)

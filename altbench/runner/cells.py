@@ -9,7 +9,7 @@ from altbench.errors import UserError
 from altbench.runner.suite import Settings, Suite
 
 CAPABILITY = ("probe", "lm_eval")  # trained / evaluated, not timed: seq_len comes from their own axes
-LENGTH_BOUND = ("prefill", "train_step", "kernel")  # measurements whose work grows at least linearly in L
+LENGTH_BOUND = ("prefill", "train_step", "kernel", "reasoning")  # measurements whose work grows at least linearly in L
 NOT_APPLICABLE = "not applicable"  # a skipped row's message starts so when the model cannot do the measurement
 PREDICT_FROM_S = 1.0  # shorter calls are too close to fixed launch costs to extrapolate from
 
@@ -30,7 +30,8 @@ class Cell:
     batch: int
     seq_len: int  # 0 for capability cells, whose rows carry their own lengths
     settings: Settings
-    task: str = ""  # probe task, comma-joined lm-eval tasks, or a generate cell's denoising steps ("steps64")
+    task: str = ""  # probe task, comma-joined lm-eval tasks, a generate cell's denoising steps ("steps64"),
+    # or a reasoning cell's "c<cycles>-s<segments>" / "forward"
     weights: str = ""  # a local Hugging Face checkpoint directory; "" = random weights
     extra: dict = field(default_factory=dict, hash=False)  # measurement-specific options from the suite
 
@@ -95,14 +96,31 @@ def _generate_cells(common: dict, suite: Suite, settings: Settings, options: dic
     """A masked diffusion model gets one cell per denoising step count N; an autoregressive model one
     cell (it produces G tokens in G calls whatever N is), so each of its rows stands beside every N."""
     from altbench import registry
-    from altbench.models.base import BIDIRECTIONAL
+    from altbench.models.base import MASKED_DIFFUSION
 
-    diffusion = BIDIRECTIONAL in registry.family(common["arch"]).MODEL.capabilities
+    diffusion = MASKED_DIFFUSION in registry.family(common["arch"]).MODEL.capabilities
     steps = options["steps"] if diffusion else [None]
     shared = {k: v for k, v in options.items() if k != "steps"}
     return [Cell(**common, batch=batch, seq_len=seq_len, settings=settings, task=f"steps{n}" if n else "",
                  extra={**shared, "steps": n} if n else shared)
             for batch, seq_len in itertools.product(suite.batches, sorted(suite.seq_lens)) for n in steps]
+
+
+REASONING_FORWARD = "forward"  # the one reasoning cell of a model that is not iterative: a forward pass
+
+
+def reasoning_points(arch: str, size: str, axes: dict) -> list[tuple[str, dict]]:
+    """(task label, extra) of each reasoning cell: an iterative model (HRM) at every (cycles,
+    segments) of the suite's axes (defaults: the size's h_cycles and max_segments); any other
+    model once, as one forward pass."""
+    from altbench import registry
+    from altbench.models.base import ITERATIVE
+
+    if ITERATIVE not in registry.family(arch).MODEL.capabilities:
+        return [(REASONING_FORWARD, {})]
+    config = registry.config(arch, size)
+    cycles, segments = axes.get("cycles", [config.h_cycles]), axes.get("segments", [config.max_segments])
+    return [(f"c{c}-s{m}", {"cycles": c, "segments": m}) for c, m in itertools.product(cycles, segments)]
 
 
 def expand(suite: Suite, device: str, weights: str = "") -> list[Cell]:
@@ -120,6 +138,10 @@ def expand(suite: Suite, device: str, weights: str = "") -> list[Cell]:
                     for task in _tasks(suite, measurement, extra):
                         options = {**shared, **extra.get(task, {})}
                         cells.append(Cell(**common, batch=1, seq_len=0, settings=settings, task=task, extra=options))
+                elif measurement == "reasoning":
+                    for (task, options), batch, seq_len in itertools.product(
+                            reasoning_points(arch, size, extra), suite.batches, sorted(suite.seq_lens)):
+                        cells.append(Cell(**common, batch=batch, seq_len=seq_len, settings=settings, task=task, extra=options))
                 elif measurement == "lm_eval":
                     tasks = _tasks(suite, measurement, extra)
                     options = {k: v for k, v in extra.items() if k != "tasks"}

@@ -39,6 +39,9 @@
                                          # must be a multiple of gen_length / block_length
     remasking = "low_confidence"         # or "random"
     cfg_scale = 0.0                      # classifier-free guidance (0: none)
+    [measurements.reasoning]             # cost of answering a puzzle of seq_len tokens
+    cycles = [1, 2, 4]                   # iterative models (HRM): high-level cycles per segment (default: the size's)
+    segments = [1, 4, 8]                 # and segments, at most the size's max_segments (default: max_segments)
 
 Any measurement table may name `archs = [...]`: the measurement then runs for those architectures
 only, and naming one that cannot do it (decode for a model without a causal step) is refused.
@@ -67,7 +70,8 @@ from altbench import registry
 from altbench.errors import UserError, one_line
 from altbench.runner import rundir
 
-MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "generate", "probe", "lm_eval")
+MEASUREMENTS = ("prefill", "decode", "train_step", "kernel", "generate", "reasoning", "probe", "lm_eval")
+REASONING_AXES = ("cycles", "segments")  # [measurements.reasoning] keys: positive integers or lists of them
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -265,6 +269,35 @@ def _measurement_archs(where: str, measurement: str, value, archs: list[str]) ->
     return value
 
 
+def _reasoning_axes(where: str, table: dict, archs: list[str], sizes: list[str], arch_sizes: dict) -> dict:
+    """`cycles` and `segments` as lists of integers >= 1, segments at most the max_segments of every
+    iterative architecture (of `archs`, those the measurement runs for) and size; UserError naming the
+    key and the fix otherwise."""
+    from altbench.models.base import ITERATIVE
+
+    axes = {}
+    for key, value in table.items():
+        if key not in REASONING_AXES:
+            raise UserError(f"{where}: unknown key '{key}'; known: {', '.join([*_SETTING_TYPES, 'archs', *REASONING_AXES])}")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{where}: key '{key}' must hold integers >= 1, got {v!r}; give e.g. {key} = [1, 2, 4]")
+        if not values or len(set(values)) != len(values):
+            raise UserError(f"{where}: key '{key}' must list distinct values, got {value!r}")
+        axes[key] = values
+    for arch in archs:
+        if ITERATIVE not in registry.family(arch).MODEL.capabilities:
+            continue
+        for size in arch_sizes.get(arch, sizes):
+            most = registry.config(arch, size).max_segments
+            over = [m for m in axes.get("segments", []) if m > most]
+            if over:
+                raise UserError(f"{where}: key 'segments' holds {over[0]}, more than {arch} {size}'s max_segments "
+                                f"({most}); list segments <= {most}")
+    return axes
+
+
 def load(name_or_path: str) -> Suite:
     path = resolve(name_or_path)
     where = str(path)
@@ -339,6 +372,8 @@ def load(name_or_path: str) -> Suite:
         measurements[name], extra[name] = _settings(table_where, table, base)
         if name == "generate":
             extra[name] = _generate_options(table_where, extra[name])
+        elif name == "reasoning":
+            extra[name] = _reasoning_axes(table_where, extra[name], measurement_archs.get(name, archs), sizes, arch_sizes)
         elif extra[name] and name not in ("probe", "lm_eval"):
             raise UserError(f"{table_where}: unknown key '{next(iter(extra[name]))}'; known: {', '.join([*_SETTING_TYPES, 'archs'])}")
     return Suite(

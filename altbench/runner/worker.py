@@ -45,6 +45,8 @@ def measure_cell(cell: Cell) -> dict:
         return {"status": "error", "message": "no CUDA device visible to the worker"}
 
     if cell.measurement in CAPABILITY:
+        if reason := scenarios.lacking(registry.family(cell.arch).MODEL.capabilities, cell.measurement):
+            return {"status": "skipped", "message": f"{NOT_APPLICABLE} ({reason})"}
         return {"status": "ok", "message": "", "rows": capability_rows(cell)}
 
     torch.manual_seed(0)
