@@ -163,7 +163,7 @@ def xlstm_large(c, size):
         model = registry.build("xlstm", size, backend="mlstm_kernels")
         return model, _first_output, "altbench xLSTM, mLSTM cell from mlstm_kernels (xlstm not installed)"
     # xLSTMLarge rounds d * factor down where altbench (and the published sizes) round up: give it our width
-    d_ffn = registry.build("xlstm", size, device="meta").layers[0].mlp.up_proj.out_features
+    d_ffn = registry.build("xlstm", size, device="meta").layers[0].mlp.d_hidden
     config = xLSTMLargeConfig(
         embedding_dim=c.d_model, num_heads=c.n_heads, num_blocks=c.n_layers, vocab_size=c.vocab_size, use_bias=False,
         norm_eps=c.norm_eps, qk_dim_factor=c.qk_dim_factor, v_dim_factor=c.v_dim_factor,
