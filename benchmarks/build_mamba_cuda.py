@@ -9,7 +9,7 @@ MAMBA is a checkout of state-spaces/mamba at the tag of the installed mamba_ssm 
 package). Both are compiled with the flags of their own setup.py but for the one target
 `-gencode arch=compute_ARCH,code=sm_ARCH` (sm_90 for H100/H200), which takes minutes on a 16-core
 machine instead of the hour that every target takes. DIR receives `selective_scan_cuda*.so`,
-`causal_conv1d_cuda*.so` and the `causal_conv1d` package; put DIR first on PYTHONPATH:
+`causal_conv1d_cuda*.so` and the `causal_conv1d` package (only beside its extension); put DIR first on PYTHONPATH:
 
     export PYTHONPATH=DIR:$PYTHONPATH
     python -c "import selective_scan_cuda, causal_conv1d_cuda"
@@ -79,19 +79,20 @@ def main() -> int:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", f"{a.arch[:-1]}.{a.arch[-1]}")
     os.makedirs(a.out, exist_ok=True)
     build_root = os.path.join(a.out, "build")
-    failed = 0
+    failed, built = 0, []
     for name, (include, sources) in extensions(a.mamba_src, a.conv1d_src).items():
         if a.only and name not in a.only.split(","):
             continue
         t0 = time.time()
         try:
             build(name, include, sources, a.arch, a.out, build_root)
+            built.append(name)
             print(f"{name}: built in {time.time() - t0:.0f} s", flush=True)
         except Exception as e:  # noqa: BLE001 - report and build the other one
             failed = 1
             print(f"{name}: FAILED after {time.time() - t0:.0f} s: {str(e).strip().splitlines()[-1][:300]}", flush=True)
     package = os.path.join(a.conv1d_src, "causal_conv1d")
-    if os.path.isdir(package):
+    if "causal_conv1d_cuda" in built and os.path.isdir(package):  # the package imports the extension
         shutil.copytree(package, os.path.join(a.out, "causal_conv1d"), dirs_exist_ok=True)
     shutil.rmtree(build_root, ignore_errors=True)
     return failed

@@ -118,6 +118,15 @@ def fla_retnet(c, size):
     return RetNetForCausalLM(config), _hf_logits, f"fla RetNetForCausalLM (SwiGLU {2 * c.d_hidden // 3})"
 
 
+def _imports(module: str) -> bool:
+    """Whether `module` imports (not merely whether it is on the path)."""
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        return False
+
+
 def _mamba_ssm(c, layer: str):
     from mamba_ssm.models.config_mamba import MambaConfig
 
@@ -128,7 +137,7 @@ def _mamba_ssm(c, layer: str):
         sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")  # imported, unused by Mamba-2
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
-    conv = importlib.util.find_spec("causal_conv1d") is not None
+    conv = _imports("causal_conv1d")  # its package can be present without its compiled causal_conv1d_cuda
     ssm = {"layer": layer, "d_state": c.d_state, "d_conv": c.d_conv, "expand": c.expand}
     if layer == "Mamba2":
         ssm.update(headdim=c.head_dim, ngroups=c.n_groups, chunk_size=c.chunk_size, use_mem_eff_path=conv)
