@@ -176,3 +176,21 @@ def test_training_that_turns_nan_stops_with_the_step_and_lr(one_thread):
     with pytest.raises(TrainingDiverged) as failure:
         run_probe("transformer", "tiny", "copying", "cpu", settings)
     assert str(failure.value) == "training loss nan at step 3 (last finite 2.3 at step 2; lr 1e+09): lower the probe's lr in the suite"
+
+
+@pytest.mark.parametrize("task", ["copying", "selective_copying", "induction_heads"])
+def test_a_bidirectional_model_is_refused_where_the_answers_are_the_next_inputs(task):
+    """LLaDA and HRM read every position: on a task whose targets are the inputs shifted by one,
+    each answer is in their input, so an accuracy would be invented."""
+    for arch in ("llada", "hrm"):
+        with pytest.raises(UserError, match=f"probe {task}: each answer is the next input token"):
+            run_probe(arch, "tiny", task, "cpu", {"steps": 1})
+
+
+def test_a_bidirectional_model_may_take_mqar_whose_answers_are_not_in_the_input(one_thread):
+    inputs, targets, mask = mqar(vocab=64, seq_len=32, batch=2, seed=0, num_kv_pairs=4)
+    after_query = torch.roll(inputs, -1, dims=1)[mask]
+    assert not torch.equal(after_query, targets[mask])  # the value asked for is not the token after its query
+    rows = run_probe("hrm", "tiny", "mqar", "cpu", {"steps": 2, "batch": 2, "vocab": 64, "test_examples": 4,
+                                                      "points": [{"seq_len": 32, "num_kv_pairs": 4}]})
+    assert len(rows) == 1 and 0.0 <= rows[0]["value"] <= 1.0

@@ -221,17 +221,18 @@ class ProbeTask:
     answers: Callable[[int, dict], int]  # (vocab, point) -> how many tokens an answer can be (chance = 1 / answers)
     exact: bool = False  # also scored per sequence: every scored position right ("exact_accuracy")
     bidirectional: bool = False  # each answer depends on the whole input: models read it without a causal mask
+    shifted: bool = False  # targets are the inputs one position on: a model that reads later positions sees the answers
 
 
 # Defaults follow the papers: Zoology's MQAR sweep starts at (64, 4) with vocab 8192; Mamba's
 # copying tasks and induction heads use a vocabulary of 16 (here 16 content tokens + 2 specials).
 TASKS: dict[str, ProbeTask] = {
     "mqar": ProbeTask(mqar, {"seq_len": 64, "num_kv_pairs": 4}, 8192, lambda v, p: v - v // 2),
-    "copying": ProbeTask(copying, {"seq_len": 64, "num_tokens": 16}, 18, lambda v, p: v - FIRST_CONTENT),
+    "copying": ProbeTask(copying, {"seq_len": 64, "num_tokens": 16}, 18, lambda v, p: v - FIRST_CONTENT, shifted=True),
     "selective_copying": ProbeTask(
-        selective_copying, {"seq_len": 256, "num_tokens": 16}, 18, lambda v, p: v - FIRST_CONTENT
+        selective_copying, {"seq_len": 256, "num_tokens": 16}, 18, lambda v, p: v - FIRST_CONTENT, shifted=True
     ),
-    "induction_heads": ProbeTask(induction_heads, {"seq_len": 256}, 18, lambda v, p: v - FIRST_CONTENT),
+    "induction_heads": ProbeTask(induction_heads, {"seq_len": 256}, 18, lambda v, p: v - FIRST_CONTENT, shifted=True),
     # 4x4 by default, the size a tiny model learns on a CPU; vocab 10 holds 9x9's digits too
     "sudoku": ProbeTask(sudoku, {"seq_len": 16, "blanks": 8}, 10, lambda v, p: math.isqrt(p["seq_len"]),
                         exact=True, bidirectional=True),

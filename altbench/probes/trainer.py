@@ -229,9 +229,14 @@ def predict(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 def build_for(arch: str, size: str, task: str, device: torch.device, vocab: int, overrides: dict):
     """The model `arch` at `size` for `task`: on a bidirectional task, a causal model with a `causal`
-    option is built as an encoder (causal=False); one without is refused."""
+    option is built as an encoder (causal=False); one without is refused. A bidirectional model is
+    refused on a task whose answers are next tokens (it would read them)."""
     config = registry.config(arch, size, vocab_size=vocab, **overrides)
-    if probe_task(task).bidirectional and BIDIRECTIONAL not in registry.family(arch).MODEL.capabilities:
+    bidirectional_model = BIDIRECTIONAL in registry.family(arch).MODEL.capabilities
+    if probe_task(task).shifted and bidirectional_model:
+        raise UserError(f"probe {task}: each answer is the next input token, which {arch} reads (it has no causal "
+                        "mask); use a causal model, or mqar or sudoku for a bidirectional one")
+    if probe_task(task).bidirectional and not bidirectional_model:
         if not hasattr(config, "causal"):
             raise UserError(f"probe {task}: every answer depends on the whole grid, and {arch} has only a causal form; "
                             "use a bidirectional model (hrm) or one with a causal option (transformer)")
