@@ -94,3 +94,49 @@ def test_fused_linear_is_its_pieces_as_separate_linears_in_init_output_and_check
     fused.load_state_dict(separate.state_dict())  # strict: every name accounted for
     assert torch.equal(fused.qk_proj(x)[1], separate.k_proj(x))
     assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in separate.parameters())
+
+
+def test_fused_linear_with_some_pieces_biased_keeps_their_init_names_and_outputs():
+    from torch import nn
+
+    from altbench.models.blocks import FusedLinear
+
+    class Separate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.i = nn.Linear(8, 6, bias=False), nn.Linear(8, 2)
+            self.k, self.f = nn.Linear(8, 6, bias=False), nn.Linear(8, 2)
+
+    class Fused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            FusedLinear(8, {"q": 6, "i": 2, "k": 6, "f": 2}, bias=("i", "f")).attach(self, "proj")
+
+    torch.manual_seed(5)
+    separate = Separate()
+    torch.manual_seed(5)
+    fused = Fused()
+    assert list(fused.state_dict()) == ["q.weight", "i.weight", "i.bias", "k.weight", "f.weight", "f.bias"]
+    for name, tensor in separate.state_dict().items():
+        assert torch.equal(fused.state_dict()[name], tensor), name
+    x = torch.randn(3, 8)
+    expected = [m(x) for m in (separate.q, separate.i, separate.k, separate.f)]
+    for got in (fused.proj(x), fused.proj.separately(x)):
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    assert all(torch.equal(g, e) for g, e in zip(fused.proj.separately(x), expected))  # the Linears' own rounding
+    separate.f.bias.data += 1
+    fused.load_state_dict(separate.state_dict())
+    assert torch.equal(fused.proj.biases()["f"], separate.f.bias)
+
+
+def test_fused_linear_per_piece_maps_each_input_by_its_own_piece():
+    from altbench.models.blocks import FusedLinear
+
+    torch.manual_seed(0)
+    fused = FusedLinear(8, {"r": 5, "k": 5, "v": 5}, bias=False)
+    xs = torch.randn(3, 2, 4, 8)  # (pieces, B, T, d_in)
+    ys = fused.per_piece(xs)
+    assert ys.shape == (3, 2, 4, 5)
+    for i, w in enumerate(fused.weight.split(5)):
+        torch.testing.assert_close(ys[i], torch.nn.functional.linear(xs[i], w), rtol=1e-6, atol=1e-6)

@@ -22,46 +22,80 @@ class FusedLinear(nn.Module):
     order (weight then bias, piece after piece), so seeded weights equal separate Linears'; and the
     parent's checkpoints keep the pieces' names (`<parent>.<name>.weight`, `.bias`): `attach` makes
     the parent's `state_dict` write each piece under its name and `load_state_dict` read them back.
+    `bias` is True (every piece has one), False (none) or the names of the pieces that have one; the
+    biases of some pieces only are added after the matmul, where a compiler fuses them into the
+    element-wise work that reads those pieces.
     """
 
-    def __init__(self, d_in: int, pieces: dict[str, int], bias: bool):
+    def __init__(self, d_in: int, pieces: dict[str, int], bias: bool | tuple[str, ...]):
         super().__init__()
         self.pieces = dict(pieces)
         self.sizes = list(pieces.values())
+        self.biased = tuple(pieces) if bias is True else tuple(bias or ())
+        assert set(self.biased) <= set(pieces), f"biased pieces {self.biased} are not all in {list(pieces)}"
+        self.bias_sizes = [pieces[name] for name in self.biased]
         self.weight = nn.Parameter(torch.empty(sum(self.sizes), d_in))
-        self.bias = nn.Parameter(torch.empty(sum(self.sizes))) if bias else None
+        self.bias = nn.Parameter(torch.empty(sum(self.bias_sizes))) if self.biased else None
         with torch.no_grad():
-            for w, b in zip(self.weight.split(self.sizes), self.bias.split(self.sizes) if bias else [None] * len(pieces)):
-                nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear.reset_parameters, piece by piece
-                if b is not None:
-                    nn.init.uniform_(b, -1 / math.sqrt(d_in), 1 / math.sqrt(d_in))
+            weights, biases = dict(zip(self.pieces, self.weight.split(self.sizes))), self.biases()
+            for name in self.pieces:  # nn.Linear.reset_parameters, piece by piece
+                nn.init.kaiming_uniform_(weights[name], a=math.sqrt(5))
+                if name in biases:
+                    nn.init.uniform_(biases[name], -1 / math.sqrt(d_in), 1 / math.sqrt(d_in))
+
+    def biases(self) -> dict[str, torch.Tensor]:
+        """Each biased piece's bias: a view of the fused Parameter (writing it initialises that piece)."""
+        return dict(zip(self.biased, self.bias.split(self.bias_sizes))) if self.bias is not None else {}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x: (..., d_in) -> one (..., d_i) per piece."""
-        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        if len(self.biased) == len(self.pieces):
+            return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        biases = self.biases()
+        ys = F.linear(x, self.weight).split(self.sizes, dim=-1)
+        return tuple(y + biases[name] if name in biases else y for name, y in zip(self.pieces, ys))
+
+    def separately(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """`forward` as n matmuls, one per piece, each rounded exactly as its separate Linear: a BLAS can
+        round a slice of the wide product differently over many rows (MKL does, by ulps), so a
+        many-token forward, bound by FLOPs rather than kernels, keeps the separate Linears' outputs."""
+        weights, biases = self.weight.split(self.sizes), self.biases()
+        return tuple(F.linear(x, w, biases.get(name)) for name, w in zip(self.pieces, weights))
+
+    def per_piece(self, xs: torch.Tensor) -> torch.Tensor:
+        """One input per piece, pieces of one width d_out, no biases: xs (n, ..., d_in) -> (n, ..., d_out),
+        y_i = x_i W_i^T as one batched matmul (W viewed as (n, d_out, d_in)): maps of different inputs
+        (RWKV's token-shifted mixes) in one kernel."""
+        n, d_out = len(self.sizes), self.sizes[0]
+        assert self.sizes == [d_out] * n and self.bias is None, f"per_piece needs equal widths, no bias: {self.pieces}"
+        assert xs.shape[0] == n, f"xs {tuple(xs.shape)} must hold one input per piece ({n})"
+        w = self.weight.view(n, d_out, -1).transpose(1, 2)  # (n, d_in, d_out)
+        return torch.bmm(xs.flatten(1, -2), w).view(*xs.shape[:-1], d_out)
 
     def attach(self, parent: nn.Module, name: str) -> "FusedLinear":
         """Set as `parent.<name>`, with the parent's checkpoints holding the pieces under their own names."""
         setattr(parent, name, self)
-        kinds = ["weight", "bias"] if self.bias is not None else ["weight"]
+        fused_weight, fused_bias = f"{name}.weight", f"{name}.bias"
 
         def split(module, state_dict, prefix, local_metadata):
-            fused = {kind: f"{prefix}{name}.{kind}" for kind in kinds}
-            parts = {kind: state_dict[key].split(self.sizes) for kind, key in fused.items()}
+            weights = dict(zip(self.pieces, state_dict[prefix + fused_weight].split(self.sizes)))
+            biases = dict(zip(self.biased, state_dict[prefix + fused_bias].split(self.bias_sizes))) if self.biased else {}
             items = list(state_dict.items())
             state_dict.clear()
             for key, tensor in items:
-                if key == fused["weight"]:  # each piece's weight and bias, piece after piece, as n Linears
-                    for i, piece in enumerate(self.pieces):
-                        state_dict.update({f"{prefix}{piece}.{kind}": parts[kind][i].clone() for kind in kinds})
-                elif key not in fused.values():
+                if key == prefix + fused_weight:  # each piece's weight and bias, piece after piece, as n Linears
+                    for piece in self.pieces:
+                        state_dict[f"{prefix}{piece}.weight"] = weights[piece].clone()
+                        if piece in biases:
+                            state_dict[f"{prefix}{piece}.bias"] = biases[piece].clone()
+                elif key != prefix + fused_bias:
                     state_dict[key] = tensor
 
         def join(module, state_dict, prefix, *args):
-            for kind in kinds:
-                keys = [f"{prefix}{piece}.{kind}" for piece in self.pieces]
-                if all(k in state_dict for k in keys):
-                    state_dict[f"{prefix}{name}.{kind}"] = torch.cat([state_dict.pop(k) for k in keys])
+            for fused, kind, pieces in ((fused_weight, "weight", self.pieces), (fused_bias, "bias", self.biased)):
+                keys = [f"{prefix}{piece}.{kind}" for piece in pieces]
+                if keys and all(k in state_dict for k in keys):
+                    state_dict[prefix + fused] = torch.cat([state_dict.pop(k) for k in keys])
 
         parent.register_state_dict_post_hook(split)
         parent.register_load_state_dict_pre_hook(join)
@@ -172,8 +206,9 @@ def causal_conv_step(x, window, weight, bias):
     """`CausalConv1d.step` on its parameters: x: (B, C); window: (B, K-1, C); weight: (C, K); bias: (C,)
     or None -> y = sum_k weight[:, k] * [window; x][k] + bias (B, C), the window after x (B, K-1, C)."""
     xw = torch.cat([window, x[:, None]], dim=1)  # (B, K, C)
-    y = torch.einsum("bkc,ck->bc", xw, weight)
-    return (y + bias if bias is not None else y), xw[:, 1:]
+    y = (xw.float() * weight.t().float()).sum(1)  # (B, C) in fp32: element-wise, fused by a compiler with the
+    y = y + bias.float() if bias is not None else y  # window's cat and the activation (an einsum is a bmm kernel)
+    return y.to(x.dtype), xw[:, 1:]
 
 
 class RotaryEmbedding(nn.Module):

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altbench.models.base import LanguageModel, LMConfig, linear_flops, swap_layer_op
+from altbench.models.blocks import FusedLinear
 
 LOG_DECAY_SCALE = math.exp(-0.5)  # w = exp(-e^{-0.5} sigmoid(d)) keeps w in (exp(-e^{-0.5}), 1)
 
@@ -205,9 +206,8 @@ class RWKV7TimeMix(nn.Module):
         self.k_k = nn.Parameter(torch.full((d,), 0.85))  # removal key = k * k_k, then normalised
         self.k_a = nn.Parameter(torch.ones(d))  # replacement key = k * lerp(1, iclr, k_a)
         self.r_k = nn.Parameter(torch.full((H, K), -0.04))  # bonus weight rho
-        self.r_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
+        # r, k, v: three maps of three token-shifted mixes, one batched matmul (`FusedLinear.per_piece`)
+        FusedLinear(d, {"r_proj": d, "k_proj": d, "v_proj": d}, bias=False).attach(self, "rkv_proj")
         self.o_proj = nn.Linear(d, d, bias=False)
         self.w_lora = LoRA(d, c.decay_lora, d, activation=torch.tanh)
         self.a_lora = LoRA(d, c.a_lora, d)
@@ -225,10 +225,8 @@ class RWKV7TimeMix(nn.Module):
         H, K = self.c.n_heads, self.c.head_size
         delta = x_prev - x
         xr, xw, xk, xv, xa, xg = (x + delta * mu for mu in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
-        r = self.r_proj(xr)
+        r, k, v = self.rkv_proj.per_piece(torch.stack([xr, xk, xv]))  # (B, T, d) each
         log_w = -LOG_DECAY_SCALE * torch.sigmoid(self.w_lora(xw))  # (B, T, d)
-        k = self.k_proj(xk)
-        v = self.v_proj(xv)
         if self.layer_idx == 0:
             v_first = v
         else:

@@ -58,7 +58,7 @@ from torch import nn
 
 from altbench.errors import UserError
 from altbench.models.base import LanguageModel, LMConfig, linear_flops
-from altbench.models.blocks import CausalConv1d, SwiGLU
+from altbench.models.blocks import CausalConv1d, FusedLinear, SwiGLU
 from altbench.models.compose import pattern_blocks
 
 
@@ -293,37 +293,39 @@ class MLSTMLayer(nn.Module):
         self.c = c
         d, H = c.d_model, c.n_heads
         self.qk_dim, self.v_dim = int(d * c.qk_dim_factor), int(d * c.v_dim_factor)
-        self.q = nn.Linear(d, self.qk_dim, bias=False)
-        self.k = nn.Linear(d, self.qk_dim, bias=False)
-        self.v = nn.Linear(d, self.v_dim, bias=False)
-        self.ogate_preact = nn.Linear(d, self.v_dim, bias=False)
-        self.igate_preact = nn.Linear(d, H, bias=True)
-        self.fgate_preact = nn.Linear(d, H, bias=True)
+        pieces = {"q": self.qk_dim, "k": self.qk_dim, "v": self.v_dim, "ogate_preact": self.v_dim,
+                  "igate_preact": H, "fgate_preact": H}
+        FusedLinear(d, pieces, bias=("igate_preact", "fgate_preact")).attach(self, "in_proj")  # the maps of x, one matmul
         self.multihead_norm = HeadNorm(H, self.v_dim // H, c.norm_eps)
         self.out_proj = nn.Linear(self.v_dim, d, bias=False)
         self.chunked = mlstm_chunked  # `use_backend` swaps in a kernel with the same contract
         with torch.no_grad():  # xLSTM 7B sec. 3.2: i bias negative, f bias spread over [3, 6] across heads
-            self.igate_preact.bias.fill_(c.igate_bias_init)
-            self.fgate_preact.bias.copy_(torch.linspace(3.0, 6.0, H))
+            biases = self.in_proj.biases()
+            biases["igate_preact"].fill_(c.igate_bias_init)
+            biases["fgate_preact"].copy_(torch.linspace(3.0, 6.0, H))
 
-    def _cell_inputs(self, x):
-        """x: (..., d) -> q, k (..., H, K), v (..., H, V), i, f (..., H) soft-capped."""
+    def _cell_inputs(self, projections):
+        """The maps of x (`in_proj`'s pieces) -> q, k (..., H, K), v (..., H, V), i, f (..., H) soft-capped,
+        and the output gate's pre-activation (..., H * V)."""
         H, cap = self.c.n_heads, self.c.gate_soft_cap
-        q, k, v = (proj(x).unflatten(-1, (H, -1)) for proj in (self.q, self.k, self.v))
-        return q, k, v, soft_cap(self.igate_preact(x), cap), soft_cap(self.fgate_preact(x), cap)
+        q, k, v, o, i, f = projections
+        q, k, v = (t.unflatten(-1, (H, -1)) for t in (q, k, v))
+        return (q, k, v, soft_cap(i, cap), soft_cap(f, cap)), o
 
-    def _out(self, x, h):
-        return self.out_proj(torch.sigmoid(self.ogate_preact(x)) * self.multihead_norm(h))
+    def _out(self, o, h):
+        return self.out_proj(torch.sigmoid(o) * self.multihead_norm(h))
 
     def forward(self, x, state):
         """x: (B, T, d); state: (C, n, m) or None."""
-        h, state = self.chunked(*self._cell_inputs(x), state, self.c.chunk_size, self.c.eps)  # (B, T, H, V)
-        return self._out(x, h), state
+        cell, o = self._cell_inputs(self.in_proj.separately(x))  # many tokens: bound by FLOPs, not kernels
+        h, state = self.chunked(*cell, state, self.c.chunk_size, self.c.eps)  # (B, T, H, V)
+        return self._out(o, h), state
 
     def step(self, x, state):
         """x: (B, d) -> (B, d)."""
-        h, state = mlstm_step(*self._cell_inputs(x), state, eps=self.c.eps)
-        return self._out(x, h), state
+        cell, o = self._cell_inputs(self.in_proj(x))  # one token: one matmul
+        h, state = mlstm_step(*cell, state, eps=self.c.eps)
+        return self._out(o, h), state
 
     def init_state(self, batch, device, dtype, capacity=0):
         H = self.c.n_heads
