@@ -184,12 +184,18 @@ def _print_row(row: dict) -> None:
           f"| {_fmt(row['compile_ms'] and row['compile_ms'] / 1e3, '.1f')} |", flush=True)
 
 
+def print_top(title: str, top_kernels: list, unit: str, file=None) -> None:
+    """A Markdown table of `_summary`'s top kernels under `title`."""
+    print(f"\n{title}: top {TOP} kernels by {unit} time per call\n", file=file)
+    print("| kernel | calls / step | us / step | share |\n|---|---|---|---|", file=file)
+    for k in top_kernels:
+        print(f"| `{k['name'][:90]}` | {k['calls_per_step']:.0f} | {k['us_per_step']:.1f} | {_fmt(k['share'], '.0%')} |",
+              file=file, flush=True)
+
+
 def _print_top(row: dict) -> None:
     unit = "device" if row.get("device") == "cuda" else "CPU"
-    print(f"\n{row['arch']} ({row['backend']}, {row['compile_scope']}): top {TOP} kernels by {unit} time per step, {row['profiled']}\n")
-    print("| kernel | calls / step | us / step | share |\n|---|---|---|---|")
-    for k in row["top_kernels"]:
-        print(f"| `{k['name'][:90]}` | {k['calls_per_step']:.0f} | {k['us_per_step']:.1f} | {_fmt(k['share'], '.0%')} |")
+    print_top(f"{row['arch']} ({row['backend']}, {row['compile_scope']}), {row['profiled']}", row["top_kernels"], unit)
 
 
 def main() -> None:

@@ -31,7 +31,11 @@ Every (arch, implementation) runs in its own worker process: an import error is 
 row, a NotImplementedError a `skipped` row, an out-of-memory an `oom` row, anything else an `error`
 row; after a CUDA fault a fresh worker takes the remaining lengths.
 
-    python benchmarks/train_peers.py [--archs rwkv7,gla,...] [--lengths 4K,16K] [--quick] [--out FILE]
+    python benchmarks/train_peers.py [--archs rwkv7,gla,...] [--lengths 4K,16K] [--quick] [--profile N] [--out FILE]
+
+With --profile N, each row also profiles N steps after its timing (decode_profile.py's profiler): the
+kernels one step launches, their summed device time and the ten that take the most, printed under
+the row, so a ratio below the target comes with where ours and the peer's step spend their time.
 
 Prints a Markdown table as rows arrive and a summary at the end; writes every row as JSON to --out,
 else $OUT/train_peers.json when OUT is set, else ./train_peers.json.
@@ -58,16 +62,17 @@ DTYPE = "bfloat16"
 TARGET = 0.8  # ours / peer tokens/s the issue asks for
 
 
-def _load_kernels_benchmark():
-    """benchmarks/kernels.py as a module (its ceilings worker, ROW protocol and length parsing), under a
-    name that cannot shadow Hugging Face's top-level `kernels` package."""
-    spec = importlib.util.spec_from_file_location("altbench_benchmark_kernels", os.path.join(HERE, "kernels.py"))
+def _load_benchmark(name: str):
+    """benchmarks/<name>.py as a module, under a name that cannot shadow another top-level package (Hugging
+    Face's `kernels`)."""
+    spec = importlib.util.spec_from_file_location(f"altbench_benchmark_{name}", os.path.join(HERE, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-kb = _load_kernels_benchmark()
+kb = _load_benchmark("kernels")  # its ceilings worker, ROW protocol and length parsing
+dp = _load_benchmark("decode_profile")  # its profiler: kernels per call and the top ones by device time
 
 
 # --- peers: the public model of each architecture at altbench's configuration ---------------------------
@@ -210,8 +215,10 @@ def ours_backend(arch: str, pinned: str | None = None) -> str:
 
 
 def measure(arch: str, impl: str, L: int, size: str = "130m", device: str = "cuda", backend: str | None = None,
-            reps: int = 10, warmup: int = 2, budget_s: float = 60.0) -> dict:
-    """One row: the training step of `impl` ("ours" or "peer") for `arch` at L tokens, or why not."""
+            reps: int = 10, warmup: int = 2, budget_s: float = 60.0, profile: int = 0) -> dict:
+    """One row: the training step of `impl` ("ours" or "peer") for `arch` at L tokens, or why not; with
+    `profile` > 0, after the timing, that many more steps under torch.profiler give the kernels per step,
+    their summed device time and the top ones (`top_kernels`)."""
     import torch
 
     from altbench import registry
@@ -248,6 +255,9 @@ def measure(arch: str, impl: str, L: int, size: str = "130m", device: str = "cud
                    tflop_s=row["flops"] / (ms / 1e3) / 1e12)
         if device.startswith("cuda"):
             row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if profile:
+            dev = torch.device(device)
+            row.update(dp._summary(dp._profile(step, profile, dev), profile, dev.type))
     except ImportError as e:
         row.update(status="not installed", message=f"{type(e).__name__}: {e}"[:300])
     except NotImplementedError as e:
@@ -266,7 +276,8 @@ def worker(arch: str, impl: str, lengths: list[int], args) -> int:
     import torch
 
     for L in lengths:
-        row = measure(arch, impl, L, args.size, args.device, args.ours_backend, args.reps, args.warmup, args.budget)
+        row = measure(arch, impl, L, args.size, args.device, args.ours_backend, args.reps, args.warmup, args.budget,
+                      args.profile)
         kb.emit(**row)
         gc.collect()
         if torch.cuda.is_initialized():
@@ -285,7 +296,8 @@ def run_worker(arch: str, impl: str, lengths: list[int], args, on_row) -> None:
     while todo:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"{arch}:{impl}",
                "--lengths", ",".join(map(str, todo)), "--size", args.size, "--device", args.device,
-               "--reps", str(args.reps), "--warmup", str(args.warmup), "--budget", str(args.budget)]
+               "--reps", str(args.reps), "--warmup", str(args.warmup), "--budget", str(args.budget),
+               "--profile", str(args.profile)]
         cmd += ["--ours-backend", args.ours_backend] if args.ours_backend else []
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         timer = threading.Timer(args.timeout, proc.kill)
@@ -398,6 +410,8 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps after the first call")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds of timed steps per cell")
     ap.add_argument("--quick", action="store_true", help="3 reps, 1 warm-up step, 20 s per cell")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="profile this many steps after the timing: kernels per step and the top ten by device time")
     ap.add_argument("--timeout", type=int, default=540, help="seconds per worker process")
     ap.add_argument("--out", default=None, help="JSON file (default $OUT/train_peers.json or ./train_peers.json)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -433,6 +447,10 @@ def main(argv=None) -> int:
     def on_row(row):
         rows.append(complete(row, rows, ceilings))
         print(markdown_row(row), flush=True)
+        if row.get("top_kernels"):
+            dp.print_top(f"{row['arch']} {kb.fmt_length(row['L'])} {row['implementation']}: {row['kernels_per_step']:.0f} "
+                         f"kernels, {row['kernel_ms_per_step']:.1f} ms of kernel time per step", row["top_kernels"],
+                         "device" if args.device.startswith("cuda") else "CPU", file=sys.stderr)
 
     for arch in args.archs:
         for impl in args.impls:

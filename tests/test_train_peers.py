@@ -46,6 +46,16 @@ def test_ours_is_a_timed_training_step_of_altbenchs_model():
     assert row["params"] == model.params()
     assert row["flops"] == 3 * model.prefill_flops(32)
     assert row["tflop_s"] == pytest.approx(row["flops"] / (row["ms"] / 1e3) / 1e12)
+    assert "top_kernels" not in row  # profiled only when asked
+
+
+def test_profile_adds_the_kernels_of_a_step():
+    row = tp.measure("mamba2", "ours", 32, size="tiny", device="cpu", backend="torch", reps=3, warmup=0, profile=2)
+    assert row["status"] == "ok", row.get("message")
+    top = row["top_kernels"]
+    assert row["kernels_per_step"] > 10 and 0 < len(top) <= 10 and row["kernel_ms_per_step"] > 0
+    assert [k["us_per_step"] for k in top] == sorted((k["us_per_step"] for k in top), reverse=True)
+    assert sum(k["us_per_step"] for k in top) <= row["kernel_ms_per_step"] * 1e3 * (1 + 1e-9)
 
 
 def test_ours_takes_the_backend_altbench_run_would():
