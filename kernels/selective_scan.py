@@ -362,6 +362,94 @@ def _carry_states_kernel(
         h = tl.exp2(a2_e * dt_sum) * h + own
 
 
+# --- one-pass forward ----------------------------------------------------------------------------
+
+# One channel a warp, its chunk of M * R tokens spread over the warp's M = 32 lanes, R consecutive tokens
+# a lane: the interpreter takes 4 lanes of 2 tokens so that tests cover several lanes and chunks.
+_CHUNK_CONFIGS = [triton.Config({"BD": 4, "M": 32, "R": 8}, num_warps=4), triton.Config({"BD": 2, "M": 32, "R": 8}, num_warps=2)]
+_INTERPRET_CHUNK_CONFIGS = [triton.Config({"BD": 2, "M": 4, "R": 2}, num_warps=2)]
+_CHUNK_PAD = max(c.kwargs["M"] * c.kwargs["R"] for c in (_INTERPRET_CHUNK_CONFIGS if _INTERPRET else _CHUNK_CONFIGS))
+
+
+@triton.jit
+def _compose(p1, h1, p2, h2):
+    """The step h -> p1 h + h1, then h -> p2 h + h2, as one: h -> p1 p2 h + (p2 h1 + h2)."""
+    return p1 * p2, p2 * h1 + h2
+
+
+@triton.autotune(configs=_INTERPRET_CHUNK_CONFIGS if _INTERPRET else _CHUNK_CONFIGS, key=["Di", "N"])
+@triton.jit(do_not_specialize=["channel_stride"])
+def _chunk_scan_kernel(
+    u, delta, a2, BC, Dv, h0, y, ht,  # u, delta, y (B, T, Di); a2 (N, Di); BC (B, 2, TP, N) fp32, B then C, zero past T; h0, ht (B, N, Di)
+    T, TP, Di, channel_stride,  # tokens, padded tokens, channels, 1 (see below)
+    N: tl.constexpr, BD: tl.constexpr, M: tl.constexpr, R: tl.constexpr, HAS_H0: tl.constexpr,
+):
+    """y and h_T in one pass, one exp2 per state entry and token: the program's BD channels, one a
+    warp, walk the sequence in chunks of M * R tokens, lane m holding tokens m R ... m R + R - 1.
+    For each n: each lane walks its R tokens from a zero state, keeping a_t = exp(Delta_t A) and
+    b_t = Delta_t B_t u_t in registers, and gets its sub-chunk's (prod a_t, end state); a scan of
+    those pairs over the lanes (`_compose`, shuffles), lane 0's folded with the state entering the
+    chunk, gives each sub-chunk's end state; the lane before passes it on (a gather: lane 0 takes
+    the chunk's end, the next chunk's entering state), and each lane walks its tokens again from
+    it with the kept a_t, b_t, adding C_t h_t to y. Tiles are (BD, M): channels on warps, sub-chunks
+    on lanes. channel_stride is 1, passed at run time so that the compiler does not see the
+    channels' contiguity and lays the loads of u, Delta out as the scan's tiles (the rows of a
+    warp's 32 loads meet in L1 across its program's BD warps) instead of moving every a_t, b_t
+    through shared memory."""
+    i_b, i_d = tl.program_id(0), tl.program_id(1)
+    m = tl.arange(0, M)[None, :]
+    cd = i_d * BD + tl.arange(0, BD)[:, None]  # (BD, 1)
+    in_d = cd < Di
+    first = m == 0
+    before_idx = tl.broadcast_to((m + M - 1) % M, (BD, M))  # the lane before; lane 0 takes lane M - 1
+    d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)
+    a2s, carry = (), ()  # per n: A log2(e) (BD, 1); the state entering the chunk (BD, M), meaningful in lane 0
+    for n in tl.static_range(N):
+        a2s = a2s + (tl.load(a2 + n * Di + cd, mask=in_d, other=0.0),)
+        if HAS_H0:
+            carry = carry + (tl.broadcast_to(tl.load(h0 + (i_b.to(tl.int64) * N + n) * Di + cd, mask=in_d, other=0.0), (BD, M)),)
+        else:
+            carry = carry + (tl.zeros([BD, M], dtype=tl.float32),)
+    rows = m * R * Di + cd * channel_stride  # (BD, M) offsets of each sub-chunk's first token in a chunk
+    for c0 in range(0, T, M * R):
+        first_tok = i_b.to(tl.int64) * T + c0
+        u_c, dt_c, y_c = u + first_tok * Di, delta + first_tok * Di, y + first_tok * Di
+        b_c = BC + (i_b.to(tl.int64) * 2 * TP + c0 + m * R) * N  # (1, M): B rows of each sub-chunk's first token
+        c_c = b_c + TP * N
+        dts, xs, ys = (), (), ()  # per token of a sub-chunk: Delta, Delta u, y (BD, M) fp32
+        for r in tl.static_range(R):
+            live = (c0 + m * R + r < T) & in_d  # past T: Delta = u = 0, a step that keeps h
+            dt = tl.load(dt_c + rows + r * Di, mask=live, other=0.0).to(tl.float32)
+            u_r = tl.load(u_c + rows + r * Di, mask=live, other=0.0).to(tl.float32)
+            dts, xs, ys = dts + (dt,), xs + (dt * u_r,), ys + (d_skip * u_r,)
+        after = ()
+        for n in tl.static_range(N):
+            decays, inputs = (), ()
+            for r in tl.static_range(R):
+                a = tl.exp2(dts[r] * a2s[n])
+                b = tl.load(b_c + r * N + n) * xs[r]
+                if r == 0:
+                    h, p = b, a
+                else:
+                    h, p = a * h + b, p * a
+                decays, inputs = decays + (a,), inputs + (b,)
+            h = tl.where(first, p * carry[n] + h, h)
+            _, h_end = tl.associative_scan((p, h), 1, _compose)  # the end state of every sub-chunk
+            before = tl.gather(h_end, before_idx, 1)
+            h = tl.where(first, carry[n], before)  # the state entering each sub-chunk
+            after = after + (before,)
+            walked = ()
+            for r in tl.static_range(R):
+                h = decays[r] * h + inputs[r]
+                walked = walked + (ys[r] + tl.load(c_c + r * N + n) * h,)
+            ys = walked
+        carry = after
+        for r in tl.static_range(R):
+            tl.store(y_c + rows + r * Di, ys[r].to(y.dtype.element_ty), mask=(c0 + m * R + r < T) & in_d)
+    for n in tl.static_range(N):
+        tl.store(ht + (i_b.to(tl.int64) * N + n) * Di + cd + 0 * m, carry[n], mask=first & in_d)
+
+
 # --- backward ------------------------------------------------------------------------------------
 
 # Pass 6B takes one channel a thread (BD = 32 * num_warps) and CT tokens a chunk, and 6A stores the
@@ -634,6 +722,31 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length, grad_segment_l
     return y, ht.transpose(1, 2), entering
 
 
+def _chunk_scan_fwd(u, delta, A, B, C, D, h0):
+    """y (B, T, Di) and h_T (B, Di, N) in one pass (`_chunk_scan_kernel`), the forward without a backward."""
+    Bsz, T, Di = u.shape
+    N = A.shape[1]
+    assert delta.shape == u.shape, f"delta {tuple(delta.shape)} must match u {tuple(u.shape)}"
+    assert A.shape == (Di, N), f"A {tuple(A.shape)} must be (Di, N) = {(Di, N)}"
+    assert B.shape == (Bsz, T, N) and C.shape == (Bsz, T, N), f"B {tuple(B.shape)}, C {tuple(C.shape)} must be (B, T, N) = {(Bsz, T, N)}"
+    assert D.shape == (Di,), f"D {tuple(D.shape)} must be (Di,) = {(Di,)}"
+    assert h0 is None or h0.shape == (Bsz, Di, N), f"h0 {tuple(h0.shape)} must be (B, Di, N) = {(Bsz, Di, N)}"
+    assert T > 0 and N <= 64, f"T = {T} must be positive and N = {N} at most 64 (the kernel unrolls its loop over n)"
+
+    u, delta = u.contiguous(), delta.contiguous()
+    a2 = (A.float() * _LOG2E).t().contiguous()  # (N, Di)
+    TP = triton.cdiv(T, _CHUNK_PAD) * _CHUNK_PAD
+    BC = torch.zeros(Bsz, 2, TP, N, device=u.device, dtype=torch.float32)  # B, C in fp32, zero past T: every load in range
+    BC[:, 0, :T], BC[:, 1, :T] = B, C
+    y = torch.empty_like(u)
+    ht = torch.empty(Bsz, N, Di, device=u.device, dtype=torch.float32)
+    h0 = h0.float().transpose(1, 2).contiguous() if h0 is not None else None  # (B, N, Di)
+    _chunk_scan_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]))](
+        u, delta, a2, BC, D.float().contiguous(), h0 if h0 is not None else ht, y, ht, T, TP, Di, 1, N=N, HAS_H0=h0 is not None
+    )
+    return y, ht.transpose(1, 2)
+
+
 def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, grad_segment_length):
     """Gradients (du, ddelta, dA, dB, dC, dD, dh0 or None) from the forward's inputs, the states
     entering segments of grad_segment_length tokens (B, NG, N, Di) (None: one segment from zeros),
@@ -716,8 +829,7 @@ def selective_scan(u, delta, A, B, C, D, h0=None):
     u, delta: (B, T, Di)   A: (Di, N)   B, C: (B, T, N)   D: (Di,)   h0: (B, Di, N) or None
     returns y: (B, T, Di) in u's dtype, h_T: (B, Di, N) in fp32 (a transposed view)
     """
-    L = _segment_length(u.shape[0] * u.shape[2], u.shape[1])
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, h0)):
-        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, L, _grad_segment_length(u.shape[0] * u.shape[2], u.shape[1]))
-    y, ht, _ = _selective_scan_fwd(u, delta, A, B, C, D, h0, L)
-    return y, ht
+        channels, T = u.shape[0] * u.shape[2], u.shape[1]
+        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, _segment_length(channels, T), _grad_segment_length(channels, T))
+    return _chunk_scan_fwd(u, delta, A, B, C, D, h0)
