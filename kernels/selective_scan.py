@@ -1,5 +1,7 @@
 """Mamba-1's selective scan (Gu & Dao 2023, arXiv:2312.00752, eq. 2a-2b and Alg. 2), forward and
-backward.
+backward. Without autograd the forward is one pass, `_chunk_scan_kernel` (see "Measured" below for
+why); under autograd it is the segmented two-pass walk described first, which also stores the
+states the backward starts from.
 
 Per batch b, channel d and state index n, with A diagonal (A[d, n] <= 0) and Delta, B, C
 functions of the input:
@@ -56,13 +58,50 @@ under the 128; pass 3 at BD = 256, CH = 2 (168 registers, 3 programs of 4 warps 
 at BD = 128, CH = 4 (167 registers) 185, over it: the unpacking and loads of B and C rows are
 shared by the channels of a thread.
 
-PREDICTION, not measured (H200, 1.98 GHz, B = 1, Di = 1536, N = 16, bf16): at 256K tokens, 32
-segments of 8K; pass 1 192 programs (BD = 256) reading 6.3 KB per token (u, Delta, B), bound
-by exp2: 1.5 ms; pass 3 192 programs reading 6.2 KB and writing 3 KB per token, bound by issue:
-1.5 ms x 153 / 128 = 1.8 ms; the carry, 48 programs over 32 segments, < 0.05 ms. Forward about
-3.4 ms at 256K (was 14.0), 0.9 ms at 64K (3.51); at 16K and 4K, 512-token segments and launch
-costs, about 0.25 and 0.1 ms (1.29, 0.83). The bandwidth floor, 0.57 ms at 256K, is out of reach
-while each exp2 is a MUFU instruction: 1.5 ms is the floor of one pass.
+Measured (H200, commit 4ecb254, do_bench median, L2 flushed, beside mamba_ssm's CUDA
+`selective_scan_fn` in the same call; B = 1, Di = 1536, N = 16, bf16), at 4K / 16K / 64K / 256K:
+this two-pass form 0.402 / 0.889 / 2.59 / 10.3 ms, mamba_ssm 0.118 / 0.512 / 2.04 / 8.04 ms. Its
+earlier prediction (3.4 ms at 256K, ~0.1 ms at 4K) was 3-4x off. Its model assumed that the exp2
+unit and the other instructions overlap and that the work spreads over every SM. Neither held:
+  - A warp issues in order: while the MUFU pipe is busy with its 8-cycle EX2s, the warp's
+    independent multiplies behind them wait, and ptxas bunches the EX2s (pass 3 at BD = 256:
+    64 EX2 among its first ~280 of 628 instructions a chunk). With 1-3 warps per scheduler the
+    EX2 and the rest add up rather than overlap: about (17 + 2 x 8) = 33 issue cycles per warp,
+    state entry and token over both passes, where 17 is the instruction count (ptxas: 467 + 628
+    per chunk of 2 tokens and 64 entries) and 8 each EX2's share of the pipe. That predicts 6.4 ms
+    at 256K and 1.7 ms at 64K, against 10.3 and 2.59 measured: about 1.5x of that sum.
+  - Too few warps: 192 programs of 4 warps at 256K (32 segments x 6 blocks of 256) give 60 SMs
+    two programs and 72 one; at 4K, 42-96 programs leave most of the 528 schedulers idle, and one
+    warp alone runs at about half its issue rate (0.4 ms measured against 0.1 predicted).
+  - The second exp2 per entry: the segmented form computes every decay twice, and an EX2 costs
+    as much issue time as 8 other instructions.
+mamba_ssm's kernel computes each decay once: one block of 128 threads per channel (1536 blocks,
+about 3 per SM), 2048 tokens a chunk (16 a thread), a block-wide scan over time of (decay, input)
+pairs for each n, the running state carried between chunks; its layout (B, Di, L) puts a
+channel's tokens in a row.
+
+The forward without a backward is therefore `_chunk_scan_kernel` (one pass, one launch; the
+launcher adds a fp32 copy of B and C padded to whole chunks): one channel a warp, a chunk of
+32 x 8 tokens over its 32 lanes, 8 consecutive tokens a lane; per n, each lane walks its tokens
+from zero keeping a_t, b_t in registers, a scan over the lanes of (prod a_t, end state) pairs
+(shuffles), the lane before passes each sub-chunk its entering state, and the lane walks again
+with the kept a_t, b_t, adding C_t h_t. Under autograd the forward stays the two-pass form above
+(its pass 3 also stores the states the backward starts from). ptxas (sm_90, triton 3.7, bf16,
+N = 16; BD = 4 channels and 4 warps a program, or 2 and 2): 125 registers, no spills, no stack,
+no shared memory or barriers in the loop; 1787 instructions per chunk and channel, 14.0 per state
+entry and token (FFMA 3.6, FMUL 3.5, LDG 2.1 for the B and C entries, SHFL 1.25 for the scan,
+FSEL 0.75) and one EX2 (was 17 and two). Loads of u and Delta fetch a 32-byte sector for 2 bytes
+per lane; the program's BD warps read the same sectors, so that L2 supplies 16 / BD times the
+bytes (4x at BD = 4, about 9.7 GB at 256K over the forward).
+
+PREDICTION, not measured (H200, same shapes), from the additive model calibrated above (issue
+cycles = instructions + 8 per EX2, times 1.5): (14 + 8) / 33 of the two-pass cost per entry, and
+a full GPU at every length (384 programs of 4 warps, 125 registers: up to 4 programs an SM, one
+wave at B = 1): about 6.9 ms at 256K (8.04 for mamba_ssm: 1.16x its speed), 1.7 ms at 64K
+(2.04), 0.43 ms at 16K (0.512), and at 4K 16 chunks a program, about 0.11 ms with the launcher's
+small copies, about five kernels of a few us (0.118): over 1.0x at every length, by 5-20%, with the least margin at 4K. The
+margin rests on the 1.5x calibration; if the one-pass kernel overlaps EX2 and the rest better
+(4 warps per scheduler, interleaved phases), its floor is 14 cycles per entry: 4.3 ms at 256K.
 
 Layout: u, Delta, y (B, T, Di), B, C (B, T, N), made contiguous (B and C are often views).
 Inside, A log2(e) and the states are kept (N, Di), channels contiguous, so a thread's channel is
