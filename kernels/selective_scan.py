@@ -100,9 +100,9 @@ a full GPU at every length (384 programs of 4 warps, 125 registers: up to 4 prog
 wave at B = 1): about 6.9 ms at 256K (8.04 for mamba_ssm: 1.16x its speed), 1.7 ms at 64K
 (2.04), 0.43 ms at 16K (0.512), and at 4K 16 chunks a program, about 0.11 ms with the launcher's
 small copies, about five kernels of a few us (0.118): over 1.0x at every length, by 5-20%, with
-the least margin at 4K. The
-margin rests on the 1.5x calibration; if the one-pass kernel overlaps EX2 and the rest better
-(4 warps per scheduler, interleaved phases), its floor is 14 cycles per entry: 4.3 ms at 256K.
+the least margin at 4K. The margin rests on the 1.5x calibration; if the one-pass kernel overlaps
+EX2 and the rest better (4 warps per scheduler, interleaved phases), its floor is 14 cycles per
+entry: 4.3 ms at 256K.
 
 Layout: u, Delta, y (B, T, Di), B, C (B, T, N), made contiguous (B and C are often views).
 Inside, A log2(e) and the states are kept (N, Di), channels contiguous, so a thread's channel is
