@@ -1,5 +1,7 @@
 """Mamba-1's selective scan (Gu & Dao 2023, arXiv:2312.00752, eq. 2a-2b and Alg. 2), forward and
-backward.
+backward. Without autograd the forward is one pass, `_chunk_scan_kernel` (see "Measured" below for
+why); under autograd it is the segmented two-pass walk described first, which also stores the
+states the backward starts from.
 
 Per batch b, channel d and state index n, with A diagonal (A[d, n] <= 0) and Delta, B, C
 functions of the input:
@@ -56,13 +58,51 @@ under the 128; pass 3 at BD = 256, CH = 2 (168 registers, 3 programs of 4 warps 
 at BD = 128, CH = 4 (167 registers) 185, over it: the unpacking and loads of B and C rows are
 shared by the channels of a thread.
 
-PREDICTION, not measured (H200, 1.98 GHz, B = 1, Di = 1536, N = 16, bf16): at 256K tokens, 32
-segments of 8K; pass 1 192 programs (BD = 256) reading 6.3 KB per token (u, Delta, B), bound
-by exp2: 1.5 ms; pass 3 192 programs reading 6.2 KB and writing 3 KB per token, bound by issue:
-1.5 ms x 153 / 128 = 1.8 ms; the carry, 48 programs over 32 segments, < 0.05 ms. Forward about
-3.4 ms at 256K (was 14.0), 0.9 ms at 64K (3.51); at 16K and 4K, 512-token segments and launch
-costs, about 0.25 and 0.1 ms (1.29, 0.83). The bandwidth floor, 0.57 ms at 256K, is out of reach
-while each exp2 is a MUFU instruction: 1.5 ms is the floor of one pass.
+Measured (H200, commit 4ecb254, do_bench median, L2 flushed, beside mamba_ssm's CUDA
+`selective_scan_fn` in the same call; B = 1, Di = 1536, N = 16, bf16), at 4K / 16K / 64K / 256K:
+this two-pass form 0.402 / 0.889 / 2.59 / 10.3 ms, mamba_ssm 0.118 / 0.512 / 2.04 / 8.04 ms. Its
+earlier prediction (3.4 ms at 256K, ~0.1 ms at 4K) was 3-4x off. Its model assumed that the exp2
+unit and the other instructions overlap and that the work spreads over every SM. Neither held:
+  - A warp issues in order: while the MUFU pipe is busy with its 8-cycle EX2s, the warp's
+    independent multiplies behind them wait, and ptxas bunches the EX2s (pass 3 at BD = 256:
+    64 EX2 among its first ~280 of 628 instructions a chunk). With 1-3 warps per scheduler the
+    EX2 and the rest add up rather than overlap: about (17 + 2 x 8) = 33 issue cycles per warp,
+    state entry and token over both passes, where 17 is the instruction count (ptxas: 467 + 628
+    per chunk of 2 tokens and 64 entries) and 8 each EX2's share of the pipe. That predicts 6.4 ms
+    at 256K and 1.7 ms at 64K, against 10.3 and 2.59 measured: about 1.5x of that sum.
+  - Too few warps: 192 programs of 4 warps at 256K (32 segments x 6 blocks of 256) give 60 SMs
+    two programs and 72 one; at 4K, 42-96 programs leave most of the 528 schedulers idle, and one
+    warp alone runs at about half its issue rate (0.4 ms measured against 0.1 predicted).
+  - The second exp2 per entry: the segmented form computes every decay twice, and an EX2 costs
+    as much issue time as 8 other instructions.
+mamba_ssm's kernel computes each decay once: one block of 128 threads per channel (1536 blocks,
+about 3 per SM), 2048 tokens a chunk (16 a thread), a block-wide scan over time of (decay, input)
+pairs for each n, the running state carried between chunks; its layout (B, Di, L) puts a
+channel's tokens in a row.
+
+The forward without a backward is therefore `_chunk_scan_kernel` (one pass, one launch; the
+launcher adds a fp32 copy of B and C padded to whole chunks): one channel a warp, a chunk of
+32 x 8 tokens over its 32 lanes, 8 consecutive tokens a lane; per n, each lane walks its tokens
+from zero keeping a_t, b_t in registers, a scan over the lanes of (prod a_t, end state) pairs
+(shuffles), the lane before passes each sub-chunk its entering state, and the lane walks again
+with the kept a_t, b_t, adding C_t h_t. Under autograd the forward stays the two-pass form above
+(its pass 3 also stores the states the backward starts from). ptxas (sm_90, triton 3.7, bf16,
+N = 16; BD = 4 channels and 4 warps a program, or 2 and 2): 125 registers, no spills, no stack,
+no shared memory or barriers in the loop; 1787 instructions per chunk and channel, 14.0 per state
+entry and token (FFMA 3.6, FMUL 3.5, LDG 2.1 for the B and C entries, SHFL 1.25 for the scan,
+FSEL 0.75) and one EX2 (was 17 and two). Loads of u and Delta fetch a 32-byte sector for 2 bytes
+per lane; the program's BD warps read the same sectors, so that L2 supplies 16 / BD times the
+bytes (4x at BD = 4, about 9.7 GB at 256K over the forward).
+
+PREDICTION, not measured (H200, same shapes), from the additive model calibrated above (issue
+cycles = instructions + 8 per EX2, times 1.5): (14 + 8) / 33 of the two-pass cost per entry, and
+a full GPU at every length (384 programs of 4 warps, 125 registers: up to 4 programs an SM, one
+wave at B = 1): about 6.9 ms at 256K (8.04 for mamba_ssm: 1.16x its speed), 1.7 ms at 64K
+(2.04), 0.43 ms at 16K (0.512), and at 4K 16 chunks a program, about 0.11 ms with the launcher's
+small copies, about five kernels of a few us (0.118): over 1.0x at every length, by 5-20%, with
+the least margin at 4K. The margin rests on the 1.5x calibration; if the one-pass kernel overlaps
+EX2 and the rest better (4 warps per scheduler, interleaved phases), its floor is 14 cycles per
+entry: 4.3 ms at 256K.
 
 Layout: u, Delta, y (B, T, Di), B, C (B, T, N), made contiguous (B and C are often views).
 Inside, A log2(e) and the states are kept (N, Di), channels contiguous, so a thread's channel is
@@ -362,6 +402,94 @@ def _carry_states_kernel(
         h = tl.exp2(a2_e * dt_sum) * h + own
 
 
+# --- one-pass forward ----------------------------------------------------------------------------
+
+# One channel a warp, its chunk of M * R tokens spread over the warp's M = 32 lanes, R consecutive tokens
+# a lane: the interpreter takes 4 lanes of 2 tokens so that tests cover several lanes and chunks.
+_CHUNK_CONFIGS = [triton.Config({"BD": 4, "M": 32, "R": 8}, num_warps=4), triton.Config({"BD": 2, "M": 32, "R": 8}, num_warps=2)]
+_INTERPRET_CHUNK_CONFIGS = [triton.Config({"BD": 2, "M": 4, "R": 2}, num_warps=2)]
+_CHUNK_PAD = max(c.kwargs["M"] * c.kwargs["R"] for c in (_INTERPRET_CHUNK_CONFIGS if _INTERPRET else _CHUNK_CONFIGS))
+
+
+@triton.jit
+def _compose(p1, h1, p2, h2):
+    """The step h -> p1 h + h1, then h -> p2 h + h2, as one: h -> p1 p2 h + (p2 h1 + h2)."""
+    return p1 * p2, p2 * h1 + h2
+
+
+@triton.autotune(configs=_INTERPRET_CHUNK_CONFIGS if _INTERPRET else _CHUNK_CONFIGS, key=["Di", "N"])
+@triton.jit(do_not_specialize=["channel_stride"])
+def _chunk_scan_kernel(
+    u, delta, a2, BC, Dv, h0, y, ht,  # u, delta, y (B, T, Di); a2 (N, Di); BC (B, 2, TP, N) fp32, B then C, zero past T; h0, ht (B, N, Di)
+    T, TP, Di, channel_stride,  # tokens, padded tokens, channels, 1 (see below)
+    N: tl.constexpr, BD: tl.constexpr, M: tl.constexpr, R: tl.constexpr, HAS_H0: tl.constexpr,
+):
+    """y and h_T in one pass, one exp2 per state entry and token: the program's BD channels, one a
+    warp, walk the sequence in chunks of M * R tokens, lane m holding tokens m R ... m R + R - 1.
+    For each n: each lane walks its R tokens from a zero state, keeping a_t = exp(Delta_t A) and
+    b_t = Delta_t B_t u_t in registers, and gets its sub-chunk's (prod a_t, end state); a scan of
+    those pairs over the lanes (`_compose`, shuffles), lane 0's folded with the state entering the
+    chunk, gives each sub-chunk's end state; the lane before passes it on (a gather: lane 0 takes
+    the chunk's end, the next chunk's entering state), and each lane walks its tokens again from
+    it with the kept a_t, b_t, adding C_t h_t to y. Tiles are (BD, M): channels on warps, sub-chunks
+    on lanes. channel_stride is 1, passed at run time so that the compiler does not see the
+    channels' contiguity and lays the loads of u, Delta out as the scan's tiles (the rows of a
+    warp's 32 loads meet in L1 across its program's BD warps) instead of moving every a_t, b_t
+    through shared memory."""
+    i_b, i_d = tl.program_id(0), tl.program_id(1)
+    m = tl.arange(0, M)[None, :]
+    cd = i_d * BD + tl.arange(0, BD)[:, None]  # (BD, 1)
+    in_d = cd < Di
+    first = m == 0
+    before_idx = tl.broadcast_to((m + M - 1) % M, (BD, M))  # the lane before; lane 0 takes lane M - 1
+    d_skip = tl.load(Dv + cd, mask=in_d, other=0.0)
+    a2s, carry = (), ()  # per n: A log2(e) (BD, 1); the state entering the chunk (BD, M), meaningful in lane 0
+    for n in tl.static_range(N):
+        a2s = a2s + (tl.load(a2 + n * Di + cd, mask=in_d, other=0.0),)
+        if HAS_H0:
+            carry = carry + (tl.broadcast_to(tl.load(h0 + (i_b.to(tl.int64) * N + n) * Di + cd, mask=in_d, other=0.0), (BD, M)),)
+        else:
+            carry = carry + (tl.zeros([BD, M], dtype=tl.float32),)
+    rows = m * R * Di + cd * channel_stride  # (BD, M) offsets of each sub-chunk's first token in a chunk
+    for c0 in range(0, T, M * R):
+        first_tok = i_b.to(tl.int64) * T + c0
+        u_c, dt_c, y_c = u + first_tok * Di, delta + first_tok * Di, y + first_tok * Di
+        b_c = BC + (i_b.to(tl.int64) * 2 * TP + c0 + m * R) * N  # (1, M): B rows of each sub-chunk's first token
+        c_c = b_c + TP * N
+        dts, xs, ys = (), (), ()  # per token of a sub-chunk: Delta, Delta u, y (BD, M) fp32
+        for r in tl.static_range(R):
+            live = (c0 + m * R + r < T) & in_d  # past T: Delta = u = 0, a step that keeps h
+            dt = tl.load(dt_c + rows + r * Di, mask=live, other=0.0).to(tl.float32)
+            u_r = tl.load(u_c + rows + r * Di, mask=live, other=0.0).to(tl.float32)
+            dts, xs, ys = dts + (dt,), xs + (dt * u_r,), ys + (d_skip * u_r,)
+        after = ()
+        for n in tl.static_range(N):
+            decays, inputs = (), ()
+            for r in tl.static_range(R):
+                a = tl.exp2(dts[r] * a2s[n])
+                b = tl.load(b_c + r * N + n) * xs[r]
+                if r == 0:
+                    h, p = b, a
+                else:
+                    h, p = a * h + b, p * a
+                decays, inputs = decays + (a,), inputs + (b,)
+            h = tl.where(first, p * carry[n] + h, h)
+            _, h_end = tl.associative_scan((p, h), 1, _compose)  # the end state of every sub-chunk
+            before = tl.gather(h_end, before_idx, 1)
+            h = tl.where(first, carry[n], before)  # the state entering each sub-chunk
+            after = after + (before,)
+            walked = ()
+            for r in tl.static_range(R):
+                h = decays[r] * h + inputs[r]
+                walked = walked + (ys[r] + tl.load(c_c + r * N + n) * h,)
+            ys = walked
+        carry = after
+        for r in tl.static_range(R):
+            tl.store(y_c + rows + r * Di, ys[r].to(y.dtype.element_ty), mask=(c0 + m * R + r < T) & in_d)
+    for n in tl.static_range(N):
+        tl.store(ht + (i_b.to(tl.int64) * N + n) * Di + cd + 0 * m, carry[n], mask=first & in_d)
+
+
 # --- backward ------------------------------------------------------------------------------------
 
 # Pass 6B takes one channel a thread (BD = 32 * num_warps) and CT tokens a chunk, and 6A stores the
@@ -634,6 +762,31 @@ def _selective_scan_fwd(u, delta, A, B, C, D, h0, segment_length, grad_segment_l
     return y, ht.transpose(1, 2), entering
 
 
+def _chunk_scan_fwd(u, delta, A, B, C, D, h0):
+    """y (B, T, Di) and h_T (B, Di, N) in one pass (`_chunk_scan_kernel`), the forward without a backward."""
+    Bsz, T, Di = u.shape
+    N = A.shape[1]
+    assert delta.shape == u.shape, f"delta {tuple(delta.shape)} must match u {tuple(u.shape)}"
+    assert A.shape == (Di, N), f"A {tuple(A.shape)} must be (Di, N) = {(Di, N)}"
+    assert B.shape == (Bsz, T, N) and C.shape == (Bsz, T, N), f"B {tuple(B.shape)}, C {tuple(C.shape)} must be (B, T, N) = {(Bsz, T, N)}"
+    assert D.shape == (Di,), f"D {tuple(D.shape)} must be (Di,) = {(Di,)}"
+    assert h0 is None or h0.shape == (Bsz, Di, N), f"h0 {tuple(h0.shape)} must be (B, Di, N) = {(Bsz, Di, N)}"
+    assert T > 0 and N <= 64, f"T = {T} must be positive and N = {N} at most 64 (the kernel unrolls its loop over n)"
+
+    u, delta = u.contiguous(), delta.contiguous()
+    a2 = (A.float() * _LOG2E).t().contiguous()  # (N, Di)
+    TP = triton.cdiv(T, _CHUNK_PAD) * _CHUNK_PAD
+    BC = torch.zeros(Bsz, 2, TP, N, device=u.device, dtype=torch.float32)  # B, C in fp32, zero past T: every load in range
+    BC[:, 0, :T], BC[:, 1, :T] = B, C
+    y = torch.empty_like(u)
+    ht = torch.empty(Bsz, N, Di, device=u.device, dtype=torch.float32)
+    h0 = h0.float().transpose(1, 2).contiguous() if h0 is not None else None  # (B, N, Di)
+    _chunk_scan_kernel[lambda meta: (Bsz, triton.cdiv(Di, meta["BD"]))](
+        u, delta, a2, BC, D.float().contiguous(), h0 if h0 is not None else ht, y, ht, T, TP, Di, 1, N=N, HAS_H0=h0 is not None
+    )
+    return y, ht.transpose(1, 2)
+
+
 def _selective_scan_bwd(u, delta, A, B, C, D, h0, states, dy, dht, grad_segment_length):
     """Gradients (du, ddelta, dA, dB, dC, dD, dh0 or None) from the forward's inputs, the states
     entering segments of grad_segment_length tokens (B, NG, N, Di) (None: one segment from zeros),
@@ -716,8 +869,7 @@ def selective_scan(u, delta, A, B, C, D, h0=None):
     u, delta: (B, T, Di)   A: (Di, N)   B, C: (B, T, N)   D: (Di,)   h0: (B, Di, N) or None
     returns y: (B, T, Di) in u's dtype, h_T: (B, Di, N) in fp32 (a transposed view)
     """
-    L = _segment_length(u.shape[0] * u.shape[2], u.shape[1])
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, h0)):
-        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, L, _grad_segment_length(u.shape[0] * u.shape[2], u.shape[1]))
-    y, ht, _ = _selective_scan_fwd(u, delta, A, B, C, D, h0, L)
-    return y, ht
+        channels, T = u.shape[0] * u.shape[2], u.shape[1]
+        return _SelectiveScan.apply(u, delta, A, B, C, D, h0, _segment_length(channels, T), _grad_segment_length(channels, T))
+    return _chunk_scan_fwd(u, delta, A, B, C, D, h0)

@@ -22,7 +22,9 @@ pytest.importorskip("triton")
 from altbench.kernels.selective_scan import (  # noqa: E402
     _CT,
     _GRAD_BD,
+    _CHUNK_PAD,
     _bulk_aligned,
+    _chunk_scan_fwd,
     _grad_segment_length,
     _segment_length,
     _selective_scan_fwd,
@@ -89,6 +91,21 @@ def test_odd_state_size():
     """N = 5 in fp32: B, C entries load one by one, the odd tile one entry shorter than the even."""
     inputs = make_inputs(1, 37, 32, 5, with_h0=True, seed=3)
     check(inputs, _selective_scan_fwd(*inputs, segment_length=16)[:2])
+
+
+@pytest.mark.parametrize("dtype,N,rtol_y", [(torch.float32, 5, 1e-5), (torch.bfloat16, 16, 1e-2)], ids=["fp32-N5", "bf16-N16"])
+def test_one_pass_forward(dtype, N, rtol_y):
+    """`_chunk_scan_fwd`, the forward without a backward: T = 37 spans several chunks of _CHUNK_PAD
+    tokens (8 in the interpreter: 4 lanes of 2) and ends in a partial one; Di = 5 ends in a partial
+    channel block; h0 enters the first chunk through lane 0 and every later chunk from the last lane."""
+    inputs = make_inputs(2, 37, 5, N, dtype=dtype, with_h0=True, seed=13)
+    check(inputs, _chunk_scan_fwd(*inputs), rtol_y=rtol_y)
+
+
+def test_one_pass_forward_single_partial_chunk():
+    """Fewer tokens than one chunk: most lanes walk only padding (Delta = 0 keeps the state)."""
+    inputs = make_inputs(1, _CHUNK_PAD // 2 - 1, 16, 8, seed=14)
+    check(inputs, _chunk_scan_fwd(*inputs))
 
 
 def test_bulk_prefetch_needs_aligned_rows():
